@@ -1,0 +1,40 @@
+"""`sparseyolo` command line: `bench ...` for benchmarks, `train|val|predict|export|convert ...` for YOLO.
+
+Sub-command implementations are imported on demand, so `sparseyolo bench` works without Ultralytics.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: sparseyolo COMMAND [ARGS]
+
+commands:
+  bench NAME [options]        run a benchmark (`sparseyolo bench --help` lists them)
+  train|val|predict|export    Ultralytics modes with SparseYOLO modules registered: key=value arguments
+  convert                     turn the first stages of a dense YOLOv8 checkpoint into sparse blocks
+"""
+
+YOLO_COMMANDS = ("train", "val", "predict", "export", "convert")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from sparseyolo.bench import main as bench_main
+
+        return bench_main(rest)
+    if command in YOLO_COMMANDS:
+        from sparseyolo.yolo.cli import main as yolo_main
+
+        return yolo_main(argv)
+    print(f"sparseyolo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
