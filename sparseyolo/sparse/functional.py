@@ -1,0 +1,393 @@
+"""Functional sparse ops: convolutions (submanifold, strided, transposed, inverse), pooling, conversion.
+
+Every conv is gather -> GEMM -> scatter-add over the pairs of a cached `KernelMap`, in a custom autograd
+Function whose backward reuses the same map (no dense fallback). Weights use PyTorch's layouts:
+conv `(C_out, C_in // groups, *kernel)`, transposed/inverse conv `(C_in, C_out // groups, *kernel)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseyolo.sparse import kmap as km
+from sparseyolo.sparse.tensor import SparseConvTensor, new_coordinate_id
+
+# --- argument handling ------------------------------------------------------------------------------
+
+
+def _tuple(value, ndim: int, name: str, minimum: int = 0) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * ndim
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
+    if len(value) != ndim or any(v < minimum for v in value):
+        raise ValueError(f"{name} must be an int or {ndim} ints, each >= {minimum}, got {value}")
+    return value
+
+
+def _check_input(x, op: str) -> None:
+    if not isinstance(x, SparseConvTensor):
+        raise TypeError(f"{op} expects a SparseConvTensor, got {type(x).__name__}; build one with "
+                        f"SparseConvTensor(features, indices, spatial_shape, batch_size) or .from_dense(x)")
+
+
+def _check_weight(x: SparseConvTensor, weight: Tensor, groups: int, transposed: bool, op: str):
+    """Returns (kernel_size, c_in, c_out) after checking `weight` against `x`."""
+    D = x.ndim
+    if weight.dim() != 2 + D:
+        raise ValueError(f"{op}: weight must have {2 + D} dims for a {D}D tensor, got shape {tuple(weight.shape)}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    if transposed:
+        c_in, c_out = weight.shape[0], weight.shape[1] * groups
+        per_group_ok = c_in % groups == 0
+    else:
+        c_out, c_in = weight.shape[0], weight.shape[1] * groups
+        per_group_ok = c_out % groups == 0
+    if not per_group_ok:
+        raise ValueError(f"{op}: channels {tuple(weight.shape[:2])} are not divisible by groups={groups}")
+    channels = x.features.shape[1]
+    if channels != c_in:
+        raise ValueError(f"{op}: weight expects {c_in} input channels, the tensor has {channels}")
+    if weight.dtype != x.features.dtype:
+        raise ValueError(f"{op}: features are {x.features.dtype} but weight is {weight.dtype}; cast one")
+    return tuple(weight.shape[2:]), c_in, c_out
+
+
+def _kernel_major(weight: Tensor, groups: int, transposed: bool) -> Tensor:
+    """PyTorch-layout weight -> `(K, G, C_in/G, C_out/G)`, differentiable."""
+    K = math.prod(weight.shape[2:])
+    if transposed:  # (C_in, C_out/G, *k)
+        w = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], K)
+        return w.permute(3, 0, 1, 2).contiguous()
+    w = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], K)  # (G, C_out/G, C_in/G, K)
+    return w.permute(3, 0, 2, 1).contiguous()
+
+
+# --- the conv kernel --------------------------------------------------------------------------------
+
+
+def _grouped_mm(x: Tensor, w: Tensor) -> Tensor:
+    """`x (n, G*I) @ blockdiag(w (G, I, O))` -> `(n, G*O)`."""
+    G, I, O = w.shape
+    if G == 1:
+        return x @ w[0]
+    n = x.shape[0]
+    if I == 1:  # depthwise: a broadcast product
+        return (x.view(n, G, 1) * w.view(1, G, O)).view(n, G * O)
+    return torch.bmm(x.view(n, G, I).transpose(0, 1), w).transpose(0, 1).reshape(n, G * O)
+
+
+def _grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
+    """Sum over rows of `x_n^T g_n` per group: `(n, G*I), (n, G*O)` -> `(G, I, O)`."""
+    n = x.shape[0]
+    if G == 1:
+        return (x.t() @ g).unsqueeze(0)
+    return torch.bmm(x.view(n, G, -1).permute(1, 2, 0), g.view(n, G, -1).transpose(0, 1))
+
+
+def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
+    """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]; weight `(K, G, I, O)`."""
+    c_out = weight.shape[1] * weight.shape[3]
+    if kmap.identity is not None:
+        out = _grouped_mm(features, weight[kmap.identity])
+    else:
+        out = features.new_zeros(kmap.n_out, c_out)
+    for k in range(kmap.kernel_volume):
+        rows_in, rows_out = kmap.pairs(k)
+        if rows_in.numel():
+            out.index_add_(0, rows_out, _grouped_mm(features.index_select(0, rows_in), weight[k]))
+    return out
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """Autograd for gather-GEMM-scatter over a kernel map. weight `(K, G, C_in/G, C_out/G)`."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
+        features = features.contiguous()
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
+        return _apply_map(features, weight, kmap)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        features, weight = ctx.saved_tensors
+        kmap: km.KernelMap = ctx.kmap
+        grad_out = grad_out.contiguous()
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_features = _apply_map(grad_out, weight.transpose(2, 3), kmap.transposed())
+        if ctx.needs_input_grad[1]:
+            G = weight.shape[1]
+            grad_weight = torch.zeros_like(weight)
+            if kmap.identity is not None:
+                grad_weight[kmap.identity] = _grouped_weight_grad(features, grad_out, G)
+            for k in range(kmap.kernel_volume):
+                rows_in, rows_out = kmap.pairs(k)
+                if rows_in.numel():
+                    grad_weight[k] = _grouped_weight_grad(
+                        features.index_select(0, rows_in), grad_out.index_select(0, rows_out), G
+                    )
+        return grad_features, grad_weight, None
+
+
+# --- kernel-map retrieval (cached in the tensor's MapStore) ----------------------------------------
+
+
+@dataclass
+class ConvEntry:
+    """A cached conv map with the coordinates on both sides (what `indice_key` refers to)."""
+
+    kmap: km.KernelMap
+    kind: str
+    in_indices: Tensor
+    in_shape: tuple
+    in_id: int
+    out_indices: Tensor
+    out_shape: tuple
+    out_id: int
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+
+
+def _register_key(x: SparseConvTensor, indice_key, entry: ConvEntry) -> None:
+    if indice_key is not None:
+        x._store.keyed[indice_key] = entry
+
+
+def _subm_entry(x: SparseConvTensor, kernel_size, dilation) -> ConvEntry:
+    key = ("subm", x._coord_id, kernel_size, dilation)
+    entry = x._store.maps.get(key)
+    if entry is None:
+        index = x.coordinate_index(km.subm_margin(kernel_size, dilation))
+        kmap = km.subm_map(index, x.indices, kernel_size, dilation)
+        ones = (1,) * x.ndim
+        entry = ConvEntry(kmap, "subm", x.indices, x.spatial_shape, x._coord_id, x.indices, x.spatial_shape,
+                          x._coord_id, kernel_size, ones, tuple(k // 2 * d for k, d in zip(kernel_size, dilation)),
+                          dilation)
+        x._store.maps[key] = entry
+    return entry
+
+
+def _conv_entry(x: SparseConvTensor, kernel_size, stride, padding, dilation) -> ConvEntry:
+    key = ("conv", x._coord_id, kernel_size, stride, padding, dilation)
+    entry = x._store.maps.get(key)
+    if entry is None:
+        out_indices, out_shape = km.conv_out_indices(x.indices, x.spatial_shape, x.batch_size, kernel_size,
+                                                     stride, padding, dilation)
+        if any(s <= 0 for s in out_shape):
+            raise ValueError(f"kernel {kernel_size} (dilation {dilation}, padding {padding}) does not fit "
+                             f"spatial_shape {x.spatial_shape}: output shape would be {out_shape}")
+        margin = km.conv_margin(x.spatial_shape, out_shape, kernel_size, stride, padding, dilation)
+        kmap = km.conv_map(x.coordinate_index(margin), out_indices, kernel_size, stride, padding, dilation,
+                           x.num_active)
+        entry = ConvEntry(kmap, "conv", x.indices, x.spatial_shape, x._coord_id, out_indices, out_shape,
+                          new_coordinate_id(), kernel_size, stride, padding, dilation)
+        x._store.maps[key] = entry
+    return entry
+
+
+def _conv_transpose_entry(x: SparseConvTensor, kernel_size, stride, padding, dilation, output_padding):
+    key = ("convT", x._coord_id, kernel_size, stride, padding, dilation, output_padding)
+    entry = x._store.maps.get(key)
+    if entry is None:
+        out_shape = km.conv_transpose_output_shape(x.spatial_shape, kernel_size, stride, padding, dilation,
+                                                   output_padding)
+        if any(s <= 0 for s in out_shape):
+            raise ValueError(f"transposed conv output shape would be {out_shape}; reduce padding {padding}")
+        out_indices = km.conv_transpose_out_indices(x.indices, x.batch_size, out_shape, kernel_size, stride,
+                                                    padding, dilation)
+        out_id = new_coordinate_id()
+        margin = km.conv_transpose_margin(x.spatial_shape, out_shape, kernel_size, stride, padding, dilation)
+        out_index = x._store.index(out_id, out_indices, out_shape, x.batch_size, margin)
+        kmap = km.conv_transpose_map(out_index, x.indices, kernel_size, stride, padding, dilation,
+                                     int(out_indices.shape[0]))
+        entry = ConvEntry(kmap, "convT", x.indices, x.spatial_shape, x._coord_id, out_indices, out_shape,
+                          out_id, kernel_size, stride, padding, dilation)
+        x._store.maps[key] = entry
+    return entry
+
+
+def _run_conv(x: SparseConvTensor, weight: Tensor, bias, groups, transposed, entry: ConvEntry, op: str,
+              out_indices=None, out_shape=None, out_id=None, kmap=None) -> SparseConvTensor:
+    w = _kernel_major(weight, groups, transposed)
+    kmap = kmap or entry.kmap
+    if kmap.kernel_volume != w.shape[0]:
+        raise ValueError(f"{op}: weight has {w.shape[0]} kernel offsets, the map has {kmap.kernel_volume}")
+    out = SparseConvFunction.apply(x.features, w, kmap)
+    if bias is not None:
+        out = out + bias
+    return x.derive(out, entry.out_indices if out_indices is None else out_indices,
+                    entry.out_shape if out_shape is None else out_shape,
+                    entry.out_id if out_id is None else out_id)
+
+
+# --- public functional API --------------------------------------------------------------------------
+
+
+def subm_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, dilation=1, groups: int = 1,
+              indice_key=None) -> SparseConvTensor:
+    """Submanifold conv: output sites = input sites; offset `k` reads `site + (k - kernel // 2) * dilation`.
+
+    Equals dense `conv{D}d(x.dense(), weight, padding=kernel // 2 * dilation, dilation=dilation)` read at
+    the input sites. weight `(C_out, C_in // groups, *kernel)`.
+    """
+    _check_input(x, "subm_conv")
+    kernel_size, _, _ = _check_weight(x, weight, groups, False, "subm_conv")
+    dilation = _tuple(dilation, x.ndim, "dilation", 1)
+    entry = _subm_entry(x, kernel_size, dilation)
+    _register_key(x, indice_key, entry)
+    return _run_conv(x, weight, bias, groups, False, entry, "subm_conv")
+
+
+def sparse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                dilation=1, groups: int = 1, indice_key=None) -> SparseConvTensor:
+    """Regular sparse conv: an output site is active when its window holds an active input.
+
+    Equals dense `conv{D}d(x.dense(), weight, stride=..., padding=..., dilation=...)` at the output sites.
+    """
+    _check_input(x, "sparse_conv")
+    kernel_size, _, _ = _check_weight(x, weight, groups, False, "sparse_conv")
+    stride = _tuple(stride, x.ndim, "stride", 1)
+    padding = _tuple(padding, x.ndim, "padding", 0)
+    dilation = _tuple(dilation, x.ndim, "dilation", 1)
+    entry = _conv_entry(x, kernel_size, stride, padding, dilation)
+    _register_key(x, indice_key, entry)
+    return _run_conv(x, weight, bias, groups, False, entry, "sparse_conv")
+
+
+def sparse_conv_transpose(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                          padding=0, output_padding=0, dilation=1, groups: int = 1,
+                          indice_key=None) -> SparseConvTensor:
+    """Transposed sparse conv (input `i`, offset `k` writes `i * stride - padding + k * dilation`).
+
+    Equals dense `conv_transpose{D}d` at the output sites. weight `(C_in, C_out // groups, *kernel)`.
+    """
+    _check_input(x, "sparse_conv_transpose")
+    kernel_size, _, _ = _check_weight(x, weight, groups, True, "sparse_conv_transpose")
+    stride = _tuple(stride, x.ndim, "stride", 1)
+    padding = _tuple(padding, x.ndim, "padding", 0)
+    dilation = _tuple(dilation, x.ndim, "dilation", 1)
+    output_padding = _tuple(output_padding, x.ndim, "output_padding", 0)
+    entry = _conv_transpose_entry(x, kernel_size, stride, padding, dilation, output_padding)
+    _register_key(x, indice_key, entry)
+    return _run_conv(x, weight, bias, groups, True, entry, "sparse_conv_transpose")
+
+
+def sparse_inverse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, indice_key=None,
+                        groups: int = 1) -> SparseConvTensor:
+    """Inverse of the strided `sparse_conv` that registered `indice_key`: back to its input sites.
+
+    Uses that conv's map transposed; equals dense `conv_transpose{D}d` with its stride/padding/dilation,
+    read at the original input sites. weight `(C_in, C_out // groups, *kernel)`.
+    """
+    _check_input(x, "sparse_inverse_conv")
+    kernel_size, _, _ = _check_weight(x, weight, groups, True, "sparse_inverse_conv")
+    entry = x._store.keyed.get(indice_key)
+    if entry is None or entry.kind != "conv":
+        known = sorted(k for k, e in x._store.keyed.items() if e.kind == "conv")
+        raise KeyError(f"sparse_inverse_conv: no strided SparseConv registered indice_key={indice_key!r} for "
+                       f"this tensor's coordinates (keys of strided convs seen: {known})")
+    if entry.out_id != x._coord_id:
+        raise ValueError(f"sparse_inverse_conv: the input is not on the output sites of the conv with "
+                         f"indice_key={indice_key!r}; apply it to that conv's output (or a SubM chain of it)")
+    if tuple(kernel_size) != tuple(entry.kernel_size):
+        raise ValueError(f"sparse_inverse_conv: kernel {kernel_size} differs from the keyed conv's "
+                         f"{entry.kernel_size}")
+    return _run_conv(x, weight, bias, groups, True, entry, "sparse_inverse_conv", out_indices=entry.in_indices,
+                     out_shape=entry.in_shape, out_id=entry.in_id, kmap=entry.kmap.transposed())
+
+
+def _pool(x: SparseConvTensor, kernel_size, stride, padding, dilation, mode: str, op: str,
+          indice_key=None) -> SparseConvTensor:
+    _check_input(x, op)
+    kernel_size = _tuple(kernel_size, x.ndim, "kernel_size", 1)
+    stride = kernel_size if stride is None else _tuple(stride, x.ndim, "stride", 1)
+    padding = _tuple(padding, x.ndim, "padding", 0)
+    dilation = _tuple(dilation, x.ndim, "dilation", 1)
+    entry = _conv_entry(x, kernel_size, stride, padding, dilation)
+    _register_key(x, indice_key, entry)
+    kmap = entry.kmap
+    values = x.features.index_select(0, kmap.in_rows)
+    channels = x.features.shape[1]
+    base = x.features.new_zeros(kmap.n_out, channels)
+    if mode == "max":
+        index = kmap.out_rows.unsqueeze(1).expand(-1, channels)
+        out = base.scatter_reduce(0, index, values, "amax", include_self=False)
+    else:
+        out = base.index_add(0, kmap.out_rows, values) / kmap.kernel_volume
+    return x.derive(out, entry.out_indices, entry.out_shape, entry.out_id)
+
+
+def sparse_max_pool(x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1,
+                    indice_key=None) -> SparseConvTensor:
+    """Max over the active inputs of each window (inactive sites are ignored, not read as 0).
+
+    Output sites as `sparse_conv`; equals dense `max_pool{D}d` on a map filled with -inf off the sites.
+    """
+    return _pool(x, kernel_size, stride, padding, dilation, "max", "sparse_max_pool", indice_key)
+
+
+def sparse_avg_pool(x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1,
+                    indice_key=None) -> SparseConvTensor:
+    """Sum of the active inputs of each window / kernel volume: dense `avg_pool{D}d` (inactive = 0,
+    `count_include_pad=True`) read at the output sites."""
+    if any(d != 1 for d in _tuple(dilation, x.ndim, "dilation", 1)):
+        raise ValueError("sparse_avg_pool supports dilation 1 only (as torch avg_pool)")
+    return _pool(x, kernel_size, stride, padding, dilation, "avg", "sparse_avg_pool", indice_key)
+
+
+def global_pool(x: SparseConvTensor, mode: str = "max") -> Tensor:
+    """Per batch entry max or mean over active sites -> dense `(B, C)`; entries without sites give 0."""
+    _check_input(x, "global_pool")
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    batch = x.indices[:, 0].to(torch.int64)
+    channels = x.features.shape[1]
+    base = x.features.new_zeros(x.batch_size, channels)
+    index = batch.unsqueeze(1).expand(-1, channels)
+    reduce = "amax" if mode == "max" else "mean"
+    return base.scatter_reduce(0, index, x.features, reduce, include_self=False)
+
+
+def global_max_pool(x: SparseConvTensor) -> Tensor:
+    return global_pool(x, "max")
+
+
+def global_avg_pool(x: SparseConvTensor) -> Tensor:
+    return global_pool(x, "avg")
+
+
+def to_dense(x: SparseConvTensor, channels_first: bool = True) -> Tensor:
+    """Dense `(B, C, *spatial)` (or channels last) with zeros off the sites; differentiable."""
+    _check_input(x, "to_dense")
+    channels = x.features.shape[1]
+    out = x.features.new_zeros((x.batch_size, *x.spatial_shape, channels))
+    out = out.index_put(tuple(x.indices.to(torch.int64).unbind(1)), x.features)
+    return out.movedim(-1, 1) if channels_first else out
+
+
+def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = True) -> SparseConvTensor:
+    """Sparse tensor of the sites of dense `x (B, C, *spatial)` where `mask (B, *spatial)` is True (default:
+    any channel non-zero). Features keep their gradient path to `x`."""
+    if not isinstance(x, Tensor) or not 3 <= x.dim() <= 5 or not x.is_floating_point():
+        got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"from_dense expects a float tensor (B, C, *spatial) with 1-3 spatial dims, got {got}")
+    last = x.movedim(1, -1) if channels_first else x
+    if mask is None:
+        mask = (last != 0).any(dim=-1)
+    elif not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(last.shape[:-1]):
+        got = f"{mask.dtype} with shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(last.shape[:-1])}, got {got}")
+    indices = mask.nonzero().to(torch.int32)
+    features = last[mask]
+    return SparseConvTensor(features, indices, tuple(last.shape[1:-1]), int(last.shape[0]), check=False)

@@ -1,0 +1,250 @@
+"""Sparse `nn.Module`s (spconv-compatible names and arguments, PyTorch weight layouts).
+
+Each module's `forward` is one call into `sparseyolo.sparse.functional`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sparseyolo.sparse import functional as F
+from sparseyolo.sparse.tensor import SparseConvTensor
+
+
+class SparseModule(nn.Module):
+    """Marker: takes and returns `SparseConvTensor` (`SparseSequential` passes the tensor itself)."""
+
+
+class _SparseConvNd(SparseModule):
+    ndim: int = 0
+    subm = transposed = inverse = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, indice_key=None, output_padding=0, algo=None,
+                 fp32_accum=None, name=None):
+        super().__init__()
+        del algo, fp32_accum, name  # spconv tuning knobs, meaningless on this engine
+        D = self.ndim
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(f"{type(self).__name__}: channels must be positive, got {in_channels}, {out_channels}")
+        if groups <= 0 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"{type(self).__name__}: in_channels {in_channels} and out_channels {out_channels} "
+                             f"must both be divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = F._tuple(kernel_size, D, "kernel_size", 1)
+        self.stride = F._tuple(stride, D, "stride", 1)
+        self.padding = F._tuple(padding, D, "padding", 0)
+        self.dilation = F._tuple(dilation, D, "dilation", 1)
+        self.output_padding = F._tuple(output_padding, D, "output_padding", 0)
+        if self.subm and any(s != 1 for s in self.stride):
+            raise ValueError(f"{type(self).__name__} keeps the input sites: stride must be 1, got {self.stride}")
+        self.indice_key = indice_key
+        if self.transposed or self.inverse:
+            shape = (in_channels, out_channels // groups, *self.kernel_size)
+        else:
+            shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As `torch.nn.ConvNd`: Kaiming-uniform weight, uniform bias in +-1/sqrt(fan_in)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _check(self, x) -> None:
+        if not isinstance(x, SparseConvTensor):
+            raise TypeError(f"{type(self).__name__} expects a SparseConvTensor, got {type(x).__name__}")
+        if x.ndim != self.ndim:
+            raise ValueError(f"{type(self).__name__} is {self.ndim}D but the tensor is {x.ndim}D")
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if not self.subm and not self.inverse:
+            s += f", stride={self.stride}, padding={self.padding}"
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.indice_key is not None:
+            s += f", indice_key={self.indice_key!r}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class _SubMConvNd(_SparseConvNd):
+    """Submanifold conv: output sites = input sites (padding is implied: kernel // 2 * dilation)."""
+
+    subm = True
+
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
+        self._check(x)
+        return F.subm_conv(x, self.weight, self.bias, self.dilation, self.groups, self.indice_key)
+
+
+class _SparseConvNdRegular(_SparseConvNd):
+    """Regular sparse conv: sites dilate (stride 1) or downsample (stride > 1) as dense conv would."""
+
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
+        self._check(x)
+        return F.sparse_conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                             self.indice_key)
+
+
+class _SparseConvTransposeNd(_SparseConvNd):
+    """Transposed sparse conv; weight `(C_in, C_out // groups, *kernel)` as `nn.ConvTransposeNd`."""
+
+    transposed = True
+
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
+        self._check(x)
+        return F.sparse_conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                       self.dilation, self.groups, self.indice_key)
+
+
+class _SparseInverseConvNd(_SparseConvNd):
+    """Undo the strided conv that used `indice_key`: back to its input sites with its map transposed."""
+
+    inverse = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, indice_key, bias: bool = True,
+                 groups: int = 1, **spconv_kwargs):
+        if indice_key is None:
+            raise ValueError(f"{type(self).__name__} needs the indice_key of the strided conv it inverts")
+        super().__init__(in_channels, out_channels, kernel_size, groups=groups, bias=bias, indice_key=indice_key,
+                         **spconv_kwargs)
+
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
+        self._check(x)
+        return F.sparse_inverse_conv(x, self.weight, self.bias, self.indice_key, self.groups)
+
+
+def _dims(base, ndim: int, name: str, doc: str):
+    cls = type(name, (base,), {"ndim": ndim, "__doc__": f"{doc} ({ndim}D)", "__module__": __name__})
+    return cls
+
+
+SubMConv1d = _dims(_SubMConvNd, 1, "SubMConv1d", _SubMConvNd.__doc__)
+SubMConv2d = _dims(_SubMConvNd, 2, "SubMConv2d", _SubMConvNd.__doc__)
+SubMConv3d = _dims(_SubMConvNd, 3, "SubMConv3d", _SubMConvNd.__doc__)
+SparseConv1d = _dims(_SparseConvNdRegular, 1, "SparseConv1d", _SparseConvNdRegular.__doc__)
+SparseConv2d = _dims(_SparseConvNdRegular, 2, "SparseConv2d", _SparseConvNdRegular.__doc__)
+SparseConv3d = _dims(_SparseConvNdRegular, 3, "SparseConv3d", _SparseConvNdRegular.__doc__)
+SparseConvTranspose1d = _dims(_SparseConvTransposeNd, 1, "SparseConvTranspose1d", _SparseConvTransposeNd.__doc__)
+SparseConvTranspose2d = _dims(_SparseConvTransposeNd, 2, "SparseConvTranspose2d", _SparseConvTransposeNd.__doc__)
+SparseConvTranspose3d = _dims(_SparseConvTransposeNd, 3, "SparseConvTranspose3d", _SparseConvTransposeNd.__doc__)
+SparseInverseConv1d = _dims(_SparseInverseConvNd, 1, "SparseInverseConv1d", _SparseInverseConvNd.__doc__)
+SparseInverseConv2d = _dims(_SparseInverseConvNd, 2, "SparseInverseConv2d", _SparseInverseConvNd.__doc__)
+SparseInverseConv3d = _dims(_SparseInverseConvNd, 3, "SparseInverseConv3d", _SparseInverseConvNd.__doc__)
+
+
+class _SparsePoolNd(SparseModule):
+    ndim: int = 0
+    mode: str = "max"
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, indice_key=None, algo=None):
+        super().__init__()
+        del algo
+        D = self.ndim
+        self.kernel_size = F._tuple(kernel_size, D, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else F._tuple(stride, D, "stride", 1)
+        self.padding = F._tuple(padding, D, "padding", 0)
+        self.dilation = F._tuple(dilation, D, "dilation", 1)
+        self.indice_key = indice_key
+
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
+        if not isinstance(x, SparseConvTensor) or x.ndim != self.ndim:
+            raise TypeError(f"{type(self).__name__} expects a {self.ndim}D SparseConvTensor, got {x!r}")
+        pool = F.sparse_max_pool if self.mode == "max" else F.sparse_avg_pool
+        return pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.indice_key)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _pool_dims(mode: str, ndim: int, name: str):
+    doc = F.sparse_max_pool.__doc__ if mode == "max" else F.sparse_avg_pool.__doc__
+    return type(name, (_SparsePoolNd,), {"ndim": ndim, "mode": mode, "__doc__": doc, "__module__": __name__})
+
+
+SparseMaxPool1d = _pool_dims("max", 1, "SparseMaxPool1d")
+SparseMaxPool2d = _pool_dims("max", 2, "SparseMaxPool2d")
+SparseMaxPool3d = _pool_dims("max", 3, "SparseMaxPool3d")
+SparseAvgPool1d = _pool_dims("avg", 1, "SparseAvgPool1d")
+SparseAvgPool2d = _pool_dims("avg", 2, "SparseAvgPool2d")
+SparseAvgPool3d = _pool_dims("avg", 3, "SparseAvgPool3d")
+
+
+class SparseGlobalMaxPool(SparseModule):
+    """Max over each batch entry's active sites -> dense `(B, C)`."""
+
+    def forward(self, x: SparseConvTensor) -> Tensor:
+        return F.global_max_pool(x)
+
+
+class SparseGlobalAvgPool(SparseModule):
+    """Mean over each batch entry's active sites -> dense `(B, C)`."""
+
+    def forward(self, x: SparseConvTensor) -> Tensor:
+        return F.global_avg_pool(x)
+
+
+class ToDense(SparseModule):
+    """`SparseConvTensor` -> dense `(B, C, *spatial)`."""
+
+    def forward(self, x: SparseConvTensor) -> Tensor:
+        return F.to_dense(x)
+
+
+class _FeatureWise(SparseModule):
+    """Applies the wrapped row-wise op to `features` and keeps the sites."""
+
+    def forward(self, x):
+        if isinstance(x, SparseConvTensor):
+            return x.replace_feature(super().forward(x.features))
+        return super().forward(x)
+
+
+class SparseBatchNorm(_FeatureWise, nn.BatchNorm1d):
+    """`nn.BatchNorm1d` over the active sites' features (statistics over sites, not the dense map)."""
+
+    def forward(self, x):
+        if isinstance(x, SparseConvTensor) and x.num_active == 0:
+            return x  # no statistics to take; nothing to normalise
+        return super().forward(x)
+
+
+class SparseReLU(_FeatureWise, nn.ReLU):
+    """ReLU on the features."""
+
+
+class SparseSiLU(_FeatureWise, nn.SiLU):
+    """SiLU on the features."""
+
+
+class SparseLeakyReLU(_FeatureWise, nn.LeakyReLU):
+    """LeakyReLU on the features."""
+
+
+class SparseIdentity(_FeatureWise, nn.Identity):
+    """Identity."""
+
+
+class SparseSequential(nn.Sequential):
+    """`nn.Sequential` for sparse tensors: sparse modules get the tensor, any other module (e.g.
+    `nn.BatchNorm1d`, `nn.ReLU`, `nn.Linear`) is applied to its `features`."""
+
+    def forward(self, x):
+        for module in self:
+            if isinstance(x, SparseConvTensor) and not isinstance(module, (SparseModule, SparseSequential)):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and x.num_active == 0:
+                    continue
+                x = x.replace_feature(module(x.features))
+            else:
+                x = module(x)
+        return x
