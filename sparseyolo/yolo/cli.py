@@ -1,0 +1,116 @@
+"""`sparseyolo train|val|predict|export|convert key=value ...`: Ultralytics' modes with SparseYOLO registered.
+
+Every Ultralytics argument passes through unchanged (`imgsz=640 epochs=3 device=cpu ...`); unknown keys are
+reported with Ultralytics' own suggestions. Offline by default (see `sparseyolo.yolo.env`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+MODES = ("train", "val", "predict", "export", "convert")
+
+HELP = """usage: sparseyolo MODE [key=value ...]
+
+modes:
+  train     model=yolov8n-sparse.yaml data=data.yaml epochs=1 imgsz=640 ...
+  val       model=runs/detect/train/weights/best.pt data=data.yaml
+  predict   model=best.pt source=image.jpg
+  export    model=best.pt format=onnx [stem=dense]   (stem=dense: export sparse stems as dense layers)
+  convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0]
+All Ultralytics arguments pass through (see `yolo cfg`). Model YAMLs shipped: {cfgs}
+"""
+
+
+def _parse(args: list[str]) -> dict:
+    from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    out = {}
+    for a in merge_equals_args(args):
+        if "=" not in a:
+            raise SyntaxError(f"argument {a!r} is not key=value")
+        try:
+            k, v = parse_key_value_pair(a)
+        except AssertionError as e:
+            raise SyntaxError(str(e)) from e
+        out[k] = v
+    return out
+
+
+def unknown_keys(overrides: dict) -> list[str]:
+    """One message per key that is not an Ultralytics argument, with the closest valid keys."""
+    from difflib import get_close_matches
+
+    from ultralytics.cfg import _handle_deprecation
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    _handle_deprecation(overrides)
+    valid = set(DEFAULT_CFG_DICT) | {"augmentations", "save_dir"}
+    out = []
+    for k in overrides:
+        if k not in valid:
+            close = get_close_matches(k, sorted(valid), n=3)
+            out.append(f"unknown argument {k!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        from sparseyolo.yolo.cfg import list_cfgs
+
+        print(HELP.format(cfgs=", ".join(list_cfgs())))
+        return 0 if argv else 2
+    mode, rest = argv[0], argv[1:]
+    if mode not in MODES:
+        print(f"sparseyolo: unknown mode {mode!r}; expected one of {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help", "help") for a in rest):
+        from sparseyolo.yolo.cfg import list_cfgs
+
+        print(HELP.format(cfgs=", ".join(list_cfgs())))
+        return 0
+    import sparseyolo.yolo  # noqa: F401  (env defaults + registration before anything else)
+
+    try:
+        overrides = _parse(rest)
+    except SyntaxError as e:
+        print(f"sparseyolo {mode}: {e}", file=sys.stderr)
+        return 2
+    if mode == "convert":
+        from sparseyolo.yolo.convert import cli_main
+
+        return cli_main(overrides)
+    return run_mode(mode, overrides)
+
+
+def run_mode(mode: str, overrides: dict) -> int:
+    from ultralytics.utils import ASSETS
+
+    from sparseyolo.yolo import YOLO
+
+    stem = overrides.pop("stem", None) if mode == "export" else None
+    if stem not in (None, "dense", "sparse"):
+        print(f"sparseyolo export: stem must be 'dense' or 'sparse', got {stem!r}", file=sys.stderr)
+        return 2
+    bad = unknown_keys(overrides)
+    if bad:
+        print(f"sparseyolo {mode}: " + "; ".join(bad), file=sys.stderr)
+        return 2
+    model_name = overrides.pop("model", None) or "yolov8n-sparse.yaml"
+    overrides.pop("mode", None)
+    if mode == "predict" and "source" not in overrides:
+        overrides["source"] = str(ASSETS)
+    try:
+        model = YOLO(model_name, task=overrides.pop("task", None))
+        if mode == "export":
+            from sparseyolo.yolo.export import export
+
+            out = export(model, stem=stem or "dense", **overrides)
+            print(out)
+            return 0
+        getattr(model, mode)(**overrides)
+    except (FileNotFoundError, ValueError, RuntimeError, TypeError, SyntaxError) as e:
+        print(f"sparseyolo {mode}: error: {e}", file=sys.stderr)
+        return 1
+    return 0

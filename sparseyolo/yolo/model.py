@@ -1,0 +1,92 @@
+"""`SparseDetectionModel`: Ultralytics' DetectionModel plus the auxiliary losses and stats of our blocks.
+
+Import path is part of the checkpoint format (pickled): never move this class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+from sparseyolo import __version__
+from sparseyolo.yolo.cfg import resolve_cfg
+
+
+def aux_modules(model: nn.Module) -> list[nn.Module]:
+    """Blocks that implement the aux protocol: `pop_aux(targets) -> (losses: dict, stats: dict)`."""
+    return [m for m in model.modules() if callable(getattr(m, "pop_aux", None))]
+
+
+class SparseDetectionModel(DetectionModel):
+    """A DetectionModel whose loss adds the auxiliary losses of SparseYOLO blocks (e.g. `mask_loss`
+    of a learned sparsifier) as extra loss columns, and reports their stats (e.g. `active`, the kept
+    fraction of pixels).
+
+    Blocks take part through two duck-typed members (no Ultralytics imports on their side):
+    `aux_names -> tuple[list[str], list[str]]` (loss names, stat names) and
+    `pop_aux(targets: dict) -> (dict[str, Tensor], dict[str, Tensor])`, with `targets` holding `batch_idx
+    (N,)`,
+    `bboxes (N, 4)` normalised xywh, `imgsz (H, W)` and `batch_size`. Loss values are means over the batch;
+    they
+    are scaled by the batch size like Ultralytics' own loss components.
+    """
+
+    def __init__(self, cfg="yolov8n-sparse.yaml", ch=3, nc=None, verbose=True):
+        if isinstance(cfg, str):
+            cfg = resolve_cfg(cfg)
+        super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
+        self.sparseyolo_version = __version__
+        for m in aux_modules(self):  # match Ultralytics' initialize_weights() for our BatchNorms
+            for bn in m.modules():
+                if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.BatchNorm2d:
+                    bn.eps, bn.momentum = 1e-3, 0.03
+
+    def aux_names(self) -> tuple[list[str], list[str]]:
+        losses, stats = [], []
+        for m in aux_modules(self):
+            lo, st = m.aux_names
+            losses += [n for n in lo if n not in losses]
+            stats += [n for n in st if n not in stats]
+        return losses, stats
+
+    def loss(self, batch, preds=None):
+        if preds is None:
+            preds = self.forward(batch["img"])
+        loss, items = super().loss(batch, preds)
+        mods = aux_modules(self)
+        if not mods:
+            return loss, items
+        img = batch["img"]
+        bs = img.shape[0]
+        targets = {
+            "batch_idx": batch["batch_idx"].view(-1),
+            "bboxes": batch["bboxes"],
+            "imgsz": tuple(img.shape[-2:]),
+            "batch_size": bs,
+        }
+        loss_names, stat_names = self.aux_names()
+        aux_l: dict[str, list] = {k: [] for k in loss_names}
+        aux_s: dict[str, list] = {k: [] for k in stat_names}
+        for m in mods:
+            lo, st = m.pop_aux(targets)
+            for k, v in lo.items():
+                aux_l.setdefault(k, []).append(v)
+            for k, v in st.items():
+                aux_s.setdefault(k, []).append(v)
+        zero = loss.new_zeros(())
+        extra_loss = [torch.stack(v).sum() if v else zero for v in aux_l.values()]
+        if extra_loss:
+            loss = torch.cat([loss.view(-1), torch.stack(extra_loss) * bs])
+        items = dict(items)
+        for k, v in zip(aux_l, extra_loss, strict=True):
+            items[k] = v.detach()
+        for k, v in aux_s.items():
+            items[k] = (
+                torch.stack([torch.as_tensor(x, dtype=zero.dtype, device=zero.device) for x in v])
+                .mean()
+                .detach()
+                if v
+                else zero
+            )
+        return loss, items

@@ -1,0 +1,26 @@
+"""`SparseDetectionTrainer`: Ultralytics' DetectionTrainer building `SparseDetectionModel`.
+
+Import path is used by Ultralytics' DDP launcher (it pickles the trainer class): never move this class.
+"""
+
+from __future__ import annotations
+
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import RANK
+
+import sparseyolo.yolo  # noqa: F401  (registration, also in DDP worker processes)
+from sparseyolo.yolo.model import SparseDetectionModel
+
+
+class SparseDetectionTrainer(DetectionTrainer):
+    """Trains `SparseDetectionModel`; loss columns include our aux losses/stats ."""
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        model = self.set_model_names_for_load(
+            SparseDetectionModel(
+                cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1
+            )
+        )
+        if weights:
+            model.load(weights)
+        return model
