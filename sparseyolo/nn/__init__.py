@@ -5,8 +5,44 @@ Nothing here imports Ultralytics; `sparseyolo.yolo` registers every class in `__
 
 from sparseyolo.nn.base import Channels, YamlBlock, YamlContext, make_divisible
 from sparseyolo.nn.common import Chunk, FuseAdd, Pick
+from sparseyolo.nn.sparse_blocks import SBottleneck, SC2f, SConv, SparseBlock, SparseStem, set_export_dense
 
-__all__ = ["Channels", "YamlBlock", "YamlContext", "make_divisible", "Chunk", "FuseAdd", "Pick"]
+__all__ = [  # fmt: skip
+    "Channels",
+    "YamlBlock",
+    "YamlContext",
+    "make_divisible",
+    "Chunk",
+    "FuseAdd",
+    "Pick",
+    "SparseBlock",
+    "SparseStem",
+    "SConv",
+    "SBottleneck",
+    "SC2f",
+    "set_export_dense",
+    "link_sparse_outputs",
+]
 
 # Block classes usable by name in model YAMLs (the parser registry reads this).
-YAML_MODULES = ["Chunk", "FuseAdd", "Pick"]
+YAML_MODULES = ["Chunk", "FuseAdd", "Pick", "SparseStem", "SConv", "SBottleneck", "SC2f"]
+
+
+def link_sparse_outputs(layers, froms) -> None:
+    """Let sparse blocks hand `SparseConvTensor`s on: block i gets `dense_out=False` when every layer
+    that reads its output (`froms[j]` is i, or -1 with j == i + 1, or a list containing either) is a sparse
+    block too, and it is not the last layer. `layers`: the layer list, `froms`: their `from`s."""
+    n = len(layers)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, SparseBlock):
+            continue
+        consumers = []
+        for j in range(i + 1, n):
+            f = froms[j]
+            fs = [f] if isinstance(f, int) else list(f)
+            if any((x == -1 and j == i + 1) or (x >= 0 and x == i) or (x < -1 and j + x == i) for x in fs):
+                consumers.append(j)
+        sparse_ok = bool(consumers) and all(
+            isinstance(layers[j], SparseBlock) and isinstance(froms[j], int) for j in consumers
+        )
+        layer.dense_out = not sparse_ok

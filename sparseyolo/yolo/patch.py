@@ -146,7 +146,11 @@ def register(classes: dict[str, type]) -> None:
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
         validate_yaml_modules(d, tasks.__dict__)
-        return patched(d, ch, verbose)
+        model, save = patched(d, ch, verbose)
+        from sparseyolo.nn import link_sparse_outputs
+
+        link_sparse_outputs(list(model), [m.f for m in model])
+        return model, save
 
     parse_model.__sparseyolo_original__ = original
     tasks.parse_model = parse_model

@@ -1,0 +1,252 @@
+"""Sparse versions of YOLOv8's first backbone stages: `SparseStem`, `SConv`, `SBottleneck`, `SC2f`.
+
+Each block mirrors an Ultralytics block (same constructor signature, same submodule names and weight shapes:
+`conv.weight`, `bn.*`, `cv1`, `cv2`, `m.0...`), so a dense checkpoint's state dict loads into the sparse model
+unchanged. On a fully active input the output equals the dense block's; on a sparse input, inactive sites stay
+exactly zero (a dense Conv would put `act(bn(0))` there).
+
+Input: a dense `Tensor[B, C, H, W]` (active sites = non-zero pixels; `SparseStem` chooses them with a
+`Sparsifier`) or a `SparseConvTensor` from the previous sparse block. Output: a dense tensor with exactly the
+dense block's shape when `dense_out` is True (the default), else a `SparseConvTensor` for the next sparse
+block.
+A model parser (see `sparseyolo.yolo`) sets `dense_out=False` where every consumer is a sparse block.
+
+Export mode (`set_export_dense(model, True)`): the same weights run as dense ops with masks, giving the same
+numbers as the sparse path (inactive sites zero) in a graph that traces to ONNX.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparseyolo.nn.base import YamlBlock, YamlContext
+from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
+from sparseyolo.sparse import functional as SF
+from sparseyolo.sparsify import Sparsifier
+
+
+def autopad(k: int, p: int | None = None, d: int = 1) -> int:
+    """'Same' padding, as Ultralytics' `autopad` for int kernels."""
+    if d > 1:
+        k = d * (k - 1) + 1
+    return k // 2 if p is None else p
+
+
+class DenseMasked:
+    """Carrier between blocks in export mode: dense features (zeros at inactive sites) and a float mask."""
+
+    __slots__ = ("x", "mask")
+
+    def __init__(self, x: Tensor, mask: Tensor):
+        self.x, self.mask = x, mask
+
+
+def to_sparse(x, c1: int, name: str) -> SparseConvTensor:
+    if isinstance(x, SparseConvTensor):
+        c = x.features.shape[1]
+    elif isinstance(x, Tensor) and x.dim() == 4:
+        c = x.shape[1]
+    else:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} expects Tensor[B, {c1}, H, W] or a SparseConvTensor, got {got}")
+    if c != c1:
+        raise ValueError(f"{name} expects {c1} input channels, got {c}")
+    return x if isinstance(x, SparseConvTensor) else SparseConvTensor.from_dense(x)
+
+
+def to_masked(x, c1: int, name: str) -> DenseMasked:
+    if isinstance(x, DenseMasked):
+        return x
+    if isinstance(x, SparseConvTensor):
+        d = x.dense()
+        return DenseMasked(d, (d.abs().sum(1, keepdim=True) > 0).to(d.dtype))
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != c1:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} expects Tensor[B, {c1}, H, W], got {got}")
+    return DenseMasked(x, (x.abs().sum(1, keepdim=True) > 0).to(x.dtype))
+
+
+class SparseBlock(YamlBlock, nn.Module):
+    """Common base: `dense_out` and export-mode handling."""
+
+    accepts_sparse = True
+
+    def __init__(self):
+        super().__init__()
+        self.dense_out = True
+        self.export_dense = False
+
+    def finish(self, y):
+        if not self.dense_out:
+            return y
+        if isinstance(y, DenseMasked):
+            return y.x
+        return y.dense()
+
+
+class SConv(SparseBlock):
+    """Sparse `Conv` (conv -> BN -> SiLU): `(c1, c2, k=1, s=1, p=None, g=1, d=1, act=True)`.
+
+    k=1, s=1: a per-site linear map; s=1: a submanifold conv (sites kept, 'same' padding required); s>1: a
+    strided
+    sparse conv on the same output grid as the dense conv.
+    """
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, d=1, act=True):
+        super().__init__()
+        if not isinstance(k, int):
+            raise ValueError(f"SConv supports square int kernels, got k={k}")
+        p = autopad(k, p, d)
+        if s == 1 and p != d * (k // 2):
+            raise ValueError(
+                f"SConv with stride 1 is submanifold and needs 'same' padding {d * (k // 2)}, got {p}"
+            )
+        self.c1, self.c2, self.k, self.s, self.p, self.g, self.d = c1, c2, k, s, p, g, d
+        self.conv = nn.Conv2d(
+            c1, c2, k, s, p, groups=g, dilation=d, bias=False
+        )  # weight storage (dense layout)
+        self.bn = SparseBatchNorm(c2, eps=1e-3, momentum=0.03)
+        self.act = nn.SiLU() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
+
+    def forward(self, x):
+        if self.export_dense or isinstance(x, DenseMasked):
+            return self.finish(self.forward_masked(to_masked(x, self.c1, "SConv")))
+        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SConv")))
+
+    def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
+        w = self.conv.weight
+        if self.k == 1 and self.s == 1 and self.g == 1:
+            y = x.replace_feature(F.linear(x.features, w.flatten(1)))
+        elif self.s == 1:
+            y = SF.subm_conv(x, w, None, self.d, self.g)
+        else:
+            y = SF.sparse_conv(x, w, None, self.s, self.p, self.d, self.g)
+        if y.num_active:
+            y = y.replace_feature(self.act(self.bn.forward(y.features)))
+        return y
+
+    def forward_masked(self, x: DenseMasked) -> DenseMasked:
+        y = F.conv2d(x.x, self.conv.weight, None, self.s, self.p, self.d, self.g)
+        m = x.mask if self.s == 1 else F.max_pool2d(x.mask, self.k, self.s, self.p, self.d)
+        bn = self.bn
+        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return DenseMasked(self.act(y) * m, m)
+
+
+class SBottleneck(SparseBlock):
+    """Sparse `Bottleneck` (two submanifold convs, optional residual): `(c1, c2, shortcut=True, g=1, k=(3, 3),
+    e=0.5)`."""
+
+    def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.c1 = c1
+        self.cv1 = SConv(c1, c_, k[0], 1)
+        self.cv2 = SConv(c_, c2, k[1], 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x):
+        if self.export_dense or isinstance(x, DenseMasked):
+            return self.finish(self.forward_masked(to_masked(x, self.c1, "SBottleneck")))
+        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SBottleneck")))
+
+    def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
+        y = self.cv2.forward_sparse(self.cv1.forward_sparse(x))
+        return y.replace_feature(x.features + y.features) if self.add else y
+
+    def forward_masked(self, x: DenseMasked) -> DenseMasked:
+        y = self.cv2.forward_masked(self.cv1.forward_masked(x))
+        return DenseMasked(x.x + y.x, y.mask) if self.add else y
+
+
+class SC2f(SparseBlock):
+    """Sparse `C2f`: `(c1, c2, n=1, shortcut=False, g=1, e=0.5)`; all convs keep the input's sites."""
+
+    yaml_repeats = True
+
+    def __init__(self, c1, c2, n=1, shortcut=False, g=1, e=0.5):
+        super().__init__()
+        self.c1 = c1
+        self.c = int(c2 * e)
+        self.cv1 = SConv(c1, 2 * self.c, 1, 1)
+        self.cv2 = SConv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(SBottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+
+    def forward(self, x):
+        if self.export_dense or isinstance(x, DenseMasked):
+            return self.finish(self.forward_masked(to_masked(x, self.c1, "SC2f")))
+        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SC2f")))
+
+    def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
+        y0 = self.cv1.forward_sparse(x)
+        parts = list(y0.features.chunk(2, 1))
+        cur = y0.replace_feature(parts[-1])
+        for m in self.m:
+            cur = m.forward_sparse(cur)
+            parts.append(cur.features)
+        return self.cv2.forward_sparse(y0.replace_feature(torch.cat(parts, 1)))
+
+    def forward_masked(self, x: DenseMasked) -> DenseMasked:
+        y0 = self.cv1.forward_masked(x)
+        parts = list(y0.x.chunk(2, 1))
+        cur = DenseMasked(parts[-1], y0.mask)
+        for m in self.m:
+            cur = m.forward_masked(cur)
+            parts.append(cur.x)
+        return self.cv2.forward_masked(DenseMasked(torch.cat(parts, 1), y0.mask))
+
+
+class SparseStem(SConv):
+    """Dense image in -> sparsify -> strided sparse conv (conv -> BN -> SiLU) -> sparse out (or dense).
+
+    `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None)`; `conv`/`bn`
+    have the shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
+    See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
+    """
+
+    def __init__(
+        self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None
+    ):
+        super().__init__(c1, c2, k, s)
+        self.sparsify = Sparsifier(c1, method, threshold, keep, max_active, dilate)
+
+    def forward(self, x):
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SparseStem expects a dense image batch Tensor[B, {self.c1}, H, W], got {got}")
+        if x.shape[1] != self.c1:
+            hint = " (alpha channel? convert images to RGB)" if x.shape[1] == 4 else ""
+            hint = " (grayscale? convert images to RGB)" if x.shape[1] == 1 else hint
+            raise ValueError(f"SparseStem expects {self.c1} input channels, got {x.shape[1]}{hint}")
+        mask, gate = self.sparsify(x)
+        if gate is not None:
+            x = x * gate
+        if self.export_dense:
+            m = mask.unsqueeze(1).to(x.dtype)
+            return self.finish(self.forward_masked(DenseMasked(x * m, m)))
+        return self.finish(self.forward_sparse(SparseConvTensor.from_dense(x, mask)))
+
+    # aux protocol: forwarded to the sparsifier
+    @property
+    def aux_names(self):
+        return self.sparsify.aux_names
+
+    def pop_aux(self, targets):
+        return self.sparsify.pop_aux(targets)
+
+    @classmethod
+    def yaml_args(cls, args, ctx: YamlContext):
+        args, c2, n = super().yaml_args(args, ctx)
+        if n != 1:
+            raise ValueError(f"SparseStem cannot be repeated (n={n})")
+        return args, c2, 1
+
+
+def set_export_dense(model: nn.Module, on: bool = True) -> nn.Module:
+    """Switch every sparse block of `model` to (or from) the dense masked path used for ONNX export."""
+    for m in model.modules():
+        if isinstance(m, SparseBlock):
+            m.export_dense = on
+    return model

@@ -1,0 +1,208 @@
+"""Foreground selection for the sparse stem: which input pixels become active sites.
+
+Strategies (`method`):
+
+- `nonzero`: pixels where any channel is non-zero (score: sum of |x| over channels).
+- `threshold`: pixels whose mean intensity over channels is > `threshold` (score: the intensity).
+- `gradient`: pixels whose Sobel gradient magnitude of the channel mean is > `threshold` (score: magnitude).
+- `learned`: a tiny conv head predicts a foreground probability; active where p > 0.5. The head runs at
+  1/`head_stride` resolution and is trained from box-derived foreground masks (`mask_loss`, BCE) while a
+  straight-through estimator lets the detection loss reach it through the kept features.
+
+All strategies then apply a budget, keep at most `keep * H * W` (ratio) and at most `max_active` pixels per
+image,
+the highest-scoring first, and finally dilate the mask by `dilate` pixels (a (2r+1)^2 max filter) for context;
+dilation happens after the budget, so it can grow the active set by up to (2r+1)^2 times.
+
+Everything is plain differentiable tensor code (also traceable to ONNX: `Sparsifier.forward` never branches on
+data).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+METHODS = ("nonzero", "threshold", "gradient", "learned")
+
+
+def score_nonzero(x: Tensor) -> Tensor:
+    """`Tensor[B, C, H, W] -> Tensor[B, H, W]`: sum of |x| over channels (> 0 iff any non-zero)."""
+    return x.abs().sum(1)
+
+
+def score_intensity(x: Tensor) -> Tensor:
+    """Mean over channels."""
+    return x.mean(1)
+
+
+def score_gradient(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude of the channel mean (replicate padding, so borders are not edges)."""
+    g = x.mean(1, keepdim=True)
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    w = torch.stack([k, k.t()]).unsqueeze(1)
+    gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
+    d = F.conv2d(gp, w)
+    return d.pow(2).sum(1).sqrt()
+
+
+def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int | None = None) -> Tensor:
+    """Keep at most `keep*H*W` and `max_active` pixels of `mask (B, H, W)` per image, best `score` first."""
+    B, H, W = mask.shape
+    limit = H * W
+    if keep < 1.0:
+        limit = min(limit, max(0, int(keep * H * W)))
+    if max_active is not None:
+        limit = min(limit, int(max_active))
+    if limit >= H * W:
+        return mask
+    if limit == 0:
+        return torch.zeros_like(mask)
+    s = torch.where(mask, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float32))
+    top = s.view(B, -1).topk(limit, dim=1).values[:, -1:]  # k-th largest per image
+    keep_mask = s.view(B, -1) >= top
+    return (mask.view(B, -1) & keep_mask).view(B, H, W)
+
+
+def dilate_mask(mask: Tensor, r: int) -> Tensor:
+    """Grow a boolean `(B, H, W)` mask by `r` pixels (square neighbourhood)."""
+    if r <= 0:
+        return mask
+    m = F.max_pool2d(mask.unsqueeze(1).float(), 2 * r + 1, 1, r)
+    return m.squeeze(1) > 0
+
+
+def boxes_to_mask(
+    batch_idx: Tensor, bboxes: Tensor, batch_size: int, shape: tuple[int, int], dilate: int = 0
+) -> Tensor:
+    """Rasterise normalised xywh `bboxes (N, 4)` of images `batch_idx` into a float `(B, H, W)` 0/1 mask."""
+    H, W = shape
+    out = torch.zeros(batch_size, H, W, device=bboxes.device)
+    if bboxes.numel():
+        ys = (torch.arange(H, device=bboxes.device, dtype=torch.float32) + 0.5) / H
+        xs = (torch.arange(W, device=bboxes.device, dtype=torch.float32) + 0.5) / W
+        x0, y0 = bboxes[:, 0] - bboxes[:, 2] / 2, bboxes[:, 1] - bboxes[:, 3] / 2
+        x1, y1 = bboxes[:, 0] + bboxes[:, 2] / 2, bboxes[:, 1] + bboxes[:, 3] / 2
+        iny = (ys[None] >= y0[:, None] - 0.5 / H) & (ys[None] <= y1[:, None] + 0.5 / H)  # (N, H)
+        inx = (xs[None] >= x0[:, None] - 0.5 / W) & (xs[None] <= x1[:, None] + 0.5 / W)  # (N, W)
+        per_box = (iny[:, :, None] & inx[:, None, :]).float()  # (N, H, W)
+        out.index_add_(0, batch_idx.long().view(-1), per_box)
+    return dilate_mask(out > 0, dilate).float() if dilate else (out > 0).float()
+
+
+class MaskHead(nn.Module):
+    """Tiny foreground head: avg-pool by `stride`, conv3x3(c1->hidden)+SiLU, conv3x3(hidden->1) -> logits."""
+
+    def __init__(self, c1: int = 3, hidden: int = 8, stride: int = 4):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(c1, hidden, 3, 1, 1)
+        self.conv2 = nn.Conv2d(hidden, 1, 3, 1, 1)
+        nn.init.constant_(self.conv2.bias, 2.0)  # start mostly "on": nothing is dropped before training
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits `(B, 1, ceil(H/stride), ceil(W/stride))`."""
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return self.conv2(F.silu(self.conv1(x)))
+
+
+class Sparsifier(nn.Module):
+    """Chooses active pixels of a dense image batch.
+
+    `forward(x: Tensor[B, C, H, W]) -> (mask: bool[B, H, W], gate: Tensor[B, 1, H, W] | None)`; `gate` is the
+    straight-through factor of the `learned` method (1.0 forward, soft-mask gradient backward): multiply it
+    into
+    the kept features so the detection loss trains the head. For the other methods it is None.
+    """
+
+    def __init__(
+        self,
+        c1: int = 3,
+        method: str = "nonzero",
+        threshold: float = 0.0,
+        keep: float = 1.0,
+        max_active: int | None = None,
+        dilate: int = 0,
+        head_stride: int = 4,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown sparsify method {method!r}; expected one of {METHODS}")
+        if not 0.0 <= float(keep) <= 1.0:
+            raise ValueError(f"keep must be a ratio in [0, 1], got {keep}")
+        if max_active is not None and int(max_active) < 0:
+            raise ValueError(f"max_active must be >= 0, got {max_active}")
+        if int(dilate) < 0:
+            raise ValueError(f"dilate must be >= 0, got {dilate}")
+        self.c1, self.method, self.threshold = c1, method, float(threshold)
+        self.keep, self.max_active, self.dilate = float(keep), max_active, int(dilate)
+        self.head = MaskHead(c1, stride=head_stride) if method == "learned" else None
+        self._aux = None  # (logits, mask) of the last forward; never saved (see __getstate__)
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method!r}, threshold={self.threshold}, keep={self.keep}, "
+            f"max_active={self.max_active}, dilate={self.dilate}"
+        )
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_aux"] = None
+        return state
+
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.method == "nonzero":
+            s = score_nonzero(x)
+            return s, None
+        if self.method == "threshold":
+            return score_intensity(x), None
+        if self.method == "gradient":
+            return score_gradient(x), None
+        logits = self.head(x)
+        up = F.interpolate(logits, scale_factor=self.head.stride, mode="nearest")[
+            ..., : x.shape[-2], : x.shape[-1]
+        ]
+        return up.squeeze(1), logits
+
+    def forward(self, x: Tensor):
+        if x.dim() != 4 or x.shape[1] != self.c1:
+            raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
+        s, logits = self.score(x)
+        if self.method == "nonzero":
+            mask = s > 0
+        elif self.method == "learned":
+            mask = s > 0  # p > 0.5
+        else:
+            mask = s > self.threshold
+        mask = apply_budget(mask, s, self.keep, self.max_active)
+        mask = dilate_mask(mask, self.dilate)
+        gate = None
+        if logits is not None:
+            p = torch.sigmoid(s).unsqueeze(1)
+            gate = (1.0 - p).detach() + p  # value 1, gradient dp (straight-through)
+            self._aux = (logits, mask.detach())
+        else:
+            self._aux = (None, mask.detach())
+        return mask, gate
+
+    # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) -------------------------------
+    @property
+    def aux_names(self):
+        return (["mask_loss"] if self.method == "learned" else []), ["active"]
+
+    def pop_aux(self, targets: dict):
+        aux, self._aux = self._aux, None
+        if aux is None:
+            return {}, {}
+        logits, mask = aux
+        stats = {"active": mask.float().mean().detach()}
+        if logits is None:
+            return {}, stats
+        fg = boxes_to_mask(
+            targets["batch_idx"], targets["bboxes"], targets["batch_size"], tuple(logits.shape[-2:])
+        ).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), fg)
+        return {"mask_loss": loss}, stats
