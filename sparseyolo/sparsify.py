@@ -60,8 +60,8 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
     if limit == 0:
         return torch.zeros_like(mask)
     s = torch.where(mask, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float32))
-    top = s.view(B, -1).topk(limit, dim=1).values[:, -1:]  # k-th largest per image
-    keep_mask = s.view(B, -1) >= top
+    idx = s.view(B, -1).topk(limit, dim=1).indices  # exactly `limit` per image (ties broken by position)
+    keep_mask = torch.zeros(B, H * W, dtype=torch.bool, device=mask.device).scatter(1, idx, True)
     return (mask.view(B, -1) & keep_mask).view(B, H, W)
 
 
@@ -84,8 +84,9 @@ def boxes_to_mask(
         xs = (torch.arange(W, device=bboxes.device, dtype=torch.float32) + 0.5) / W
         x0, y0 = bboxes[:, 0] - bboxes[:, 2] / 2, bboxes[:, 1] - bboxes[:, 3] / 2
         x1, y1 = bboxes[:, 0] + bboxes[:, 2] / 2, bboxes[:, 1] + bboxes[:, 3] / 2
-        iny = (ys[None] >= y0[:, None] - 0.5 / H) & (ys[None] <= y1[:, None] + 0.5 / H)  # (N, H)
-        inx = (xs[None] >= x0[:, None] - 0.5 / W) & (xs[None] <= x1[:, None] + 0.5 / W)  # (N, W)
+        # pixels overlapping the box (so a box smaller than a pixel still marks one)
+        iny = (ys[None] + 0.5 / H > y0[:, None]) & (ys[None] - 0.5 / H < y1[:, None])  # (N, H)
+        inx = (xs[None] + 0.5 / W > x0[:, None]) & (xs[None] - 0.5 / W < x1[:, None])  # (N, W)
         per_box = (iny[:, :, None] & inx[:, None, :]).float()  # (N, H, W)
         out.index_add_(0, batch_idx.long().view(-1), per_box)
     return dilate_mask(out > 0, dilate).float() if dilate else (out > 0).float()
