@@ -1,4 +1,4 @@
-"""Sparse stem blocks against Ultralytics' own dense blocks (the oracle): forward and gradients on fully active
+"""Sparse blocks against Ultralytics' own dense blocks (the oracle): forward and gradients on fully active
 inputs, the dense masked path on sparse inputs, zero active sites, bad inputs, sparsify strategies."""
 
 from __future__ import annotations
