@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m sparseyolo.data fetch
+	$(PY) -c "from sparseyolo.sparse import _ext; _ext.load(required=True); print('compiled sparse kernels: ok')"
 	touch $(STAMP)
 
 demo: setup

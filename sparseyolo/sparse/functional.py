@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseyolo.sparse import _ext
 from sparseyolo.sparse import kmap as km
 from sparseyolo.sparse.tensor import SparseConvTensor, new_coordinate_id
 
@@ -93,7 +94,10 @@ def _grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
 
 
 def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
-    """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]; weight `(K, G, I, O)`."""
+    """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]; weight `(K, G, I, O)` contiguous."""
+    ext = _ext.load()
+    if ext is not None:
+        return ext.gather_conv(features, weight, kmap.table)
     c_out = weight.shape[1] * weight.shape[3]
     if kmap.identity is not None:
         out = _grouped_mm(features, weight[kmap.identity])
@@ -106,12 +110,34 @@ def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
     return out
 
 
+def _weight_grad(features: Tensor, grad_out: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
+    """d loss / d weight `(K, G, I, O)` for `_apply_map`."""
+    K, G, I, O = weight.shape
+    ext = _ext.load()
+    if ext is not None:
+        in_rows, out_rows = kmap.in_rows, kmap.out_rows
+        bounds = torch.tensor(kmap.bounds, dtype=torch.int64)
+        identity = -1 if kmap.identity is None else kmap.identity
+        return ext.gather_conv_weight_grad(features, grad_out, in_rows, out_rows, bounds, identity, G, I, O)
+    grad_weight = torch.zeros_like(weight)
+    if kmap.identity is not None:
+        grad_weight[kmap.identity] = _grouped_weight_grad(features, grad_out, G)
+    for k in range(K):
+        rows_in, rows_out = kmap.pairs(k)
+        if rows_in.numel():
+            grad_weight[k] = _grouped_weight_grad(
+                features.index_select(0, rows_in), grad_out.index_select(0, rows_out), G
+            )
+    return grad_weight
+
+
 class SparseConvFunction(torch.autograd.Function):
     """Autograd for gather-GEMM-scatter over a kernel map. weight `(K, G, C_in/G, C_out/G)`."""
 
     @staticmethod
     def forward(ctx, features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
         features = features.contiguous()
+        weight = weight.contiguous()
         ctx.save_for_backward(features, weight)
         ctx.kmap = kmap
         return _apply_map(features, weight, kmap)
@@ -123,18 +149,9 @@ class SparseConvFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_features = _apply_map(grad_out, weight.transpose(2, 3), kmap.transposed())
+            grad_features = _apply_map(grad_out, weight.transpose(2, 3).contiguous(), kmap.transposed())
         if ctx.needs_input_grad[1]:
-            G = weight.shape[1]
-            grad_weight = torch.zeros_like(weight)
-            if kmap.identity is not None:
-                grad_weight[kmap.identity] = _grouped_weight_grad(features, grad_out, G)
-            for k in range(kmap.kernel_volume):
-                rows_in, rows_out = kmap.pairs(k)
-                if rows_in.numel():
-                    grad_weight[k] = _grouped_weight_grad(
-                        features.index_select(0, rows_in), grad_out.index_select(0, rows_out), G
-                    )
+            grad_weight = _weight_grad(features, grad_out, weight, kmap)
         return grad_features, grad_weight, None
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from sparseyolo.sparse import _ext
 
 # A dense grid is used while it has at most this many cells, or at most GRID_CELLS_PER_SITE per site.
 GRID_MAX_CELLS = 1 << 28
@@ -69,15 +70,18 @@ class CoordinateIndex:
         if mode not in ("grid", "hash"):
             raise ValueError(f"force must be 'grid', 'hash' or None, got {force!r}")
         self.mode = mode
-        rows = torch.arange(self.n, dtype=torch.int32)
-        if mode == "grid":
+        ext = _ext.load()
+        if mode == "grid" and ext is not None:
+            self.grid, duplicated = ext.grid_build(keys, self.cells)
+        elif mode == "grid":
             self.grid = torch.full((self.cells,), -1, dtype=torch.int32)
+            rows = torch.arange(self.n, dtype=torch.int32)
             self.grid[keys] = rows
             winners = self.grid[keys]
             duplicated = bool((winners != rows).any()) if self.n else False
         else:
             self.sorted_keys, order = torch.sort(keys)
-            self.sorted_rows = order
+            self.sorted_rows = order.to(torch.int32)
             duplicated = bool((self.sorted_keys[1:] == self.sorted_keys[:-1]).any()) if self.n > 1 else False
         if duplicated:
             raise ValueError(
@@ -98,80 +102,120 @@ class CoordinateIndex:
         return int(sum(int(d) * int(s) for d, s in zip(delta, self.spatial_strides.tolist())))
 
     def find(self, keys: Tensor) -> Tensor:
-        """Row of each key (any shape), -1 where no site sits. Keys must lie inside the padded box."""
+        """Row (int32) of each key (any shape), -1 where no site sits. Keys must lie inside the padded box."""
         if self.mode == "grid":
-            return self.grid[keys.reshape(-1)].reshape(keys.shape).to(torch.int64)
+            return self.grid[keys.reshape(-1)].reshape(keys.shape)
         flat = keys.reshape(-1)
         if self.n == 0:
-            return torch.full(keys.shape, -1, dtype=torch.int64)
+            return torch.full(keys.shape, -1, dtype=torch.int32)
         pos = torch.searchsorted(self.sorted_keys, flat).clamp_(max=self.n - 1)
         hit = self.sorted_keys[pos] == flat
         rows = torch.where(hit, self.sorted_rows[pos], torch.full_like(pos, -1))
-        return rows.reshape(keys.shape)
+        return rows.reshape(keys.shape).to(torch.int32)
+
+    def lookup(self, base: Tensor, step: Tensor) -> Tensor:
+        """Table `(K, N)` int32 of the rows at keys `base[n] + step[k]` (-1 where empty)."""
+        ext = _ext.load()
+        if self.mode == "grid" and ext is not None and base.numel():
+            return ext.grid_lookup(self.grid, base, step)
+        return self.find(base.unsqueeze(0) + step.unsqueeze(1))
 
 
-@dataclass
 class KernelMap:
-    """Pairs of one sparse convolution, grouped by kernel offset.
+    """Pairs of one sparse convolution as a gather table.
 
-    in_rows, out_rows (Tensor[P], int64): pair rows, offset-major; `bounds[k]:bounds[k+1]` is offset k.
-    identity (int | None): a submanifold centre offset whose pairs are all rows (i -> i); kept out of
-        the pair lists and computed as one dense product.
-    kernel_volume: number of offsets K; n_in, n_out: rows of the input and output features.
+    table (Tensor[K, n_out], int32): the input row feeding output row `o` through kernel offset `k`
+        (offsets in the row-major order of `weight[..., *offset]`), -1 where none.
+    n_in: rows of the input features.
+    identity (int | None): an offset whose column is `arange(n)` (submanifold centre); the PyTorch path
+        computes it as one dense product.
+
+    Derived lazily and cached: offset-major pair lists (`pairs`), the transposed map.
     """
 
-    in_rows: Tensor
-    out_rows: Tensor
-    bounds: list[int]
-    kernel_volume: int
-    n_in: int
-    n_out: int
-    identity: int | None = None
-    _transposed: KernelMap | None = field(default=None, repr=False)
+    def __init__(self, table: Tensor, n_in: int, identity: int | None = None):
+        self.table = table
+        self.n_in = int(n_in)
+        self.identity = identity
+        self._pair_lists = None
+        self._transposed = None
+        self._num_pairs = None
+
+    @property
+    def kernel_volume(self) -> int:
+        return int(self.table.shape[0])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.table.shape[1])
+
+    def _pairs_all(self):
+        if self._pair_lists is None:
+            ext = _ext.load()
+            if ext is not None:
+                skip = -1 if self.identity is None else self.identity
+                in_rows, out_rows, counts = ext.table_pairs(self.table.contiguous(), skip)
+                counts = counts.tolist()
+            else:
+                table = self.table
+                if self.identity is not None:
+                    table = table.clone()
+                    table[self.identity] = -1
+                valid = table >= 0
+                counts = valid.sum(dim=1).tolist()
+                _, out_rows = valid.nonzero(as_tuple=True)
+                in_rows = table[valid].to(torch.int64)
+            self._pair_lists = (in_rows, out_rows, [0, *itertools.accumulate(counts)])
+        return self._pair_lists
+
+    @property
+    def in_rows(self) -> Tensor:
+        """All pairs' input rows `(P,)` int64, offset-major (identity offset excluded)."""
+        return self._pairs_all()[0]
+
+    @property
+    def out_rows(self) -> Tensor:
+        return self._pairs_all()[1]
+
+    @property
+    def bounds(self) -> list[int]:
+        """Offset `k`'s pairs are `in_rows[bounds[k]:bounds[k + 1]]`."""
+        return self._pairs_all()[2]
 
     def pairs(self, k: int) -> tuple[Tensor, Tensor]:
-        s, e = self.bounds[k], self.bounds[k + 1]
-        return self.in_rows[s:e], self.out_rows[s:e]
+        """(input rows, output rows) of offset `k` (empty for the identity offset)."""
+        in_rows, out_rows, bounds = self._pairs_all()
+        return in_rows[bounds[k]:bounds[k + 1]], out_rows[bounds[k]:bounds[k + 1]]
 
     @property
     def num_pairs(self) -> int:
-        """All (input, output) products, the identity offset included."""
-        return int(self.in_rows.numel()) + (self.n_in if self.identity is not None else 0)
+        """All (input, output) products, the identity offset included (useful MACs = pairs * C_in * C_out / G)."""
+        if self._num_pairs is None:
+            self._num_pairs = int((self.table >= 0).sum())
+        return self._num_pairs
 
     def transposed(self) -> KernelMap:
-        """The same pairs with inputs and outputs swapped (inverse conv, backward)."""
+        """The same pairs with inputs and outputs swapped (inverse conv, input gradients)."""
         if self._transposed is None:
-            self._transposed = KernelMap(
-                self.out_rows, self.in_rows, self.bounds, self.kernel_volume, self.n_out, self.n_in, self.identity
-            )
+            self._transposed = KernelMap(invert_table(self.table, self.n_in), self.n_out, self.identity)
+            self._transposed._transposed = self
         return self._transposed
+
+
+def invert_table(table: Tensor, n_rows: int) -> Tensor:
+    """`(K, N)` table of rows in `[0, n_rows)` -> `(K, n_rows)` table with `inv[k, table[k, o]] = o`."""
+    ext = _ext.load()
+    if ext is not None and table.dtype == torch.int32:
+        return ext.invert_table(table.contiguous(), n_rows)
+    inv = torch.full((table.shape[0], n_rows), -1, dtype=torch.int32)
+    k, o = (table >= 0).nonzero(as_tuple=True)
+    inv[k, table[k, o].to(torch.int64)] = o.to(torch.int32)
+    return inv
 
 
 def kernel_offsets(kernel_size) -> list[tuple[int, ...]]:
     """All offsets of a kernel in the row-major order of `weight[..., *offset]` (PyTorch layout)."""
     return list(itertools.product(*[range(int(k)) for k in kernel_size]))
-
-
-def _pairs_from_lookup(found: Tensor, src_rows: Tensor | None, kernel_volume: int, skip: int | None,
-                       n_in: int, n_out: int, found_is_input: bool) -> KernelMap:
-    """Turn a `(K, M)` table of looked-up rows (-1 = none) into an offset-major `KernelMap`.
-
-    found_is_input: the table holds input rows per output row (output-stationary lookup); otherwise it
-    holds output rows per input row (input-stationary lookup).
-    """
-    if skip is not None:
-        found = found.clone()
-        found[skip] = -1
-    valid = found >= 0
-    counts = valid.sum(dim=1).tolist()
-    k_idx, col = valid.nonzero(as_tuple=True)
-    del k_idx
-    looked_up = found[valid]
-    other = col if src_rows is None else src_rows[col]
-    bounds = [0, *itertools.accumulate(counts)]
-    if found_is_input:
-        return KernelMap(looked_up, other, bounds, kernel_volume, n_in, n_out, skip)
-    return KernelMap(other, looked_up, bounds, kernel_volume, n_in, n_out, skip)
 
 
 def subm_map(index: CoordinateIndex, indices: Tensor, kernel_size, dilation) -> KernelMap:
@@ -185,9 +229,7 @@ def subm_map(index: CoordinateIndex, indices: Tensor, kernel_size, dilation) -> 
     centre = offsets.index(tuple(half)) if all(k % 2 == 1 for k in kernel_size) else None
     base = index.encode(indices)
     step = torch.tensor([index.offset_key(d) for d in deltas], dtype=torch.int64)
-    found = index.find(base.unsqueeze(0) + step.unsqueeze(1))
-    n = int(indices.shape[0])
-    return _pairs_from_lookup(found, None, len(offsets), centre, n, n, found_is_input=True)
+    return KernelMap(index.lookup(base, step), int(indices.shape[0]), centre)
 
 
 def subm_margin(kernel_size, dilation) -> tuple[int, ...]:
@@ -273,8 +315,7 @@ def conv_map(index: CoordinateIndex, out_indices: Tensor, kernel_size, stride, p
     step = torch.tensor(
         [index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets], dtype=torch.int64
     )
-    found = index.find(base.unsqueeze(0) + step.unsqueeze(1))
-    return _pairs_from_lookup(found, None, len(offsets), None, n_in, int(out_indices.shape[0]), True)
+    return KernelMap(index.lookup(base, step), n_in)
 
 
 def conv_margin(spatial_shape, out_shape, kernel_size, stride, padding, dilation) -> tuple[int, ...]:
@@ -305,8 +346,8 @@ def conv_transpose_map(out_index: CoordinateIndex, in_indices: Tensor, kernel_si
     step = torch.tensor(
         [out_index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets], dtype=torch.int64
     )
-    found = out_index.find(base.unsqueeze(0) + step.unsqueeze(1))
-    return _pairs_from_lookup(found, None, len(offsets), None, int(in_indices.shape[0]), n_out, False)
+    # Output rows per input row = the table of the transposed map; invert it once.
+    return KernelMap(out_index.lookup(base, step), n_out).transposed()
 
 
 def conv_transpose_margin(spatial_shape, out_shape, kernel_size, stride, padding, dilation):
