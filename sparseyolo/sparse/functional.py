@@ -73,6 +73,8 @@ def _kernel_major(weight: Tensor, groups: int, transposed: bool) -> Tensor:
 
 # --- the conv kernel --------------------------------------------------------------------------------
 
+_EXT_DTYPES = (torch.float32, torch.float64)  # the compiled kernels' types; others take the PyTorch path
+
 
 def _grouped_mm(x: Tensor, w: Tensor) -> Tensor:
     """`x (n, G*I) @ blockdiag(w (G, I, O))` -> `(n, G*O)`."""
@@ -95,7 +97,7 @@ def _grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
 
 def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
     """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]; weight `(K, G, I, O)` contiguous."""
-    ext = _ext.load()
+    ext = _ext.load() if features.dtype in _EXT_DTYPES else None
     if ext is not None:
         return ext.gather_conv(features, weight, kmap.table)
     c_out = weight.shape[1] * weight.shape[3]
@@ -113,7 +115,7 @@ def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
 def _weight_grad(features: Tensor, grad_out: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
     """d loss / d weight `(K, G, I, O)` for `_apply_map`."""
     K, G, I, O = weight.shape
-    ext = _ext.load()
+    ext = _ext.load() if features.dtype in _EXT_DTYPES else None
     if ext is not None:
         in_rows, out_rows = kmap.in_rows, kmap.out_rows
         bounds = torch.tensor(kmap.bounds, dtype=torch.int64)
