@@ -61,7 +61,8 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
         return torch.zeros_like(mask)
     s = torch.where(mask, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float32))
     idx = s.view(B, -1).topk(limit, dim=1).indices  # exactly `limit` per image (ties broken by position)
-    keep_mask = torch.zeros(B, H * W, dtype=torch.bool, device=mask.device).scatter(1, idx, True)
+    ones = torch.ones(idx.shape, dtype=torch.float32, device=mask.device)
+    keep_mask = torch.zeros(B, H * W, dtype=torch.float32, device=mask.device).scatter(1, idx, ones) > 0
     return (mask.view(B, -1) & keep_mask).view(B, H, W)
 
 
@@ -163,9 +164,7 @@ class Sparsifier(nn.Module):
         if self.method == "gradient":
             return score_gradient(x), None
         logits = self.head(x)
-        up = F.interpolate(logits, scale_factor=self.head.stride, mode="nearest")[
-            ..., : x.shape[-2], : x.shape[-1]
-        ]
+        up = F.interpolate(logits, scale_factor=self.head.stride, mode="nearest")[..., : x.shape[-2], : x.shape[-1]]
         return up.squeeze(1), logits
 
     def forward(self, x: Tensor):
@@ -202,8 +201,8 @@ class Sparsifier(nn.Module):
         stats = {"active": mask.float().mean().detach()}
         if logits is None:
             return {}, stats
-        fg = boxes_to_mask(
-            targets["batch_idx"], targets["bboxes"], targets["batch_size"], tuple(logits.shape[-2:])
-        ).to(logits.dtype)
+        fg = boxes_to_mask(targets["batch_idx"], targets["bboxes"], targets["batch_size"], tuple(logits.shape[-2:])).to(
+            logits.dtype
+        )
         loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), fg)
         return {"mask_loss": loss}, stats
