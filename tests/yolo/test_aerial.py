@@ -35,7 +35,7 @@ def test_build_yolo_tiles(scenes, tmp_path):
     rows = np.loadtxt(val[0], ndmin=2)
     assert len(rows) == 61 and np.all((rows[:, 1:] > 0) & (rows[:, 1:] <= 1))
     train = list((tmp_path / "aer" / "images" / "train").glob("*.png"))
-    assert len(train) == 8 * 8 + 4 * 4 + 1  # 2472x2299 -> 8x8 tiles of 320, 1035x1249 -> 4x4, 400 -> 1
+    assert len(train) == 8 * 8 + 4 * 4 + 2 * 2  # 2472x2299 -> 8x8 tiles of 320, 1035x1249 -> 4x4, 400 -> 2x2
     n_boxes = sum(
         len(np.loadtxt(p, ndmin=2)) for p in (tmp_path / "aer" / "labels" / "train").glob("*.txt") if p.stat().st_size
     )
