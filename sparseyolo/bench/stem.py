@@ -1,0 +1,394 @@
+"""Hybrid sparse YOLOv8 stem vs the dense stem (and end to end): batch-1 latency p50/p90, peak memory, FLOPs.
+
+Scenes: synthetic (textured rectangles on a black background, foreground 1/5/10/25% of the pixels) and a real
+NEON aerial scene from deepforest (its tree-crown boxes, dilated 2 px, as the foreground mask: what a trained
+`learned` sparsifier aims for; pixels outside are zeroed). Sizes: 1920x1088 and 3840x2176 (1080p/2160p padded
+to stride 32, as Ultralytics letterboxes them).
+
+Models: YOLOv8n (Ultralytics' own layers, random weights with non-trivial BatchNorm statistics) and its sparse
+conversion (`sparseyolo.yolo.convert`, layers 0-4, `nonzero` sparsify; identical weights).
+(a) hybrid stem = sparse layers 0-4 (densified at P3); (b) dense layers 0-4 at full resolution.
+End to end: sparse full-res model, dense full-res model, dense model at 640 (letterboxed 640x384).
+
+FLOPs: dense layers counted with `torch.utils.flop_counter.FlopCounterMode`; sparse layers analytically from
+the
+active-site sets (2 * kernel-map pairs * C_in * C_out / groups per conv; pairs counted on the masks).
+Peak memory: growth of the process's resident set during one call (`sparseyolo.bench.common.PeakRSS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {"1080p": (1088, 1920), "2160p": (2176, 3840), "small": (544, 960)}
+GROUPS = (
+    ("stem 0-4", range(0, 5)),
+    ("backbone 5-9", range(5, 10)),
+    ("neck 10-21", range(10, 22)),
+    ("head 22", range(22, 23)),
+)
+
+
+# --- scenes -------------------------------------------------------------------------------------------
+
+
+def synthetic_scene(h: int, w: int, fg: float, seed: int = 0):
+    """`float32 (1, 3, h, w)` in [0, 1]: textured rectangles (8-96 px) on black until `fg` of pixels are covered."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), bool)
+    target = fg * h * w
+    img = np.zeros((3, h, w), np.float32)
+    while mask.sum() < target:
+        bh, bw = (int(v) for v in rng.integers(8, 97, 2))
+        y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
+        colour = rng.uniform(0.2, 1.0, (3, 1, 1)).astype(np.float32)
+        img[:, y : y + bh, x : x + bw] = colour * rng.uniform(0.7, 1.0, (1, bh, bw)).astype(np.float32)
+        mask[y : y + bh, x : x + bw] = True
+    return torch.from_numpy(img)[None]
+
+
+def aerial_scene(h: int, w: int, dilate: int = 2):
+    """The large deepforest NEON scene, cropped to the aspect ratio, resized to (h, w), zeroed off the boxes."""
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.data.aerial import SCENES, load_scene
+
+    img, boxes = load_scene(SCENES[0])
+    H, W = img.shape[:2]
+    ch = min(H, int(W * h / w))
+    img = img[:ch]
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255
+    t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+    sy, sx = h / ch, w / W
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        if y0 >= ch:
+            continue
+        ya, yb = max(0, int(y0 * sy) - dilate), min(h, int(math.ceil(min(y1, ch) * sy)) + dilate)
+        xa, xb = max(0, int(x0 * sx) - dilate), min(w, int(math.ceil(x1 * sx)) + dilate)
+        mask[ya:yb, xa:xb] = True
+    return (t * mask).clamp_min(0) + 0.0 * t, mask  # pixels off the mask are exactly zero
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def build_models(seed: int = 0):
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    import sparseyolo.yolo  # noqa: F401  (registration, offline env)
+    from sparseyolo.yolo.convert import convert
+
+    torch.manual_seed(seed)
+    dense = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    for m in dense.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    sparse = convert(dense, stages=5, method="nonzero")
+    return dense.eval(), sparse.eval()
+
+
+def run_layers(model, x, layers=None):
+    """Ultralytics' `_predict_once` over `layers` (default all); returns the last output."""
+    y = []
+    for m in model.model:
+        if layers is not None and m.i not in layers:
+            break
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = m(x)
+        y.append(x if m.i in model.save else None)
+    return x
+
+
+def dense_flops_by_group(model, x, upto: int | None = None) -> dict[str, float]:
+    """Executed FLOPs per layer group of the dense layers (FlopCounterMode, one layer at a time)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sparseyolo.nn import SparseBlock
+
+    per_layer = {}
+    y = []
+    with torch.no_grad():
+        for m in model.model:
+            if upto is not None and m.i >= upto:
+                break
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if isinstance(m, SparseBlock):
+                x = m(x)
+                per_layer[m.i] = None
+            else:
+                with FlopCounterMode(display=False) as fc:
+                    x = m(x)
+                per_layer[m.i] = float(fc.get_total_flops())
+            y.append(x if m.i in model.save else None)
+    return per_layer
+
+
+def sparse_flops(model, image) -> dict[int, float]:
+    """Analytic executed FLOPs of the sparse layers 0-4, from the active-site masks (2 * pairs * Cin * Cout/g)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.nn import SBottleneck, SC2f, SConv, SparseStem
+
+    def conv_flops(conv: SConv, mask):
+        m = mask[None, None].float()
+        k, s, p, d, g = conv.k, conv.s, conv.p, conv.d, conv.g
+        cin, cout = conv.c1, conv.c2
+        if k == 1 and s == 1:
+            pairs, out = m.sum(), mask
+        elif s == 1:
+            cnt = F.conv2d(m, torch.ones(1, 1, k, k), padding=p, dilation=d)
+            pairs, out = (cnt * m).sum(), mask
+        else:
+            cnt = F.conv2d(m, torch.ones(1, 1, k, k), stride=s, padding=p, dilation=d)
+            pairs, out = cnt.sum(), cnt[0, 0] > 0
+        return 2.0 * float(pairs) * cin * cout / g, out
+
+    def bottleneck(b: SBottleneck, mask):
+        f1, mask = conv_flops(b.cv1, mask)
+        f2, mask = conv_flops(b.cv2, mask)
+        return f1 + f2, mask
+
+    flops = {}
+    with torch.no_grad():
+        mask = model.model[0].sparsify(image)[0][0]
+        for layer in model.model[:5]:
+            if isinstance(layer, (SparseStem, SConv)):
+                f, mask = conv_flops(layer, mask)
+            elif isinstance(layer, SC2f):
+                f, mask = conv_flops(layer.cv1, mask)
+                for b in layer.m:
+                    fb, mask = bottleneck(b, mask)
+                    f += fb
+                f2, mask = conv_flops(layer.cv2, mask)
+                f += f2
+            else:
+                raise TypeError(f"layer {layer.i} is not sparse: {type(layer).__name__}")
+            flops[layer.i] = f
+    return flops
+
+
+def group_sum(per_layer: dict[int, float]) -> dict[str, float]:
+    return {name: sum(per_layer.get(i) or 0.0 for i in rng) for name, rng in GROUPS if any(i in per_layer for i in rng)}
+
+
+# --- timing -------------------------------------------------------------------------------------------
+
+
+def measure(fn, repeats: int, warmup: int, memory) -> dict:
+    import torch
+
+    with torch.no_grad():
+        _, peak = memory.measure(fn)
+        for _ in range(max(0, warmup - 1)):
+            fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return {
+        "p50_ms": 1e3 * float(np.percentile(ts, 50)),
+        "p90_ms": 1e3 * float(np.percentile(ts, 90)),
+        "peak_mb": peak,
+        "n": len(ts),
+    }
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="sparseyolo bench stem", description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1080p,2160p", help="comma list of 1080p, 2160p, small")
+    ap.add_argument("--fg", default="1,5,10,25", help="synthetic foreground percentages")
+    ap.add_argument("--no-aerial", action="store_true", help="skip the real deepforest scene")
+    ap.add_argument("--no-e2e", action="store_true", help="skip end-to-end models")
+    ap.add_argument("--e2e-scenes", default="10,aerial", help="scenes for end to end: fg percentages / aerial")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/bench-stem", help="directory for stem.md and stem.csv")
+    ap.add_argument("--quick", action="store_true", help="small size, fg 5/25, 2 repeats (smoke test)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.fg, a.repeats, a.e2e_scenes = "small", "5,25", 2, "5"
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from sparseyolo.bench.common import (
+        PeakRSS,
+        format_table,
+        markdown_table,
+        set_threads,
+        system_info,
+        write_csv,
+        write_text,
+    )
+
+    a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    set_threads(a.threads)
+    sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
+    for s in sizes:
+        if s not in SIZES:
+            print(f"sparseyolo bench stem: unknown size {s!r}; expected {', '.join(SIZES)}", file=sys.stderr)
+            return 2
+    fgs = [float(f) for f in a.fg.split(",") if f.strip()]
+    memory = PeakRSS()
+    dense, sparse = build_models()
+    rows = []
+
+    def scenes_for(h, w, which):
+        out = []
+        for f in which:
+            if f == "aerial":
+                if a.no_aerial:
+                    continue
+                try:
+                    img, _ = aerial_scene(h, w)
+                except Exception as e:  # no network and nothing cached
+                    print(f"skipping the aerial scene: {e}", file=sys.stderr)
+                    continue
+                out.append(("aerial (deepforest)", img))
+            else:
+                out.append((f"synthetic {float(f):g}%", synthetic_scene(h, w, float(f) / 100)))
+        return out
+
+    for size in sizes:
+        h, w = SIZES[size]
+        for scene, img in scenes_for(h, w, [*fgs, "aerial"]):
+            active = float((img.abs().sum(1) > 0).float().mean())
+            sf = sparse_flops(sparse, img)
+            df = dense_flops_by_group(dense, img, upto=5)
+            hybrid = measure(lambda img=img: run_layers(sparse, img, range(5)), a.repeats, a.warmup, memory)
+            dstem = measure(lambda img=img: run_layers(dense, img, range(5)), a.repeats, a.warmup, memory)
+            for name, r, fl in (
+                ("hybrid stem (sparse 0-4)", hybrid, sum(sf.values())),
+                ("dense stem (0-4)", dstem, sum(v for v in df.values() if v)),
+            ):
+                rows.append(
+                    {
+                        "part": "stem",
+                        "size": f"{w}x{h}",
+                        "scene": scene,
+                        "active_%": 100 * active,
+                        "variant": name,
+                        **r,
+                        "gflops": fl / 1e9,
+                    }
+                )
+            rows[-2]["speedup"] = dstem["p50_ms"] / hybrid["p50_ms"]
+            rows[-2]["mem_ratio"] = (dstem["peak_mb"] / hybrid["peak_mb"]) if hybrid["peak_mb"] else None
+            print(f"[{size} {scene}] hybrid {hybrid['p50_ms']:.1f} ms / dense {dstem['p50_ms']:.1f} ms", flush=True)
+        if a.no_e2e:
+            continue
+        e2e_which = [s if s == "aerial" else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
+        for scene, img in scenes_for(h, w, e2e_which):
+            active = float((img.abs().sum(1) > 0).float().mean())
+            small = torch.nn.functional.interpolate(
+                img, size=(int(round(640 * h / w / 32)) * 32, 640), mode="bilinear", align_corners=False
+            )
+            variants = (
+                ("sparse full-res model", sparse, img),
+                ("dense full-res model", dense, img),
+                ("dense model at 640", dense, small),
+            )
+            for name, model, x in variants:
+                r = measure(lambda model=model, x=x: model(x), a.repeats, a.warmup, memory)
+                per = dense_flops_by_group(model, x)
+                if model is sparse:
+                    per.update(sparse_flops(sparse, x))
+                groups = group_sum(per)
+                rows.append(
+                    {
+                        "part": "end-to-end",
+                        "size": f"{x.shape[-1]}x{x.shape[-2]}",
+                        "scene": scene,
+                        "active_%": 100 * active,
+                        "variant": name,
+                        **r,
+                        "gflops": sum(groups.values()) / 1e9,
+                        **{f"gflops {k}": v / 1e9 for k, v in groups.items()},
+                    }
+                )
+                print(f"[{size} {scene}] {name}: {r['p50_ms']:.0f} ms", flush=True)
+
+    headers = [
+        "part",
+        "size",
+        "scene",
+        "active %",
+        "variant",
+        "p50 ms",
+        "p90 ms",
+        "peak MiB",
+        "GFLOPs",
+        "speed-up",
+        "mem ratio",
+    ]
+
+    def fmt(v, d=1):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    table = [
+        [
+            r["part"],
+            r["size"],
+            r["scene"],
+            fmt(r["active_%"]),
+            r["variant"],
+            fmt(r["p50_ms"]),
+            fmt(r["p90_ms"]),
+            fmt(r["peak_mb"], 0),
+            fmt(r["gflops"], 2),
+            fmt(r.get("speedup"), 2) + "x" if r.get("speedup") else "",
+            fmt(r.get("mem_ratio"), 1) + "x" if r.get("mem_ratio") else "",
+        ]
+        for r in rows
+    ]
+    print(format_table(headers, table, align="lllrlrrrrrr"))
+    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS]
+    g_rows = [
+        [r["size"], r["scene"], r["variant"]] + [fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
+        for r in rows
+        if r["part"] == "end-to-end"
+    ]
+    if g_rows:
+        print("\nexecuted GFLOPs per layer group (dense: FlopCounterMode; sparse layers 0-4: analytic)")
+        print(format_table(g_headers, g_rows))
+    out = Path(a.out)
+    info = system_info()
+    md = [
+        "# sparseyolo bench stem",
+        "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        f"- threads: {a.threads}, repeats: {a.repeats}, command: `sparseyolo bench stem {' '.join(argv or [])}`",
+        "",
+        markdown_table(headers, table),
+        "",
+    ]
+    if g_rows:
+        md += ["## Executed GFLOPs per layer group", "", markdown_table(g_headers, g_rows), ""]
+    write_text(out / "stem.md", "\n".join(md))
+    write_csv(out / "stem.csv", rows)
+    print(f"\nwrote {out / 'stem.md'} and {out / 'stem.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
