@@ -7,7 +7,7 @@ from pathlib import Path
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
-from sparseyolo.yolo.cfg import list_cfgs, resolve_cfg
+from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
 from sparseyolo.yolo.model import SparseDetectionModel
 from sparseyolo.yolo.train import SparseDetectionTrainer
 
@@ -23,8 +23,13 @@ class YOLO(_UltralyticsYOLO):
     """
 
     def __init__(
-        self, model: str | Path = "yolov8n-sparse.yaml", task: str | None = None, verbose: bool = False
+        self,
+        model: str | Path = "yolov8n-sparse.yaml",
+        task: str | None = None,
+        verbose: bool = False,
+        sparsify: str | dict | None = None,
     ):
+        sparsify = parse_sparsify(sparsify)
         if isinstance(model, (str, Path)):
             model = str(model)
             suffix = Path(model).suffix.lower()
@@ -36,6 +41,11 @@ class YOLO(_UltralyticsYOLO):
                         "or any Ultralytics model YAML)"
                     )
                 model = resolved
+                if sparsify:  # a YAML with these SparseStem settings, so trainers rebuild the same model
+                    from ultralytics.nn.tasks import yaml_model_load
+
+                    d = customize_yaml(yaml_model_load(model), sparsify)
+                    model = write_custom_yaml(d, model)
             elif suffix == ".pt" and not Path(model).is_file():
                 raise FileNotFoundError(
                     f"checkpoint {model!r} not found. SparseYOLO runs offline: hub weights"
@@ -54,6 +64,8 @@ class YOLO(_UltralyticsYOLO):
                     "retrain/convert from its YAML."
                 ) from e
             raise
+        if sparsify and not str(getattr(self, "cfg", "") or "").endswith((".yaml", ".yml")):
+            configure_sparsify(self.model, sparsify)
         saved = getattr(self.model, "sparseyolo_version", None)
         if saved is not None and saved != __version__:
             from ultralytics.utils import LOGGER
@@ -77,3 +89,26 @@ def _ultralytics_has_cfg(name: str) -> bool:
         return bool(check_yaml(name, hard=False) or check_yaml(unified, hard=False))
     except Exception:
         return False
+
+
+def configure_sparsify(model, sparsify: dict) -> None:
+    """Change the sparsify settings of every `SparseStem` of a built model (and its `yaml`, so rebuilds agree).
+
+    A `learned` sparsifier keeps its trained head when the method stays `learned`; switching to `learned`
+    creates an untrained head (it starts "all on")."""
+    from sparseyolo.nn import SparseStem
+    from sparseyolo.sparsify import Sparsifier
+
+    stems = [m for m in model.modules() if isinstance(m, SparseStem)]
+    if not stems:
+        raise ValueError("sparsify settings given, but the model has no SparseStem layer")
+    for m in stems:
+        old = m.sparsify
+        kw = {k: getattr(old, k) for k in ("method", "threshold", "keep", "max_active", "dilate")}
+        kw.update(sparsify)
+        new = Sparsifier(m.c1, **kw).to(next(m.parameters()).device)
+        if new.head is not None and old.head is not None:
+            new.head = old.head
+        m.sparsify = new
+    if isinstance(getattr(model, "yaml", None), dict):
+        model.yaml = customize_yaml(model.yaml, sparsify)

@@ -18,6 +18,8 @@ modes:
   predict   model=best.pt source=image.jpg
   export    model=best.pt format=onnx [stem=dense]   (stem=dense: export sparse stems as dense layers)
   convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0]
+sparse stem settings (train/val/predict/export): sparsify=nonzero|threshold|gradient|learned
+  sparsify_threshold=0.1 sparsify_keep=0.25 sparsify_dilate=2 sparsify_max_active=200000
 All Ultralytics arguments pass through (see `yolo cfg`). Model YAMLs shipped: {cfgs}
 """
 
@@ -90,6 +92,12 @@ def run_mode(mode: str, overrides: dict) -> int:
     from sparseyolo.yolo import YOLO
 
     stem = overrides.pop("stem", None) if mode == "export" else None
+    sparsify = {}
+    for key in list(overrides):
+        if key == "sparsify":
+            sparsify["method"] = overrides.pop(key)
+        elif key.startswith("sparsify_"):
+            sparsify[key[len("sparsify_") :]] = overrides.pop(key)
     if stem not in (None, "dense", "sparse"):
         print(f"sparseyolo export: stem must be 'dense' or 'sparse', got {stem!r}", file=sys.stderr)
         return 2
@@ -102,7 +110,7 @@ def run_mode(mode: str, overrides: dict) -> int:
     if mode == "predict" and "source" not in overrides:
         overrides["source"] = str(ASSETS)
     try:
-        model = YOLO(model_name, task=overrides.pop("task", None))
+        model = YOLO(model_name, task=overrides.pop("task", None), sparsify=sparsify or None)
         if mode == "export":
             from sparseyolo.yolo.export import export
 

@@ -91,12 +91,16 @@ def test_cli_modes(trained, tiny_data, runs_dir, capsys):
                 f"project={runs_dir}",
                 "name=cli",
                 "exist_ok=True",
+                "sparsify=gradient",
+                "sparsify_threshold=0.05",
+                "sparsify_keep=0.5",
                 *base,
             ]
         )
         == 0
     )
-    assert (runs_dir / "cli" / "weights" / "best.pt").is_file()
+    stem = YOLO(str(runs_dir / "cli" / "weights" / "best.pt")).model.model[0].sparsify
+    assert (stem.method, stem.threshold, stem.keep) == ("gradient", 0.05, 0.5)
     assert (
         cli_main(
             [
@@ -152,3 +156,17 @@ def test_checkpoint_from_other_version(tmp_path, trained):
             zout.writestr(item, content)
     with pytest.raises(RuntimeError, match="SparseDetectionMode2"):
         YOLO(str(p))
+
+
+def test_sparsify_settings_api(trained):
+    _, best = trained
+    m = YOLO(str(best), sparsify={"method": "learned", "keep": 0.2, "dilate": 1})
+    s = m.model.model[0].sparsify
+    assert (s.method, s.keep, s.dilate) == ("learned", 0.2, 1) and s.head is not None
+    assert m.model.yaml["backbone"][0][3][3:7] == ["learned", 0.0, 0.2, 1]
+    with pytest.raises(ValueError, match="unknown sparsify method 'edge'"):
+        YOLO("yolov8n-sparse.yaml", sparsify="edge")
+    with pytest.raises(ValueError, match="no SparseStem"):
+        YOLO("yolov8n.yaml", sparsify="gradient")
+    with pytest.raises(ValueError, match="unknown sparsify setting"):
+        YOLO("yolov8n-sparse.yaml", sparsify={"ratio": 0.1})
