@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_utils import at_sites, densify, occupancy
+from engine_utils import assert_unique_rows, at_sites, densify, occupancy
 from torch.testing import assert_close
 
 import sparseyolo.sparse.functional as SF
@@ -53,7 +53,32 @@ def run(idx, feats, params, threads):
         torch.set_num_threads(before)
 
 
-def test_large_clustered_deterministic_and_matches_dense(clustered):
+def _ext_available():
+    try:
+        from sparseyolo.sparse import _ext
+    except ImportError:
+        return False
+    return _ext.load() is not None
+
+
+FALLBACK_NONDETERMINISTIC = (
+    "engine bug: on the pure-PyTorch path (SPARSEYOLO_NO_EXT=1, or no compiler) the weight gradient is one "
+    "MKL GEMM per offset over all pairs (`_grouped_weight_grad`: x.t() @ g), whose reduction split depends on "
+    "the thread count: grad_w1/grad_w2 differ in the last bits between 1 and 2 threads (forward, input grads "
+    "and bias grads are identical)"
+)
+
+
+@pytest.mark.parametrize("path", [
+    "compiled",
+    pytest.param("fallback", marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                    reason=FALLBACK_NONDETERMINISTIC)),
+])
+def test_large_clustered_bit_identical_across_threads_and_runs(clustered, path, monkeypatch):
+    if path == "fallback":
+        monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")
+    elif not _ext_available():
+        pytest.skip("compiled kernels unavailable; the 'fallback' case covers the PyTorch path")
     idx, feats, params = clustered
     before = torch.get_num_threads()
     one = run(idx, feats, params, 1)
@@ -61,18 +86,27 @@ def test_large_clustered_deterministic_and_matches_dense(clustered):
     again = run(idx, feats, params, 2)
     assert torch.get_num_threads() == before
     for name in one:
-        assert torch.equal(one[name], two[name]), f"{name}: 1 thread vs 2 threads differ"
         assert torch.equal(two[name], again[name]), f"{name}: two runs with 2 threads differ"
+    for name in one:
+        assert torch.equal(one[name], two[name]), f"{name}: 1 thread vs 2 threads differ"
 
-    # dense oracle (float32 tolerances)
+
+def test_large_clustered_matches_dense(clustered):
+    """Dense oracle on the same input (float32 tolerances)."""
+    idx, feats, params = clustered
+    got = run(idx, feats, params, torch.get_num_threads())
     f = feats.clone().requires_grad_(True)
     w1, b1, w2, b2 = (p.clone().requires_grad_(True) for p in params)
     dense_y = F.conv2d(densify(f, idx, (SIZE, SIZE), 1), w1, b1, padding=1)
     dense_y = dense_y * occupancy(idx, (SIZE, SIZE), 1, dtype=torch.float32)  # y lives on x's sites only
-    assert_close(one["y"], at_sites(dense_y, idx), rtol=1e-4, atol=1e-4)
-    dense_z = at_sites(F.conv2d(dense_y, w2, b2, stride=2, padding=1), one["z_indices"])
-    assert_close(one["z"], dense_z, rtol=1e-4, atol=1e-4)
-    (dense_z * one["cot"]).sum().backward()
+    assert_close(got["y"], at_sites(dense_y, idx), rtol=1e-4, atol=1e-4)
+    reach = F.max_pool2d(occupancy(idx, (SIZE, SIZE), 1, dtype=torch.float32), 3, 2, 1)
+    assert_unique_rows(got["z_indices"])
+    assert got["z_indices"].shape[0] == int(reach.sum())  # same count; positions are checked by at_sites below
+    dense_z = at_sites(F.conv2d(dense_y, w2, b2, stride=2, padding=1), got["z_indices"])
+    assert bool((at_sites(reach, got["z_indices"]) == 1).all()), "an output site has no active input"
+    assert_close(got["z"], dense_z, rtol=1e-4, atol=1e-4)
+    (dense_z * got["cot"]).sum().backward()
     for name, p in (("grad_f", f), ("grad_w1", w1), ("grad_b1", b1), ("grad_w2", w2), ("grad_b2", b2)):
         scale = p.grad.abs().max().item()
-        assert_close(one[name], p.grad, rtol=1e-4, atol=1e-4 * max(1.0, scale), msg=lambda m, n=name: f"{n}: {m}")
+        assert_close(got[name], p.grad, rtol=1e-4, atol=1e-4 * max(1.0, scale), msg=lambda m, n=name: f"{n}: {m}")
