@@ -8,6 +8,7 @@ conv `(C_out, C_in // groups, *kernel)`, transposed/inverse conv `(C_in, C_out /
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -21,15 +22,25 @@ from sparseyolo.sparse.tensor import SparseConvTensor, new_coordinate_id
 
 
 def _tuple(value, ndim: int, name: str, minimum: int = 0) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * ndim
+    """An int or `ndim` ints (no floats, bools or strings) -> `ndim` ints, each >= minimum."""
+
+    def as_int(v) -> int:
+        if isinstance(v, (bool, str, bytes)):
+            raise TypeError
+        return operator.index(v)
+
     try:
-        value = tuple(int(v) for v in value)
+        try:
+            items = (as_int(value),) * ndim
+        except TypeError:
+            if isinstance(value, (str, bytes)):
+                raise
+            items = tuple(as_int(v) for v in value)
     except TypeError:
         raise ValueError(f"{name} must be an int or {ndim} ints, got {value!r}") from None
-    if len(value) != ndim or any(v < minimum for v in value):
-        raise ValueError(f"{name} must be an int or {ndim} ints, each >= {minimum}, got {value}")
-    return value
+    if len(items) != ndim or any(v < minimum for v in items):
+        raise ValueError(f"{name} must be an int or {ndim} ints, each >= {minimum}, got {value!r}")
+    return items
 
 
 def _check_input(x, op: str) -> None:
