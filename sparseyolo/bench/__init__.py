@@ -1,0 +1,60 @@
+"""`sparseyolo bench NAME [options]`: benchmarks that print a table and write markdown, CSV and a plot.
+
+Each benchmark is a module with `main(argv: list[str]) -> int` and a module docstring whose first line
+describes it. Modules are imported only when their benchmark is run, so `sparseyolo bench --help` stays
+fast and a benchmark whose module (or optional dependency) is missing does not break the others.
+Shared helpers (timing, thread control, tables, CSV/markdown) live in `sparseyolo.bench.common`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "sparse-conv": ("sparseyolo.bench.sparse_conv",
+                    "sparse conv engine vs dense F.conv2d/conv3d and spconv: time, speed-up, GFLOP/s,"
+                    " memory"),
+    "stem": ("sparseyolo.bench.stem",
+             "hybrid sparse YOLOv8 stem vs the dense stem"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in BENCHMARKS)
+    lines = ["usage: sparseyolo bench NAME [options]   (`sparseyolo bench NAME --help` for its options)", "",
+             "benchmarks:"]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def load(name: str):
+    """The module of benchmark `name`. Raises `KeyError` for an unknown name, `ImportError` when missing."""
+    if name not in BENCHMARKS:
+        raise KeyError(name)
+    module_name = BENCHMARKS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            raise ImportError(f"benchmark {name!r} is not available: module {module_name} is not part of "
+                              f"this installation (not written yet, or removed)") from None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help", "list"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    try:
+        module = load(name)
+    except KeyError:
+        print(f"sparseyolo bench: unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        print(f"sparseyolo bench: {error}", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)

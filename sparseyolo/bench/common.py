@@ -1,0 +1,337 @@
+"""Helpers shared by the benchmarks: thread control, interleaved timing, peak-memory probes, GEMM
+reference speed, and plain-text / markdown / CSV tables.
+
+Timing on a shared machine is noisy, so variants are timed *interleaved* (round-robin: one call of each
+variant per round) and summarised by the median; see :func:`run_interleaved`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads of PyTorch (and of OpenMP code called from this thread, e.g. C++ extensions)."""
+    import torch
+
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run a block with `n` intra-op threads, restoring the previous count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(before)
+
+
+# --- statistics and formatting ----------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def fmt_ms(seconds: float | None) -> str:
+    """Seconds -> milliseconds with ~3 significant digits ("-" when missing)."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    if ms < 10:
+        return f"{ms:.2f}"
+    if ms < 100:
+        return f"{ms:.1f}"
+    return f"{ms:.0f}"
+
+
+def fmt_x(ratio: float | None) -> str:
+    """A speed-up factor, e.g. "12.3x" ("-" when missing)."""
+    if ratio is None:
+        return "-"
+    if ratio < 10:
+        return f"{ratio:.2f}x"
+    if ratio < 100:
+        return f"{ratio:.1f}x"
+    return f"{ratio:.0f}x"
+
+
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+# --- timing -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One thing to time: `fn()` called with `threads` intra-op threads.
+
+    max_samples: stop after this many timed calls; budget_s: or once `min_samples` calls have taken this
+    long in total. warmup: make one untimed call first (with `measure_memory`, that call is the memory
+    probe). After the run: `samples` (seconds), `last` (the last return value), `peak_mb`, `error`.
+    """
+
+    name: str
+    fn: Callable[[], Any]
+    threads: int
+    max_samples: int = 5
+    budget_s: float = 1.0
+    warmup: bool = True
+    measure_memory: bool = False
+    samples: list[float] = field(default_factory=list)
+    last: Any = None
+    peak_mb: float | None = None
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return median(self.samples)
+
+    @property
+    def min(self) -> float | None:
+        return min(self.samples) if self.samples else None
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def run_interleaved(variants: Sequence[Variant], min_samples: int = 2, memory: PeakRSS | None = None,
+                    restore_threads: int | None = None) -> None:
+    """Time `variants` round-robin (one call of each still-active variant per round) until each has
+    `max_samples` samples or has spent its `budget_s` with at least `min_samples`. A variant that raises is
+    marked with `error` and dropped; the others go on. Warm-up calls come first, in the given order."""
+    for v in variants:
+        set_threads(v.threads)
+        try:
+            if v.warmup and v.measure_memory and memory is not None and memory.available:
+                v.last, v.peak_mb = memory.measure(v.fn)
+            elif v.warmup:
+                v.last = v.fn()
+        except Exception as error:  # reported per variant, e.g. an optional engine failing
+            v.error = f"{type(error).__name__}: {error}"[:300]
+    active = [v for v in variants if v.error is None]
+    while active:
+        for v in list(active):
+            set_threads(v.threads)
+            try:
+                dt, v.last = time_call(v.fn)
+            except Exception as error:
+                v.error = f"{type(error).__name__}: {error}"[:300]
+                active.remove(v)
+                continue
+            v.samples.append(dt)
+            enough = len(v.samples) >= min(min_samples, v.max_samples) and sum(v.samples) >= v.budget_s
+            if len(v.samples) >= v.max_samples or enough:
+                active.remove(v)
+    if restore_threads is not None:
+        set_threads(restore_threads)
+
+
+# --- memory -----------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak resident-set growth of the process during one call, in MiB (Linux only).
+
+    Before the call: `malloc_trim(0)` (hand freed heap pages back to the OS), then reset
+    the kernel's high-water mark (`VmHWM`) by writing "5" to `/proc/self/clear_refs`. After the call:
+    `VmHWM - VmRSS(before)`. The number counts every page the call touched for the first time: outputs,
+    temporaries, autograd buffers, maps, allocator slack; it does not count the call's inputs, which
+    exist beforehand. glibc's dynamic mmap threshold is pinned at 128 KiB so that large freed buffers
+    are returned to the OS rather than reused silently (which would hide them).
+    """
+
+    def __init__(self):
+        self.available = False
+        self.reason = ""
+        self._libc = None
+        if not sys.platform.startswith("linux"):
+            self.reason = "needs Linux /proc"
+            return
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+            libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+            libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+            self._libc = libc
+        except (OSError, AttributeError):
+            self._libc = None
+        try:
+            self._reset()
+            self._read("VmHWM")
+            self.available = True
+        except OSError as error:
+            self.reason = f"cannot reset the peak RSS ({error})"
+
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    @staticmethod
+    def _read(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"{key} not in /proc/self/status")
+
+    def measure(self, fn: Callable[[], Any]) -> tuple[Any, float | None]:
+        """`(fn(), peak growth in MiB)`; the growth is None when the probe is unavailable."""
+        if not self.available:
+            return fn(), None
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        before = self._read("VmRSS")
+        self._reset()
+        out = fn()
+        peak = self._read("VmHWM")
+        return out, max(0, peak - before) / MiB
+
+
+# --- machine reference ------------------------------------------------------------------------------
+
+
+def gemm_gflops(shapes: Sequence[tuple[int, int, int]], repeat: int = 5) -> dict[tuple, list[float]]:
+    """GFLOP/s samples of fp32 `torch.mm` for each `(m, k, n)` shape (`2*m*k*n` flops per product),
+    interleaved over shapes, one warm-up each."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[1], s[2], generator=g))
+                for s in shapes}
+    for a, b in operands.values():
+        torch.mm(a, b)
+    results: dict = {s: [] for s in shapes}
+    for _ in range(repeat):
+        for s, (a, b) in operands.items():
+            dt, _ = time_call(lambda a=a, b=b: torch.mm(a, b))
+            results[s].append(2.0 * s[0] * s[1] * s[2] / dt / 1e9)
+    return results
+
+
+def system_info() -> dict[str, str]:
+    """Versions, CPU and git commit, for the report header."""
+    import torch
+
+    info = {
+        "date (UTC)": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "logical cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent, timeout=5)
+        if commit.returncode == 0:
+            changes = " (+ uncommitted changes)" if dirty.stdout.strip() else ""
+            info["git commit"] = commit.stdout.strip() + changes
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        info["load average (1/5/15 min) now"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --- tables and files -------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """Plain aligned text. `align`: one char per column, "l" or "r" (default: first column left)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def line(row):
+        parts = (c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=False))
+        return "  ".join(parts).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def esc(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |",
+           "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows of dicts -> CSV with the union of keys as columns (first-seen order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
