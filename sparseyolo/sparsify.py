@@ -170,14 +170,21 @@ class Sparsifier(nn.Module):
     def forward(self, x: Tensor):
         if x.dim() != 4 or x.shape[1] != self.c1:
             raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
-        s, logits = self.score(x)
-        if self.method == "nonzero":
+        if self.method == "nonzero" and self.keep >= 1.0 and self.max_active is None:
+            mask = x.ne(0).any(1)  # no budget: the score is not needed (cheaper than |x|.sum)
+            s, logits = None, None
+        else:
+            s, logits = self.score(x)
+        if s is None:
+            pass
+        elif self.method == "nonzero":
             mask = s > 0
         elif self.method == "learned":
             mask = s > 0  # p > 0.5
         else:
             mask = s > self.threshold
-        mask = apply_budget(mask, s, self.keep, self.max_active)
+        if s is not None:
+            mask = apply_budget(mask, s, self.keep, self.max_active)
         mask = dilate_mask(mask, self.dilate)
         gate = None
         if logits is not None:

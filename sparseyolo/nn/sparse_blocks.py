@@ -100,13 +100,9 @@ class SConv(SparseBlock):
             raise ValueError(f"SConv supports square int kernels, got k={k}")
         p = autopad(k, p, d)
         if s == 1 and p != d * (k // 2):
-            raise ValueError(
-                f"SConv with stride 1 is submanifold and needs 'same' padding {d * (k // 2)}, got {p}"
-            )
+            raise ValueError(f"SConv with stride 1 is submanifold and needs 'same' padding {d * (k // 2)}, got {p}")
         self.c1, self.c2, self.k, self.s, self.p, self.g, self.d = c1, c2, k, s, p, g, d
-        self.conv = nn.Conv2d(
-            c1, c2, k, s, p, groups=g, dilation=d, bias=False
-        )  # weight storage (dense layout)
+        self.conv = nn.Conv2d(c1, c2, k, s, p, groups=g, dilation=d, bias=False)  # weight storage (dense layout)
         self.bn = SparseBatchNorm(c2, eps=1e-3, momentum=0.03)
         self.act = nn.SiLU() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
@@ -126,6 +122,44 @@ class SConv(SparseBlock):
         if y.num_active:
             y = y.replace_feature(self.act(self.bn.forward(y.features)))
         return y
+
+    def forward_from_dense(self, x: Tensor, mask: Tensor) -> SparseConvTensor:
+        """Sparse conv of a dense `x (B, C, H, W)` restricted to `mask (B, H, W)` (other pixels count as zero).
+
+        Same result as `forward_sparse(SparseConvTensor.from_dense(x, mask))`, computed without building the
+        input's sparse tensor or kernel map: output sites are the dense max-pool of the mask; their receptive
+        fields are gathered straight from the dense image (one GEMM). Meant for the first layer, where the
+        input is a dense image with few channels.
+        """
+        B, C, H, W = x.shape
+        k, s, p, d = self.k, self.s, self.p, self.d
+        if self.g != 1:
+            return self.forward_sparse(SparseConvTensor.from_dense(x, mask))
+        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+        # output sites: any active input in the window (a max-pool of the mask, as shifted strided ORs)
+        mp = F.pad(mask, (p, p + s + d * k, p, p + s + d * k))
+        om = torch.zeros(B, Ho, Wo, dtype=torch.bool, device=x.device)
+        for ky in range(k):
+            for kx in range(k):
+                om |= mp[:, ky * d : ky * d + s * Ho : s, kx * d : kx * d + s * Wo : s]
+        idx = om.nonzero().to(torch.int32)  # (N, 3) b, y, x in row-major order
+        itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
+        b, oy, ox = idx.to(itype).unbind(1)
+        offs = torch.arange(k, device=x.device, dtype=itype) * d - p
+        iy = (oy * s).unsqueeze(1) + offs  # (N, k)
+        ix = (ox * s).unsqueeze(1) + offs
+        vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
+        row = (b * H).unsqueeze(1) + iy.clamp_(0, H - 1)  # (N, k)
+        lin = (row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)  # (N, ky, kx)
+        lin = lin.view(-1, k * k).t().reshape(-1)  # offset-major: (k*k*N,)
+        keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1) & mask.reshape(-1)[lin]
+        xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
+        g = xf.index_select(1, lin).mul_(keep.to(x.dtype))  # (C, k*k*N)
+        a = g.view(C * k * k, idx.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
+        feats = a.t() @ self.conv.weight.reshape(self.c2, -1).t()  # (N, c2)
+        if feats.shape[0]:
+            feats = self.act(self.bn.forward(feats))
+        return SparseConvTensor(feats, idx, (Ho, Wo), B, check=False)
 
     def forward_masked(self, x: DenseMasked) -> DenseMasked:
         y = F.conv2d(x.x, self.conv.weight, None, self.s, self.p, self.d, self.g)
@@ -206,9 +240,7 @@ class SparseStem(SConv):
     See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
     """
 
-    def __init__(
-        self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None
-    ):
+    def __init__(self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None):
         super().__init__(c1, c2, k, s)
         self.sparsify = Sparsifier(c1, method, threshold, keep, max_active, dilate)
 
@@ -226,7 +258,7 @@ class SparseStem(SConv):
         if self.export_dense:
             m = mask.unsqueeze(1).to(x.dtype)
             return self.finish(self.forward_masked(DenseMasked(x * m, m)))
-        return self.finish(self.forward_sparse(SparseConvTensor.from_dense(x, mask)))
+        return self.finish(self.forward_from_dense(x, mask))
 
     # aux protocol: forwarded to the sparsifier
     @property
