@@ -203,3 +203,27 @@ def test_automatic_path_choice_and_big_box_conv():
     order_b = {tuple(r): n for n, r in enumerate(moved.tolist())}
     perm = torch.tensor([order_b[tuple(r)] for r in zs.indices.tolist()])
     assert_close(zb.features[perm], zs.features, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine bug: CoordinateIndex keys are int64 `batch * prod(padded) + ...`; for a (2**21)**3 box with "
+    "batch_size 2 the padded box has > 2**64 cells, keys wrap around, and sites of different batch entries "
+    "millions of cells apart collide: a false 'duplicate coordinates' error, or (one cell further) a SubM conv "
+    "that adds a far-away site of the other batch entry as a neighbour. No validation rejects such boxes."))
+def test_huge_box_keys_do_not_wrap_around():
+    size = 2**21
+    padded = size + 2 * km.DEFAULT_MARGIN
+    dz, rest = divmod(2**64 - padded**3, padded * padded)  # batch 1 at (dz, dy, dx) == batch 0 at 0 (mod 2**64)
+    dy, dx = divmod(rest, padded)
+    assert all(0 <= v < size for v in (dz, dy, dx))
+    far = torch.tensor([[0, 0, 0, 0], [1, dz, dy, dx + 1]], dtype=torch.int32)
+    same = torch.tensor([[0, 0, 0, 0], [1, dz, dy, dx]], dtype=torch.int32)
+    feats = torch.tensor([[1.0], [10.0]])
+    for idx in (same, far):
+        try:
+            x = SparseConvTensor(feats, idx, (size,) * 3, 2)
+            y = SF.subm_conv(x, torch.ones(1, 1, 3, 3, 3))
+        except ValueError as error:  # a clear refusal of the box would be acceptable; a false duplicate is not
+            assert "duplicate" not in str(error), f"distinct sites reported as duplicates: {error}"
+            continue
+        assert y.features.flatten().tolist() == [1.0, 10.0], f"isolated sites got {y.features.flatten()}"
