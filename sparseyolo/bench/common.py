@@ -99,8 +99,10 @@ class Variant:
     """One thing to time: `fn()` called with `threads` intra-op threads.
 
     max_samples: stop after this many timed calls; budget_s: or once `min_samples` calls have taken this
-    long in total. warmup: make one untimed call first (with `measure_memory`, that call is the memory
-    probe). After the run: `samples` (seconds), `last` (the last return value), `peak_mb`, `error`.
+    long in total. extend: a cheap variant (its `max_samples` calls took < budget_s / 3) goes on to at most
+    3 x max_samples calls: more samples where they cost nothing. warmup: make one untimed call first
+    (with `measure_memory`, that call is the memory probe).
+    After the run: `samples` (seconds), `last` (the last return value), `peak_mb`, `error`.
     """
 
     name: str
@@ -110,6 +112,7 @@ class Variant:
     budget_s: float = 1.0
     warmup: bool = True
     measure_memory: bool = False
+    extend: bool = True
     samples: list[float] = field(default_factory=list)
     last: Any = None
     peak_mb: float | None = None
@@ -155,8 +158,13 @@ def run_interleaved(variants: Sequence[Variant], min_samples: int = 2, memory: P
                 active.remove(v)
                 continue
             v.samples.append(dt)
-            enough = len(v.samples) >= min(min_samples, v.max_samples) and sum(v.samples) >= v.budget_s
-            if len(v.samples) >= v.max_samples or enough:
+            n, spent = len(v.samples), sum(v.samples)
+            enough = n >= min(min_samples, v.max_samples) and spent >= v.budget_s
+            if n >= v.max_samples and v.extend:
+                enough = enough or n >= 3 * v.max_samples or spent >= v.budget_s / 3
+            elif n >= v.max_samples:
+                enough = True
+            if enough:
                 active.remove(v)
     if restore_threads is not None:
         set_threads(restore_threads)
