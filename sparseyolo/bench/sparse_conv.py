@@ -754,7 +754,7 @@ def _check_cell(case: Case) -> str:
 def table_2d(result: Result) -> tuple[list, list, str]:
     cfg = result.config
     t1 = cfg.spconv_1thread and cfg.threads != 1
-    headers = ["conv", "ch", "sites", "dens", "active", "GMAC", "built", "cached", "f+b", "dense",
+    headers = ["conv", "ch", "dist", "dens", "active", "GMAC", "built", "cached", "f+b", "dense",
                "dense f+b", "x built", "x cached", "x f+b", "GF/s", f"spconv {cfg.threads}t b/c"]
     if t1:
         headers += ["spconv 1t b/c", "x spc1 b"]
