@@ -190,24 +190,29 @@ def group_sum(per_layer: dict[int, float]) -> dict[str, float]:
 # --- timing -------------------------------------------------------------------------------------------
 
 
-def measure(fn, repeats: int, warmup: int, memory) -> dict:
+def measure(fns: dict, repeats: int, warmup: int, memory) -> dict[str, dict]:
+    """Time the callables in `fns` interleaved (one call of each per round, so load changes hit all alike).
+
+    The first call of each is the memory probe (peak RSS growth); `warmup - 1` more untimed calls follow.
+    """
     import torch
 
+    out = {}
+    ts: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        _, peak = memory.measure(fn)
-        for _ in range(max(0, warmup - 1)):
-            fn()
-        ts = []
+        for name, fn in fns.items():
+            _, peak = memory.measure(fn)
+            out[name] = {"peak_mb": peak}
+            for _ in range(max(0, warmup - 1)):
+                fn()
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return {
-        "p50_ms": 1e3 * float(np.percentile(ts, 50)),
-        "p90_ms": 1e3 * float(np.percentile(ts, 90)),
-        "peak_mb": peak,
-        "n": len(ts),
-    }
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                ts[name].append(time.perf_counter() - t0)
+    for name, t in ts.items():
+        out[name].update(p50_ms=1e3 * float(np.percentile(t, 50)), p90_ms=1e3 * float(np.percentile(t, 90)), n=len(t))
+    return out
 
 
 def parse_args(argv):
@@ -275,8 +280,16 @@ def main(argv: list[str] | None = None) -> int:
             active = float((img.abs().sum(1) > 0).float().mean())
             sf = sparse_flops(sparse, img)
             df = dense_flops_by_group(dense, img, upto=5)
-            hybrid = measure(lambda img=img: run_layers(sparse, img, range(5)), a.repeats, a.warmup, memory)
-            dstem = measure(lambda img=img: run_layers(dense, img, range(5)), a.repeats, a.warmup, memory)
+            res = measure(
+                {
+                    "hybrid": lambda img=img: run_layers(sparse, img, range(5)),
+                    "dense": lambda img=img: run_layers(dense, img, range(5)),
+                },
+                a.repeats,
+                a.warmup,
+                memory,
+            )
+            hybrid, dstem = res["hybrid"], res["dense"]
             for name, r, fl in (
                 ("hybrid stem (sparse 0-4)", hybrid, sum(sf.values())),
                 ("dense stem (0-4)", dstem, sum(v for v in df.values() if v)),
@@ -308,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("dense full-res model", dense, img),
                 ("dense model at 640", dense, small),
             )
+            res = measure(
+                {name: (lambda model=model, x=x: model(x)) for name, model, x in variants}, a.repeats, a.warmup, memory
+            )
             for name, model, x in variants:
-                r = measure(lambda model=model, x=x: model(x), a.repeats, a.warmup, memory)
+                r = res[name]
                 per = dense_flops_by_group(model, x)
                 if model is sparse:
                     per.update(sparse_flops(sparse, x))
