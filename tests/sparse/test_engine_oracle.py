@@ -334,3 +334,40 @@ def test_global_pool_per_batch_entry(mode):
     ref = torch.stack(rows)
     assert out.shape == (4, 4)
     backprop_and_compare(out, ref, 5, {"features": (feats, f_d)})
+
+
+# Wider channels and more sites: exercise the compiled kernels' channel blocking (64/32/16/8/4/1 outputs,
+# inputs in blocks of 4 plus a remainder) and weight-gradient chunking (> 2048 pairs per offset).
+@pytest.mark.parametrize("op,cin,cout,groups", [
+    ("subm", 70, 64, 1),
+    ("conv", 19, 96, 1),
+    ("subm", 48, 48, 3),  # 16 per group
+    ("conv", 12, 80, 2),  # 40 per group: blocks of 8
+    ("transpose", 7, 37, 1),
+])
+def test_wide_channels_vs_dense(op, cin, cout, groups):
+    shape, batch = (80, 96), 1
+    seed = seed_of(op, cin, cout, groups)
+    x = random_sparse(shape, batch, cin, density=0.6, seed=seed, requires_grad=True)
+    assert x.num_active > 4000  # ~0.6 * N > 2048 pairs for every SubM offset
+    g = torch.Generator().manual_seed(seed)
+    f_d = leaf(x.features)
+    if op == "transpose":
+        w = torch.randn(cin, cout // groups, 3, 3, generator=g, dtype=F64).requires_grad_(True)
+    else:
+        w = torch.randn(cout, cin // groups, 3, 3, generator=g, dtype=F64).requires_grad_(True)
+    b = torch.randn(cout, generator=g, dtype=F64).requires_grad_(True)
+    w_d, b_d = leaf(w), leaf(b)
+    dense_x = densify(f_d, x.indices, shape, batch)
+    if op == "subm":
+        y = SF.subm_conv(x, w, b, groups=groups)
+        dense = CONV[2](dense_x, w_d, b_d, padding=1, groups=groups)
+    elif op == "conv":
+        y = SF.sparse_conv(x, w, b, stride=2, padding=1, groups=groups)
+        dense = CONV[2](dense_x, w_d, b_d, stride=2, padding=1, groups=groups)
+    else:
+        y = SF.sparse_conv_transpose(x, w, b, stride=2, padding=1, groups=groups)
+        dense = CONV_T[2](dense_x, w_d, b_d, stride=2, padding=1, groups=groups)
+    assert y.spatial_shape == tuple(dense.shape[2:])
+    backprop_and_compare(y.features, at_sites(dense, y.indices), seed,
+                         {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
