@@ -8,6 +8,7 @@ import math
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,27 @@ def test_sparsify_settings_api(trained):
         YOLO("yolov8n.yaml", sparsify="gradient")
     with pytest.raises(ValueError, match="unknown sparsify setting"):
         YOLO("yolov8n-sparse.yaml", sparsify={"ratio": 0.1})
+
+
+def test_predict_bad_images_have_defined_results(trained, tmp_path):
+    """RGBA, grayscale, all-black and odd-sized image files: Ultralytics' loaders make them 3-channel
+    letterboxed tensors; the sparse stem then sees no active pixel (black) or a normal image."""
+    from PIL import Image
+
+    _, best = trained
+    rng = np.random.default_rng(0)
+    files = {
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (70, 90, 4), dtype=np.uint8), "RGBA"),
+        "gray.png": Image.fromarray(rng.integers(0, 255, (61, 83), dtype=np.uint8), "L"),
+        "black.png": Image.fromarray(np.zeros((64, 64, 3), np.uint8)),
+        "odd.png": Image.fromarray(rng.integers(0, 255, (37, 101, 3), dtype=np.uint8)),
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    m = YOLO(str(best))
+    res = m.predict([str(tmp_path / n) for n in files], imgsz=64, device="cpu", verbose=False)
+    assert [r.orig_shape for r in res] == [(70, 90), (61, 83), (64, 64), (37, 101)]
+    black = res[2]
+    assert black.boxes is not None
+    with pytest.raises(FileNotFoundError, match="offline"):
+        YOLO("yolov8n.pt")
