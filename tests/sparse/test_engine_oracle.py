@@ -28,6 +28,7 @@ from engine_utils import (
 )
 from torch.testing import assert_close
 
+import sparseyolo.sparse as sp
 import sparseyolo.sparse.functional as SF
 from sparseyolo.sparse import (
     SparseConv1d,
@@ -221,6 +222,8 @@ INVERSE_CASES = [
     (3, 3, 2, 1, 1, 2, 3, 2, 1, 1),
     (3, 2, 2, 0, 1, 2, 4, 4, 2, 3),
     (3, (3, 1, 2), (1, 2, 2), (1, 0, 1), (1, 1, 2), 1, 2, 2, 1, 1),
+    (2, 1, 2, 0, 1, 2, 3, 2, 1, 1),  # sites at odd coordinates feed no output: inverse gives the bias there
+    (1, 2, 3, 0, 1, 2, 2, 2, 1, 3),  # idem, stride > kernel
 ]
 
 
@@ -371,3 +374,64 @@ def test_wide_channels_vs_dense(op, cin, cout, groups):
     assert y.spatial_shape == tuple(dense.shape[2:])
     backprop_and_compare(y.features, at_sites(dense, y.indices), seed,
                          {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
+
+
+@pytest.mark.parametrize("op", ["subm", "conv", "transpose", "max", "avg"])
+def test_empty_batch_entries_in_the_middle(op):
+    """batch_size 4 with sites only in entries 0 and 2: nothing leaks into or out of the empty entries."""
+    shape = (9, 11)
+    x0 = random_sparse(shape, 4, 3, seed=21)
+    keep = (x0.indices[:, 0] == 0) | (x0.indices[:, 0] == 2)
+    x = SparseConvTensor(x0.features[keep].clone().requires_grad_(True), x0.indices[keep], shape, 4)
+    f_d = leaf(x.features)
+    dense_x = densify(f_d, x.indices, shape, 4, fill=float("-inf") if op == "max" else 0.0)
+    w = torch.randn(4, 3, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    if op == "subm":
+        y, dense = SF.subm_conv(x, w), CONV[2](dense_x, w, padding=1)
+    elif op == "conv":
+        y, dense = SF.sparse_conv(x, w, stride=2), CONV[2](dense_x, w, stride=2)
+    elif op == "transpose":
+        wt = w.transpose(0, 1).contiguous()
+        y, dense = SF.sparse_conv_transpose(x, wt, stride=2), CONV_T[2](dense_x, wt, stride=2)
+    elif op == "max":
+        y, dense = SF.sparse_max_pool(x, 3, 2, 1), MAX_POOL[2](dense_x, 3, 2, 1)
+    else:
+        y, dense = SF.sparse_avg_pool(x, 3, 2, 1), AVG_POOL[2](dense_x, 3, 2, 1)
+    assert y.batch_size == 4
+    assert set(y.indices[:, 0].tolist()) == {0, 2}
+    backprop_and_compare(y.features, at_sites(dense, y.indices), 3, {"features": (x.features, f_d)})
+
+
+def test_two_level_unet_with_keyed_inverse_convs():
+    """x -> down(k1) -> SubM -> down(k2) -> inv(k2) -> inv(k1): each inverse returns to the right sites."""
+    torch.manual_seed(0)
+    shape, batch = (16, 18), 2
+    down1 = SparseConv2d(3, 4, 3, 2, 1, indice_key="k1").double()
+    sub = sp.SubMConv2d(4, 4, 3, indice_key="s1").double()
+    down2 = SparseConv2d(4, 5, 2, 2, 0, indice_key="k2").double()
+    up2 = SparseInverseConv2d(5, 4, 2, indice_key="k2").double()
+    up1 = SparseInverseConv2d(4, 2, 3, indice_key="k1").double()
+    x = random_sparse(shape, batch, 3, seed=4, requires_grad=True)
+    y1 = sub(down1(x))
+    y2 = down2(y1)
+    z1 = up2(y2)
+    z0 = up1(sp.SparseReLU()(z1))
+    assert torch.equal(z1.indices, y1.indices) and z1.spatial_shape == y1.spatial_shape
+    assert torch.equal(z0.indices, x.indices) and z0.spatial_shape == shape
+
+    f_d = leaf(x.features)
+
+    def on(t, indices, shape_):
+        return t * occupancy(indices, shape_, batch)
+
+    d1 = on(CONV[2](densify(f_d, x.indices, shape, batch), down1.weight, down1.bias, stride=2, padding=1),
+            y1.indices, y1.spatial_shape)
+    d1 = on(CONV[2](d1, sub.weight, sub.bias, padding=1), y1.indices, y1.spatial_shape)
+    d2 = on(CONV[2](d1, down2.weight, down2.bias, stride=2), y2.indices, y2.spatial_shape)
+    e1 = CONV_T[2](d2, up2.weight, up2.bias, stride=2, output_padding=[0, 1])  # the uncovered column: bias only
+    assert tuple(e1.shape[2:]) == y1.spatial_shape
+    assert_close(z1.features, at_sites(e1, y1.indices), **TOL)
+    e1 = torch.relu(on(e1, y1.indices, y1.spatial_shape))
+    e0 = CONV_T[2](e1, up1.weight, up1.bias, stride=2, padding=1, output_padding=[1, 1])
+    assert tuple(e0.shape[2:]) == shape
+    backprop_and_compare(z0.features, at_sites(e0, x.indices), 9, {"features": (x.features, f_d)})
