@@ -196,3 +196,14 @@ def test_import_does_not_pull_in_ultralytics():
     code = "import sys, sparseyolo.sparse; assert 'ultralytics' not in sys.modules, 'ultralytics imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_subm_ignores_padding_and_accepts_spconv_kwargs():
+    torch.manual_seed(0)
+    x = random_sparse((9, 11), 2, 3, dtype=torch.float32)
+    plain = sp.SubMConv2d(3, 4, 3)
+    padded = sp.SubMConv2d(3, 4, 3, padding=5, algo=None, fp32_accum=None, name="block1.conv")
+    padded.load_state_dict(plain.state_dict())
+    y, z = plain(x), padded(x)
+    assert torch.equal(y.indices, z.indices) and torch.equal(y.features, z.features)
+    assert z.spatial_shape == x.spatial_shape
