@@ -1,18 +1,27 @@
-"""The Ultralytics boundary: importing this module registers SparseYOLO blocks with Ultralytics' model parser.
+"""The Ultralytics boundary (the only package that touches Ultralytics internals).
 
-Order matters: offline environment defaults are set before `ultralytics` is imported.
+Importing it sets offline environment defaults and registers SparseYOLO blocks with Ultralytics' model parser
+(now if Ultralytics is loaded, else as soon as it is; see `hook.py`). Ultralytics itself is imported lazily:
+`YOLO`, `SparseDetectionModel`, `SparseDetectionTrainer` are loaded on first access.
 """
 
-from sparseyolo.yolo.env import apply_offline_defaults
+from sparseyolo.yolo.hook import install as _install
 
-apply_offline_defaults()
+_install()
 
-from sparseyolo.yolo.registry import register_all  # noqa: E402
+_LAZY = {
+    "YOLO": "sparseyolo.yolo.api",
+    "SparseDetectionModel": "sparseyolo.yolo.model",
+    "SparseDetectionTrainer": "sparseyolo.yolo.train",
+    "register_all": "sparseyolo.yolo.registry",
+}
 
-register_all()
+__all__ = list(_LAZY)
 
-from sparseyolo.yolo.api import YOLO  # noqa: E402
-from sparseyolo.yolo.model import SparseDetectionModel  # noqa: E402
-from sparseyolo.yolo.train import SparseDetectionTrainer  # noqa: E402
 
-__all__ = ["YOLO", "SparseDetectionModel", "SparseDetectionTrainer", "register_all"]
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparseyolo.yolo' has no attribute {name!r}")

@@ -28,12 +28,12 @@ def _install_font(cfg: Path) -> None:
     targets = [cfg / "Arial.ttf", cfg / "Ultralytics" / "Arial.ttf"]
     if all(t.exists() for t in targets):
         return
-    try:
-        import matplotlib
+    import importlib.util
 
-        src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    except ImportError:  # matplotlib is an Ultralytics dependency; without it there is nothing to copy
+    spec = importlib.util.find_spec("matplotlib")  # locate without importing it (slow)
+    if spec is None or not spec.origin:  # matplotlib is an Ultralytics dependency; nothing to copy without it
         return
+    src = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
     if not src.is_file():
         return
     for t in targets:

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel
 
-from sparseyolo import __version__
-from sparseyolo.yolo.cfg import resolve_cfg
+import sparseyolo.yolo  # noqa: F401  (offline env + registration, before the first Ultralytics import)
+from sparseyolo.yolo.registry import register_all
+
+register_all()
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+
+from sparseyolo import __version__  # noqa: E402
+from sparseyolo.yolo.cfg import resolve_cfg  # noqa: E402
 
 
 def aux_modules(model: nn.Module) -> list[nn.Module]:
@@ -83,9 +88,7 @@ class SparseDetectionModel(DetectionModel):
             items[k] = v.detach()
         for k, v in aux_s.items():
             items[k] = (
-                torch.stack([torch.as_tensor(x, dtype=zero.dtype, device=zero.device) for x in v])
-                .mean()
-                .detach()
+                torch.stack([torch.as_tensor(x, dtype=zero.dtype, device=zero.device) for x in v]).mean().detach()
                 if v
                 else zero
             )

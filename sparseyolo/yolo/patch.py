@@ -78,9 +78,7 @@ def _yaml_args(m, args, ch, f, n, width, max_channels, depth, scale):
     """Called by the patched parser for classes exposing `yaml_args`."""
     from sparseyolo.nn.base import YamlContext
 
-    ctx = YamlContext(
-        ch=list(ch), f=f, n=n, width=width, max_channels=max_channels, depth=depth, scale=scale or ""
-    )
+    ctx = YamlContext(ch=list(ch), f=f, n=n, width=width, max_channels=max_channels, depth=depth, scale=scale or "")
     try:
         out_args, c2, n_out = m.yaml_args(list(args), ctx)
     except (IndexError, KeyError, TypeError) as e:

@@ -5,11 +5,10 @@ Import path is used by Ultralytics' DDP launcher (it pickles the trainer class):
 
 from __future__ import annotations
 
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import RANK
+from sparseyolo.yolo.model import SparseDetectionModel  # first: registration (also in DDP workers)
 
-import sparseyolo.yolo  # noqa: F401  (registration, also in DDP worker processes)
-from sparseyolo.yolo.model import SparseDetectionModel
+from ultralytics.models.yolo.detect import DetectionTrainer  # isort: skip
+from ultralytics.utils import RANK  # isort: skip
 
 
 class SparseDetectionTrainer(DetectionTrainer):
@@ -17,9 +16,7 @@ class SparseDetectionTrainer(DetectionTrainer):
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         model = self.set_model_names_for_load(
-            SparseDetectionModel(
-                cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1
-            )
+            SparseDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         )
         if weights:
             model.load(weights)

@@ -120,3 +120,27 @@ def test_wrong_channel_count_at_runtime():
     m = FuseAdd([8, 16], 8)
     with pytest.raises(ValueError, match="16 channels, expected 8"):
         m([torch.rand(1, 16, 4, 4), torch.rand(1, 16, 4, 4)])
+
+
+def test_plain_ultralytics_after_import_in_fresh_process(tmp_path):
+    """`import sparseyolo.yolo` first (Ultralytics not loaded yet): the import hook registers our blocks as soon
+    as Ultralytics' parser module loads, and the offline defaults are in place."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, os, sparseyolo.yolo\n"
+        "assert 'ultralytics' not in sys.modules\n"
+        "from ultralytics import YOLO\n"
+        "from sparseyolo.yolo.cfg import CFG_DIR\n"
+        "m = YOLO(str(CFG_DIR / 'yolov8n-sparse.yaml'))\n"
+        "print(type(m.model.model[0]).__name__, os.environ['YOLO_OFFLINE'], os.environ['YOLO_AUTOINSTALL'])\n"
+        "from ultralytics.utils import USER_CONFIG_DIR\n"
+        "print((USER_CONFIG_DIR / 'Arial.ttf').is_file())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env["SPARSEYOLO_CACHE"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["SparseStem", "1", "False", "True"]
