@@ -183,3 +183,21 @@ def test_replace_feature_and_from_dense_errors():
 def test_non_integral_sizes_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sp.SparseConv2d(3, 2, **kwargs)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine bug: the conv ops check the weight's dtype but not the bias': a float64 bias on float32 features "
+    "silently promotes the output to float64 (`out + bias`), so the next float32 layer fails with a "
+    "misleading 'features are torch.float64' error; dense F.conv2d rejects the mismatch"))
+def test_bias_dtype_mismatch_rejected():
+    with pytest.raises(ValueError, match="bias"):
+        SF.subm_conv(make(), torch.randn(4, 3, 3, 3), torch.randn(4, dtype=torch.float64))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine bug: the bias' shape is not checked: a (1, C_out) bias is broadcast and accepted, a wrong length "
+    "fails with torch's broadcasting RuntimeError rather than a ValueError naming the bias"))
+@pytest.mark.parametrize("bias_shape", [(1, 4), (5,)])
+def test_bias_shape_mismatch_rejected(bias_shape):
+    with pytest.raises(ValueError, match="bias"):
+        SF.sparse_conv(make(), torch.randn(4, 3, 3, 3), torch.randn(bias_shape), stride=2)
