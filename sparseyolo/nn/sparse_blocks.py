@@ -111,17 +111,28 @@ class SConv(SparseBlock):
             return self.finish(self.forward_masked(to_masked(x, self.c1, "SConv")))
         return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SConv")))
 
+    def _folded(self) -> tuple[Tensor, Tensor | None]:
+        """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then)."""
+        bn = self.bn
+        if self.training or bn.training or bn.running_var is None:
+            return self.conv.weight, None
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return self.conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+    def _post(self, f: Tensor, bias: Tensor | None) -> Tensor:
+        if bias is not None:
+            return self.act(f + bias)
+        return self.act(self.bn.forward(f)) if f.shape[0] else f
+
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
-        w = self.conv.weight
+        w, bias = self._folded()
         if self.k == 1 and self.s == 1 and self.g == 1:
             y = x.replace_feature(F.linear(x.features, w.flatten(1)))
         elif self.s == 1:
             y = SF.subm_conv(x, w, None, self.d, self.g)
         else:
             y = SF.sparse_conv(x, w, None, self.s, self.p, self.d, self.g)
-        if y.num_active:
-            y = y.replace_feature(self.act(self.bn.forward(y.features)))
-        return y
+        return y.replace_feature(self._post(y.features, bias))
 
     def forward_from_dense(self, x: Tensor, mask: Tensor) -> SparseConvTensor:
         """Sparse conv of a dense `x (B, C, H, W)` restricted to `mask (B, H, W)` (other pixels count as zero).
@@ -156,10 +167,9 @@ class SConv(SparseBlock):
         xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
         g = xf.index_select(1, lin).mul_(keep.to(x.dtype))  # (C, k*k*N)
         a = g.view(C * k * k, idx.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
-        feats = a.t() @ self.conv.weight.reshape(self.c2, -1).t()  # (N, c2)
-        if feats.shape[0]:
-            feats = self.act(self.bn.forward(feats))
-        return SparseConvTensor(feats, idx, (Ho, Wo), B, check=False)
+        w, bias = self._folded()
+        feats = a.t() @ w.reshape(self.c2, -1).t()  # (N, c2)
+        return SparseConvTensor(self._post(feats, bias), idx, (Ho, Wo), B, check=False)
 
     def forward_masked(self, x: DenseMasked) -> DenseMasked:
         y = F.conv2d(x.x, self.conv.weight, None, self.s, self.p, self.d, self.g)
