@@ -143,3 +143,30 @@ def test_plain_ultralytics_after_import_in_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert " ".join(proc.stdout.split("\n")[-3:-1]).split() == ["SparseStem", "1", "False", "True"]
+
+
+@pytest.mark.parametrize(
+    "scale,variant",
+    [
+        ("n", "sparse"),
+        ("s", "sparse"),
+        ("m", "sparse"),
+        ("l", "sparse"),
+        ("x", "sparse"),
+        ("n", "sparse-hr"),
+        ("x", "sparse-hr"),
+    ],
+)
+def test_sparse_yaml_scales_match_dense_yolov8(scale, variant):
+    """yolov8{scale}-{variant}.yaml has exactly the weights (names and shapes) of Ultralytics' yolov8{scale}.yaml,
+    plus the sparsifier's: so scaling works as for the dense model and `convert` maps one to one."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from sparseyolo.yolo import SparseDetectionModel
+
+    torch.manual_seed(0)
+    dense = DetectionModel(f"yolov8{scale}.yaml", verbose=False).state_dict()
+    sparse = SparseDetectionModel(f"yolov8{scale}-{variant}.yaml", verbose=False)
+    assert sparse.yaml["scale"] == scale
+    sd = {k: v for k, v in sparse.state_dict().items() if ".sparsify." not in k}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in dense.items()}
