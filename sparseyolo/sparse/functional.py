@@ -249,6 +249,11 @@ def _conv_transpose_entry(x: SparseConvTensor, kernel_size, stride, padding, dil
 
 def _run_conv(x: SparseConvTensor, weight: Tensor, bias, groups, transposed, entry: ConvEntry, op: str,
               out_indices=None, out_shape=None, out_id=None, kmap=None) -> SparseConvTensor:
+    c_out = weight.shape[1] * groups if transposed else weight.shape[0]
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)
+                             or bias.dtype != weight.dtype):
+        got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"{op}: bias must be a {weight.dtype} tensor of shape ({c_out},), got {got}")
     w = _kernel_major(weight, groups, transposed)
     kmap = kmap or entry.kmap
     if kmap.kernel_volume != w.shape[0]:
@@ -308,6 +313,9 @@ def sparse_conv_transpose(x: SparseConvTensor, weight: Tensor, bias: Tensor | No
     padding = _tuple(padding, x.ndim, "padding", 0)
     dilation = _tuple(dilation, x.ndim, "dilation", 1)
     output_padding = _tuple(output_padding, x.ndim, "output_padding", 0)
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"sparse_conv_transpose: output_padding {output_padding} must be smaller than stride "
+                         f"{stride} or dilation {dilation} (as torch.nn.functional.conv_transpose)")
     entry = _conv_transpose_entry(x, kernel_size, stride, padding, dilation, output_padding)
     _register_key(x, indice_key, entry)
     return _run_conv(x, weight, bias, groups, True, entry, "sparse_conv_transpose")
@@ -344,6 +352,9 @@ def _pool(x: SparseConvTensor, kernel_size, stride, padding, dilation, mode: str
     stride = kernel_size if stride is None else _tuple(stride, x.ndim, "stride", 1)
     padding = _tuple(padding, x.ndim, "padding", 0)
     dilation = _tuple(dilation, x.ndim, "dilation", 1)
+    if any(2 * p > d * (k - 1) + 1 for p, k, d in zip(padding, kernel_size, dilation)):
+        raise ValueError(f"{op}: padding {padding} must be at most half the effective kernel "
+                         f"{tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))} (as torch pooling)")
     entry = _conv_entry(x, kernel_size, stride, padding, dilation)
     _register_key(x, indice_key, entry)
     kmap = entry.kmap

@@ -28,6 +28,7 @@ GRID_MAX_CELLS = 1 << 28
 GRID_MIN_CELLS = 1 << 22
 GRID_CELLS_PER_SITE = 64
 DEFAULT_MARGIN = 2
+MAX_KEY_CELLS = 1 << 62  # keys are int64 (products below stay exact)
 
 
 def use_grid(cells: int, n_sites: int) -> bool:
@@ -60,6 +61,9 @@ class CoordinateIndex:
         self.padded = tuple(int(s) + 2 * m for s, m in zip(spatial_shape, self.margin))
         box = (int(batch_size), *self.padded)
         self.cells = math.prod(box)
+        if self.cells >= MAX_KEY_CELLS:
+            raise ValueError(f"the coordinate box {box} (batch, padded spatial shape) has {self.cells} cells, more "
+                             f"than 64-bit keys can address (< 2**62); use a smaller spatial_shape")
         strides = _row_major_strides(box)
         self.batch_stride = strides[0]
         self.spatial_strides = torch.tensor(strides[1:], dtype=torch.int64)
@@ -255,12 +259,40 @@ def _separable_candidates(coords: Tensor, kernel_size, fn):
     return [[fn(a, coords[:, a], t) for t in range(int(kernel_size[a]))] for a in range(coords.shape[1])]
 
 
-def _unique_output_sites(indices: Tensor, per_axis, out_shape, batch_size: int) -> Tensor:
-    """Unique `(batch, *coords)` rows (int32, sorted by key) reached by any offset's valid candidate."""
-    batch = indices[:, 0].to(torch.int64)
+def _decode(keys: Tensor, box) -> Tensor:
+    """Row-major keys of `box = (B, *shape)` -> `(M, 1+D)` int32 coordinates."""
+    cols, rest = [], keys
+    for s in _row_major_strides(box):
+        cols.append(torch.div(rest, s, rounding_mode="floor"))
+        rest = rest - cols[-1] * s
+    return torch.stack(cols, dim=1).to(torch.int32)
+
+
+def _output_sites(indices: Tensor, batch_size: int, out_shape, kernel_size, stride, padding, dilation,
+                  transposed: bool) -> Tensor:
+    """Unique `(batch, *coords)` output rows (int32, sorted) of a regular or transposed conv."""
     box = (int(batch_size), *out_shape)
-    strides = _row_major_strides(box)
     cells = math.prod(box)
+    if cells >= MAX_KEY_CELLS:
+        raise ValueError(f"the output box {box} has {cells} cells, more than 64-bit keys can address")
+    ext = _ext.load()
+    if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)):
+        occupied = ext.mark_output_sites(indices.contiguous(), list(out_shape), list(kernel_size), list(stride),
+                                         list(padding), list(dilation), int(batch_size), transposed)
+        return _decode(occupied.nonzero().squeeze(1), box)
+    coords = indices[:, 1:].to(torch.int64)
+
+    def candidate(a, x, t):
+        if transposed:
+            value = x * stride[a] - padding[a] + t * dilation[a]
+            return value, (value >= 0) & (value < out_shape[a])
+        shifted = x + padding[a] - t * dilation[a]
+        value = torch.div(shifted, stride[a], rounding_mode="floor")
+        return value, (shifted >= 0) & (shifted - value * stride[a] == 0) & (value < out_shape[a])
+
+    per_axis = _separable_candidates(coords, kernel_size, candidate)
+    batch = indices[:, 0].to(torch.int64)
+    strides = _row_major_strides(box)
     keys = []
     for taps in itertools.product(*[range(len(p)) for p in per_axis]):
         key = batch * strides[0]
@@ -277,12 +309,7 @@ def _unique_output_sites(indices: Tensor, per_axis, out_shape, batch_size: int) 
         keys = occupied.nonzero().squeeze(1)
     else:
         keys = torch.unique(keys)
-    cols = []
-    rest = keys
-    for s in strides:
-        cols.append(torch.div(rest, s, rounding_mode="floor"))
-        rest = rest - cols[-1] * s
-    return torch.stack(cols, dim=1).to(torch.int32) if cols else keys.view(0, 1)
+    return _decode(keys, box)
 
 
 def conv_out_indices(indices: Tensor, spatial_shape, batch_size, kernel_size, stride, padding, dilation):
@@ -291,16 +318,10 @@ def conv_out_indices(indices: Tensor, spatial_shape, batch_size, kernel_size, st
     Returns `(out_indices[M, 1+D] int32, out_shape)`.
     """
     out_shape = conv_output_shape(spatial_shape, kernel_size, stride, padding, dilation)
-    coords = indices[:, 1:].to(torch.int64)
-
-    def candidate(a, x, t):
-        shifted = x + padding[a] - t * dilation[a]
-        value = torch.div(shifted, stride[a], rounding_mode="floor")
-        valid = (shifted >= 0) & (shifted - value * stride[a] == 0) & (value < out_shape[a])
-        return value, valid
-
-    per_axis = _separable_candidates(coords, kernel_size, candidate)
-    return _unique_output_sites(indices, per_axis, out_shape, batch_size), out_shape
+    if any(s <= 0 for s in out_shape):
+        return indices.new_zeros((0, indices.shape[1])), out_shape
+    sites = _output_sites(indices, batch_size, out_shape, kernel_size, stride, padding, dilation, False)
+    return sites, out_shape
 
 
 def conv_map(index: CoordinateIndex, out_indices: Tensor, kernel_size, stride, padding, dilation,
@@ -327,14 +348,7 @@ def conv_margin(spatial_shape, out_shape, kernel_size, stride, padding, dilation
 
 def conv_transpose_out_indices(indices: Tensor, batch_size, out_shape, kernel_size, stride, padding, dilation):
     """Output sites of a transposed conv: input `i`, offset `k` writes output `i * stride - padding + k * dilation`."""
-    coords = indices[:, 1:].to(torch.int64)
-
-    def candidate(a, x, t):
-        value = x * stride[a] - padding[a] + t * dilation[a]
-        return value, (value >= 0) & (value < out_shape[a])
-
-    per_axis = _separable_candidates(coords, kernel_size, candidate)
-    return _unique_output_sites(indices, per_axis, out_shape, batch_size)
+    return _output_sites(indices, batch_size, out_shape, kernel_size, stride, padding, dilation, True)
 
 
 def conv_transpose_map(out_index: CoordinateIndex, in_indices: Tensor, kernel_size, stride, padding,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -142,7 +143,13 @@ def _validate(features, indices, spatial_shape, batch_size, duplicates):
     ndim = len(spatial_shape)
     if not 1 <= ndim <= 3 or any(s <= 0 for s in spatial_shape):
         raise ValueError(f"spatial_shape must hold 1 to 3 positive sizes, got {spatial_shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        batch_size = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}") from None
+    if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if features.dim() != 2 or not features.is_floating_point():
         raise ValueError(f"features must be a float tensor (N, C), got {features.dtype} with shape "

@@ -205,11 +205,6 @@ def test_automatic_path_choice_and_big_box_conv():
     assert_close(zb.features[perm], zs.features, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: CoordinateIndex keys are int64 `batch * prod(padded) + ...`; for a (2**21)**3 box with "
-    "batch_size 2 the padded box has > 2**64 cells, keys wrap around, and sites of different batch entries "
-    "millions of cells apart collide: a false 'duplicate coordinates' error, or (one cell further) a SubM conv "
-    "that adds a far-away site of the other batch entry as a neighbour. No validation rejects such boxes."))
 def test_huge_box_keys_do_not_wrap_around():
     size = 2**21
     padded = size + 2 * km.DEFAULT_MARGIN

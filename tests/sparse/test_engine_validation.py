@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,19 +186,29 @@ def test_non_integral_sizes_rejected(kwargs, match):
         sp.SparseConv2d(3, 2, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the conv ops check the weight's dtype but not the bias': a float64 bias on float32 features "
-    "silently promotes the output to float64 (`out + bias`), so the next float32 layer fails with a "
-    "misleading 'features are torch.float64' error; dense F.conv2d rejects the mismatch"))
 def test_bias_dtype_mismatch_rejected():
     with pytest.raises(ValueError, match="bias"):
         SF.subm_conv(make(), torch.randn(4, 3, 3, 3), torch.randn(4, dtype=torch.float64))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the bias' shape is not checked: a (1, C_out) bias is broadcast and accepted, a wrong length "
-    "fails with torch's broadcasting RuntimeError rather than a ValueError naming the bias"))
 @pytest.mark.parametrize("bias_shape", [(1, 4), (5,)])
 def test_bias_shape_mismatch_rejected(bias_shape):
     with pytest.raises(ValueError, match="bias"):
         SF.sparse_conv(make(), torch.randn(4, 3, 3, 3), torch.randn(bias_shape), stride=2)
+
+
+def test_transpose_output_padding_must_be_smaller_than_stride_or_dilation():
+    w = torch.randn(3, 4, 3, 3)
+    with pytest.raises(ValueError, match="output_padding"):
+        SF.sparse_conv_transpose(make(), w, stride=2, output_padding=2)
+
+
+def test_pool_padding_at_most_half_the_kernel():
+    with pytest.raises(ValueError, match="padding"):
+        SF.sparse_max_pool(make(), 3, stride=2, padding=2)
+
+
+def test_numpy_batch_size_accepted():
+    x = SparseConvTensor(torch.randn(2, 3), torch.tensor([[0, 1, 1], [1, 2, 2]], dtype=torch.int32), (4, 4),
+                         np.int64(2))
+    assert x.batch_size == 2

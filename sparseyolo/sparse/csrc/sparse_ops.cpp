@@ -11,6 +11,9 @@
 
 namespace {
 
+// Below this much work a loop runs on the calling thread: waking the team costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
 void check_table(const torch::Tensor& table) {
   TORCH_CHECK(table.dim() == 2 && table.scalar_type() == torch::kInt32 && table.is_contiguous(),
               "table must be a contiguous int32 (K, N) tensor");
@@ -22,7 +25,7 @@ template <typename T, int B>
 void gather_conv_kernel(const T* __restrict__ feat, const T* __restrict__ weight, const int32_t* __restrict__ table,
                         T* __restrict__ out, int64_t K, int64_t n_out, int64_t G, int64_t I, int64_t O) {
   const int64_t c_in = G * I, c_out = G * O;
-#pragma omp parallel for schedule(static, 256)
+#pragma omp parallel for schedule(static, 256) if (n_out * K >= kMinParallelWork)
   for (int64_t o = 0; o < n_out; ++o) {
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t jb = 0; jb < O; jb += B) {
@@ -126,7 +129,7 @@ void weight_grad_kernel(const T* feat, const T* grad, const int64_t* in_rows, co
   first_task[K] = static_cast<int64_t>(task_k.size());
   const int64_t n_tasks = first_task[K];
   std::vector<T> partial(static_cast<size_t>(n_tasks) * G * I * O, T(0));
-#pragma omp parallel
+#pragma omp parallel if (n_tasks > 1)
   {
     std::vector<T> A(kChunk * I), Bm(kChunk * O);
 #pragma omp for schedule(dynamic, 1)
@@ -146,7 +149,7 @@ void weight_grad_kernel(const T* feat, const T* grad, const int64_t* in_rows, co
     }
   }
   const int64_t block = G * I * O;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_tasks * block >= kMinParallelWork)
   for (int64_t k = 0; k < K; ++k) {
     T* dst = gw + k * block;
     for (int64_t t = first_task[k]; t < first_task[k + 1]; ++t) {
@@ -182,7 +185,7 @@ std::vector<torch::Tensor> table_pairs(const torch::Tensor& table, int64_t skip)
   const int32_t* t = table.data_ptr<int32_t>();
   auto counts = torch::zeros({K}, torch::kInt64);
   int64_t* cnt = counts.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (K * N >= kMinParallelWork)
   for (int64_t k = 0; k < K; ++k) {
     if (k == skip) continue;
     int64_t c = 0;
@@ -195,7 +198,7 @@ std::vector<torch::Tensor> table_pairs(const torch::Tensor& table, int64_t skip)
   auto out_rows = torch::empty({start[K]}, torch::kInt64);
   int64_t* ip = in_rows.data_ptr<int64_t>();
   int64_t* op = out_rows.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (K * N >= kMinParallelWork)
   for (int64_t k = 0; k < K; ++k) {
     if (k == skip) continue;
     int64_t at = start[k];
@@ -241,12 +244,64 @@ std::tuple<torch::Tensor, bool> grid_build(const torch::Tensor& keys, int64_t ce
   const int64_t* kp = k.data_ptr<int64_t>();
   auto grid = torch::empty({cells}, torch::kInt32);
   int32_t* g = grid.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cells >= kMinParallelWork)
   for (int64_t c = 0; c < cells; ++c) g[c] = -1;
   for (int64_t i = 0; i < n; ++i) g[kp[i]] = static_cast<int32_t>(i);
   bool duplicated = false;
   for (int64_t i = 0; i < n; ++i) duplicated |= g[kp[i]] != static_cast<int32_t>(i);
   return {grid, duplicated};
+}
+
+// Occupancy (B * prod(out_shape),) uint8 of the output sites of a regular conv (transposed=false: output o
+// is active when o * stride - padding + t * dilation holds an input) or a transposed conv (transposed=true:
+// input i writes i * stride - padding + t * dilation), for every kernel tap t.
+torch::Tensor mark_output_sites(const torch::Tensor& indices, std::vector<int64_t> out_shape,
+                                std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t batch_size,
+                                bool transposed) {
+  TORCH_CHECK(indices.scalar_type() == torch::kInt32 && indices.dim() == 2, "indices must be int32 (N, 1+D)");
+  const int64_t D = static_cast<int64_t>(out_shape.size());
+  TORCH_CHECK(indices.size(1) == D + 1 && D >= 1 && D <= 3, "indices width must be 1 + D, D in 1..3");
+  auto idx = indices.contiguous();
+  const int32_t* ip = idx.data_ptr<int32_t>();
+  const int64_t n = idx.size(0);
+  int64_t cells = batch_size, taps = 1;
+  std::vector<int64_t> strides(D);
+  for (int64_t a = D - 1; a >= 0; --a) {
+    strides[a] = cells / batch_size;
+    cells *= out_shape[a];
+    taps *= kernel[a];
+  }
+  const int64_t batch_stride = cells / batch_size;
+  auto occupied = torch::zeros({cells}, torch::kUInt8);
+  uint8_t* occ = occupied.data_ptr<uint8_t>();
+#pragma omp parallel for schedule(static) if (n * taps >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t* row = ip + i * (D + 1);
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      int64_t rest = tap, key = row[0] * batch_stride;
+      bool valid = true;
+      for (int64_t a = D - 1; a >= 0 && valid; --a) {
+        const int64_t t = rest % kernel[a];
+        rest /= kernel[a];
+        int64_t v;
+        if (transposed) {
+          v = row[a + 1] * stride[a] - padding[a] + t * dilation[a];
+        } else {
+          const int64_t shifted = row[a + 1] + padding[a] - t * dilation[a];
+          if (shifted < 0 || shifted % stride[a] != 0) {
+            valid = false;
+            break;
+          }
+          v = shifted / stride[a];
+        }
+        if (v < 0 || v >= out_shape[a]) valid = false;
+        key += v * strides[a];
+      }
+      if (valid) occ[key] = 1;  // every writer stores the same value
+    }
+  }
+  return occupied;
 }
 
 // table (K, N) int32 = grid[base[n] + step[k]] (grid int32, -1 where empty).
@@ -261,7 +316,7 @@ torch::Tensor grid_lookup(const torch::Tensor& grid, const torch::Tensor& base, 
   const int64_t* bp = b.data_ptr<int64_t>();
   const int64_t* sp = s.data_ptr<int64_t>();
   int32_t* t = table.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K >= kMinParallelWork)
   for (int64_t n = 0; n < N; ++n) {
     const int64_t key = bp[n];
     for (int64_t k = 0; k < K; ++k) t[k * N + n] = g[key + sp[k]];
@@ -276,7 +331,7 @@ torch::Tensor invert_table(const torch::Tensor& table, int64_t n_in) {
   auto inv = torch::full({K, n_in}, -1, table.options());
   const int32_t* t = table.data_ptr<int32_t>();
   int32_t* r = inv.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * N >= kMinParallelWork)
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t o = 0; o < N; ++o) {
       const int32_t i = t[k * N + o];
@@ -290,6 +345,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_conv", &gather_conv, "fused gather-GEMM conv over a kernel-map table");
   m.def("gather_conv_weight_grad", &gather_conv_weight_grad, "deterministic weight gradient from pair lists");
   m.def("table_pairs", &table_pairs, "offset-major pair lists of a kernel-map table");
+  m.def("mark_output_sites", &mark_output_sites, "occupancy of conv / transposed conv output sites");
   m.def("grid_build", &grid_build, "index grid of row numbers at keys");
   m.def("grid_lookup", &grid_lookup, "neighbour table from an index grid");
   m.def("invert_table", &invert_table, "table of the transposed kernel map");
