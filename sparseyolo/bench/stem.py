@@ -13,7 +13,8 @@ End to end: sparse full-res model, dense full-res model, dense model at 640 (let
 FLOPs: dense layers counted with `torch.utils.flop_counter.FlopCounterMode`; sparse layers analytically from
 the
 active-site sets (2 * kernel-map pairs * C_in * C_out / groups per conv; pairs counted on the masks).
-Peak memory: growth of the process's resident set during one call (`sparseyolo.bench.common.PeakRSS`).
+Peak memory: growth of the process's resident set during one call (`sparseyolo.bench.common.PeakRSS`),
+measured after all timing (the probe changes the allocator's settings for the rest of the process).
 """
 
 from __future__ import annotations
@@ -190,20 +191,16 @@ def group_sum(per_layer: dict[int, float]) -> dict[str, float]:
 # --- timing -------------------------------------------------------------------------------------------
 
 
-def measure(fns: dict, repeats: int, warmup: int, memory) -> dict[str, dict]:
-    """Time the callables in `fns` interleaved (one call of each per round, so load changes hit all alike).
-
-    The first call of each is the memory probe (peak RSS growth); `warmup - 1` more untimed calls follow.
-    """
+def measure(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
+    """Time the callables in `fns` interleaved (one call of each per round, so load changes hit all alike),
+    after `warmup` untimed calls of each."""
     import torch
 
     out = {}
     ts: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        for name, fn in fns.items():
-            _, peak = memory.measure(fn)
-            out[name] = {"peak_mb": peak}
-            for _ in range(max(0, warmup - 1)):
+        for fn in fns.values():
+            for _ in range(max(1, warmup)):
                 fn()
         for _ in range(repeats):
             for name, fn in fns.items():
@@ -211,8 +208,51 @@ def measure(fns: dict, repeats: int, warmup: int, memory) -> dict[str, dict]:
                 fn()
                 ts[name].append(time.perf_counter() - t0)
     for name, t in ts.items():
-        out[name].update(p50_ms=1e3 * float(np.percentile(t, 50)), p90_ms=1e3 * float(np.percentile(t, 90)), n=len(t))
+        if not t:
+            out[name] = {"p50_ms": None, "p90_ms": None, "n": 0}
+            continue
+        out[name] = {
+            "p50_ms": 1e3 * float(np.percentile(t, 50)),
+            "p90_ms": 1e3 * float(np.percentile(t, 90)),
+            "n": len(t),
+        }
     return out
+
+
+def probe_memory(probes, memory) -> None:
+    """Peak RSS growth of one call of each probe `(row, fn)` (after one untimed call), into `row["peak_mb"]`."""
+    import torch
+
+    with torch.no_grad():
+        for row, fn in probes:
+            fn()
+            _, row["peak_mb"] = memory.measure(fn)
+
+
+def memory_in_subprocess(argv: list[str], sizes: list[str], rows: list[dict]) -> None:
+    """Peak memory, measured by a child process per size (`--memory-only`).
+
+    The probe (`PeakRSS`) pins glibc's mmap threshold for the whole process, from the start, so that freed
+    buffers are returned to the OS and counted again; that makes large allocations page-fault afresh, which
+    would distort the timings, so timing and memory never share a process."""
+    import json
+    import subprocess
+
+    keep = [x for x in argv if not x.startswith("--sizes") and x != "--quick"]
+    for size in sizes:
+        cmd = [sys.executable, "-m", "sparseyolo.bench.stem", *keep, "--sizes", size, "--memory-only"]
+        if "--quick" in argv:
+            cmd += ["--fg", "5,25", "--e2e-scenes", "5"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")]
+        if proc.returncode != 0 or not lines:
+            print(f"memory probe for {size} failed: {proc.stderr[-500:]}", file=sys.stderr)
+            continue
+        peaks = {tuple(k.split("|")): v for k, v in json.loads(lines[-1][7:]).items()}
+        for r in rows:
+            key = (r["part"], r["size"], r["scene"], r["variant"])
+            if key in peaks:
+                r["peak_mb"] = peaks[key]
 
 
 def parse_args(argv):
@@ -227,6 +267,7 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/bench-stem", help="directory for stem.md and stem.csv")
     ap.add_argument("--quick", action="store_true", help="small size, fg 5/25, 2 repeats (smoke test)")
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
         a.sizes, a.fg, a.repeats, a.e2e_scenes = "small", "5,25", 2, "5"
@@ -237,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sparseyolo.bench.common import (
-        PeakRSS,
         format_table,
         markdown_table,
         set_threads,
@@ -254,9 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sparseyolo bench stem: unknown size {s!r}; expected {', '.join(SIZES)}", file=sys.stderr)
             return 2
     fgs = [float(f) for f in a.fg.split(",") if f.strip()]
-    memory = PeakRSS()
+    memory = None
+    if a.memory_only:
+        from sparseyolo.bench.common import PeakRSS
+
+        memory = PeakRSS()  # first: pins the allocator settings before any tensor exists
+        a.repeats, a.warmup = 0, 0
     dense, sparse = build_models()
     rows = []
+    probes = []  # (row, fn): memory is measured after all timing
 
     def scenes_for(h, w, which):
         out = []
@@ -287,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 a.repeats,
                 a.warmup,
-                memory,
             )
             hybrid, dstem = res["hybrid"], res["dense"]
             for name, r, fl in (
@@ -305,9 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                         "gflops": fl / 1e9,
                     }
                 )
-            rows[-2]["speedup"] = dstem["p50_ms"] / hybrid["p50_ms"]
-            rows[-2]["mem_ratio"] = (dstem["peak_mb"] / hybrid["peak_mb"]) if hybrid["peak_mb"] else None
-            print(f"[{size} {scene}] hybrid {hybrid['p50_ms']:.1f} ms / dense {dstem['p50_ms']:.1f} ms", flush=True)
+            if hybrid["p50_ms"]:
+                rows[-2]["speedup"] = dstem["p50_ms"] / hybrid["p50_ms"]
+            probes += [
+                (rows[-2], lambda img=img: run_layers(sparse, img, range(5))),
+                (rows[-1], lambda img=img: run_layers(dense, img, range(5))),
+            ]
+            if not a.memory_only:
+                print(f"[{size} {scene}] hybrid {hybrid['p50_ms']:.1f} ms / dense {dstem['p50_ms']:.1f} ms", flush=True)
         if a.no_e2e:
             continue
         e2e_which = [s if s == "aerial" else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
@@ -322,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("dense model at 640", dense, small),
             )
             res = measure(
-                {name: (lambda model=model, x=x: model(x)) for name, model, x in variants}, a.repeats, a.warmup, memory
+                {name: (lambda model=model, x=x: model(x)) for name, model, x in variants}, a.repeats, a.warmup
             )
             for name, model, x in variants:
                 r = res[name]
@@ -342,8 +392,21 @@ def main(argv: list[str] | None = None) -> int:
                         **{f"gflops {k}": v / 1e9 for k, v in groups.items()},
                     }
                 )
-                print(f"[{size} {scene}] {name}: {r['p50_ms']:.0f} ms", flush=True)
+                probes.append((rows[-1], lambda model=model, x=x: model(x)))
+                if not a.memory_only:
+                    print(f"[{size} {scene}] {name}: {r['p50_ms']:.0f} ms", flush=True)
 
+    if a.memory_only:
+        import json
+
+        probe_memory(probes, memory)
+        peaks = {"|".join((r["part"], r["size"], r["scene"], r["variant"])): r.get("peak_mb") for r in rows}
+        print("MEMORY " + json.dumps(peaks))
+        return 0
+    memory_in_subprocess(list(sys.argv[1:] if argv is None else argv), sizes, rows)
+    for i, r in enumerate(rows):
+        if r["part"] == "stem" and "speedup" in r and r.get("peak_mb"):
+            r["mem_ratio"] = rows[i + 1]["peak_mb"] / r["peak_mb"]
     headers = [
         "part",
         "size",
