@@ -45,9 +45,7 @@ class Pick(nn.Module):
         c_in = ctx.c_in
         parts = getattr(c_in, "parts", None)
         if parts is None:
-            raise ValueError(
-                f"Pick needs an input layer with several outputs (e.g. Chunk), got channels {c_in}"
-            )
+            raise ValueError(f"Pick needs an input layer with several outputs (e.g. Chunk), got channels {c_in}")
         index = int(args[0]) if args else 0
         if not -len(parts) <= index < len(parts):
             raise ValueError(f"Pick index {index} out of range for {len(parts)} outputs")
@@ -66,9 +64,7 @@ class FuseAdd(YamlBlock, nn.Module):
     def __init__(self, c1s: list[int], c2: int):
         super().__init__()
         self.c1s, self.c2 = list(c1s), c2
-        self.proj = nn.ModuleList(
-            nn.Identity() if c == c2 else nn.Conv2d(c, c2, 1, bias=False) for c in self.c1s
-        )
+        self.proj = nn.ModuleList(nn.Identity() if c == c2 else nn.Conv2d(c, c2, 1, bias=False) for c in self.c1s)
 
     @classmethod
     def yaml_args(cls, args, ctx: YamlContext):
