@@ -26,9 +26,7 @@ def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 96, s
                 w, h = (int(v) for v in rng.integers(10, size // 3, 2))
                 x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
                 img[y0 : y0 + h, x0 : x0 + w] = (255, 64, 64) if cls == 0 else (64, 255, 64)
-                lines.append(
-                    f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}"
-                )
+                lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
             Image.fromarray(img).save(root / "images" / split / f"{i:03d}.png")
             (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
     yaml = root / "data.yaml"

@@ -172,8 +172,5 @@ def test_sparse_chain_passes_sparse_tensors():
     stem.dense_out = False
     x, _ = _sparse_image()
     h = stem(x)
-    assert (
-        isinstance(h, SparseConvTensor)
-        and 0 < h.num_active < h.batch_size * h.spatial_shape[0] * h.spatial_shape[1]
-    )
+    assert isinstance(h, SparseConvTensor) and 0 < h.num_active < h.batch_size * h.spatial_shape[0] * h.spatial_shape[1]
     assert c(h).shape == (2, 16, 10, 13)
