@@ -13,18 +13,21 @@ import sys
 
 # name -> (module, one-line description)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "sparse-conv": ("sparseyolo.bench.sparse_conv",
-                    "sparse conv engine vs dense F.conv2d/conv3d and spconv: time, speed-up, GFLOP/s,"
-                    " memory"),
-    "stem": ("sparseyolo.bench.stem",
-             "hybrid sparse YOLOv8 stem vs the dense stem"),
+    "sparse-conv": (
+        "sparseyolo.bench.sparse_conv",
+        "sparse conv engine vs dense F.conv2d/conv3d and spconv: time, speed-up, GFLOP/s, memory",
+    ),
+    "stem": ("sparseyolo.bench.stem", "hybrid sparse YOLOv8 stem vs the dense stem"),
 }
 
 
 def usage() -> str:
     width = max(len(name) for name in BENCHMARKS)
-    lines = ["usage: sparseyolo bench NAME [options]   (`sparseyolo bench NAME --help` for its options)", "",
-             "benchmarks:"]
+    lines = [
+        "usage: sparseyolo bench NAME [options]   (`sparseyolo bench NAME --help` for its options)",
+        "",
+        "benchmarks:",
+    ]
     lines += [f"  {name:<{width}}  {description}" for name, (_, description) in BENCHMARKS.items()]
     return "\n".join(lines)
 
@@ -38,8 +41,10 @@ def load(name: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name == module_name:
-            raise ImportError(f"benchmark {name!r} is not available: module {module_name} is not part of "
-                              f"this installation (not written yet, or removed)") from None
+            raise ImportError(
+                f"benchmark {name!r} is not available: module {module_name} is not part of "
+                f"this installation (not written yet, or removed)"
+            ) from None
         raise
 
 

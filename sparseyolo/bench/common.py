@@ -133,8 +133,9 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def run_interleaved(variants: Sequence[Variant], min_samples: int = 2, memory: PeakRSS | None = None,
-                    restore_threads: int | None = None) -> None:
+def run_interleaved(
+    variants: Sequence[Variant], min_samples: int = 2, memory: PeakRSS | None = None, restore_threads: int | None = None
+) -> None:
     """Time `variants` round-robin (one call of each still-active variant per round) until each has
     `max_samples` samples or has spent its `budget_s` with at least `min_samples`. A variant that raises is
     marked with `error` and dropped; the others go on. Warm-up calls come first, in the given order."""
@@ -180,11 +181,16 @@ class PeakRSS:
     the kernel's high-water mark (`VmHWM`) by writing "5" to `/proc/self/clear_refs`. After the call:
     `VmHWM - VmRSS(before)`. The number counts every page the call touched for the first time: outputs,
     temporaries, autograd buffers, maps, allocator slack; it does not count the call's inputs, which
-    exist beforehand. glibc's dynamic mmap threshold is pinned at 128 KiB so that large freed buffers
-    are returned to the OS rather than reused silently (which would hide them).
+    exist beforehand.
+
+    pin_allocator=True (default) pins glibc's dynamic mmap/trim thresholds at 128 KiB for the whole process,
+    so that large freed buffers go back to the OS at once rather than being reused silently; it also makes
+    every large allocation page-fault afresh, which slows timed code: use it in a process that does not time.
+    pin_allocator=False leaves the allocator alone (timings stay honest); freed heap pages are still handed
+    back by `malloc_trim(0)` before each probe, so memory re-used inside the call is counted.
     """
 
-    def __init__(self):
+    def __init__(self, pin_allocator: bool = True):
         self.available = False
         self.reason = ""
         self._libc = None
@@ -193,9 +199,10 @@ class PeakRSS:
             return
         try:
             libc = ctypes.CDLL("libc.so.6")
-            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-            libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-            libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+            if pin_allocator:
+                M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+                libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+                libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
             self._libc = libc
         except (OSError, AttributeError):
             self._libc = None
@@ -241,8 +248,7 @@ def gemm_gflops(shapes: Sequence[tuple[int, int, int]], repeat: int = 5) -> dict
     import torch
 
     g = torch.Generator().manual_seed(0)
-    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[1], s[2], generator=g))
-                for s in shapes}
+    operands = {s: (torch.randn(s[0], s[1], generator=g), torch.randn(s[1], s[2], generator=g)) for s in shapes}
     for a, b in operands.values():
         torch.mm(a, b)
     results: dict = {s: [] for s in shapes}
@@ -266,10 +272,20 @@ def system_info() -> dict[str, str]:
         "torch threads": str(torch.get_num_threads()),
     }
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent, timeout=5)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
         if commit.returncode == 0:
             changes = " (+ uncommitted changes)" if dirty.stdout.strip() else ""
             info["git commit"] = commit.stdout.strip() + changes
@@ -317,8 +333,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     def esc(value) -> str:
         return str(value).replace("|", "\\|")
 
-    out = ["| " + " | ".join(esc(h) for h in headers) + " |",
-           "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    out = [
+        "| " + " | ".join(esc(h) for h in headers) + " |",
+        "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
+    ]
     out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 

@@ -71,8 +71,7 @@ def test_sparse_conv_quick(tmp_path, monkeypatch, capsys):
     # The pure-PyTorch engine path: independent of a (possibly rebuilding) compiled extension.
     monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")
     # One thread: on a loaded 2-core machine, 2-thread OpenMP barriers make tiny ops 100x slower.
-    args = ["--quick", "--threads", "1", "--no-spconv", "--no-progress", "--out", str(tmp_path),
-            "--voxel-sizes", "8"]
+    args = ["--quick", "--threads", "1", "--no-spconv", "--no-progress", "--out", str(tmp_path), "--voxel-sizes", "8"]
     assert bench.main(["sparse-conv", *args]) == 0
     out = capsys.readouterr().out
     for name in ("sparse_conv.md", "sparse_conv.csv", "sparse_conv.png"):
