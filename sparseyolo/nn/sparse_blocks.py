@@ -134,13 +134,14 @@ class SConv(SparseBlock):
             y = SF.sparse_conv(x, w, None, self.s, self.p, self.d, self.g)
         return y.replace_feature(self._post(y.features, bias))
 
-    def forward_from_dense(self, x: Tensor, mask: Tensor) -> SparseConvTensor:
+    def forward_from_dense(self, x: Tensor, mask: Tensor, zero_outside: bool = False) -> SparseConvTensor:
         """Sparse conv of a dense `x (B, C, H, W)` restricted to `mask (B, H, W)` (other pixels count as zero).
 
         Same result as `forward_sparse(SparseConvTensor.from_dense(x, mask))`, computed without building the
         input's sparse tensor or kernel map: output sites are the dense max-pool of the mask; their receptive
         fields are gathered straight from the dense image (one GEMM). Meant for the first layer, where the
-        input is a dense image with few channels.
+        input is a dense image with few channels. `zero_outside=True` promises `x` is already zero off the mask
+        (the `nonzero` method without a budget), which skips the mask lookup.
         """
         B, C, H, W = x.shape
         k, s, p, d = self.k, self.s, self.p, self.d
@@ -148,11 +149,16 @@ class SConv(SparseBlock):
             return self.forward_sparse(SparseConvTensor.from_dense(x, mask))
         Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
         # output sites: any active input in the window (a max-pool of the mask, as shifted strided ORs)
-        mp = F.pad(mask, (p, p + s + d * k, p, p + s + d * k))
-        om = torch.zeros(B, Ho, Wo, dtype=torch.bool, device=x.device)
-        for ky in range(k):
-            for kx in range(k):
-                om |= mp[:, ky * d : ky * d + s * Ho : s, kx * d : kx * d + s * Wo : s]
+        mp = F.pad(mask, (p, p + s + d * k, p, p + s + d * k)) if s > 1 else None
+        if s == 1:  # submanifold, as `forward_sparse`: output sites = input sites
+            om = mask
+        else:
+            rows = mp[:, 0 : s * Ho : s].clone()  # separable: OR over the window's rows, then its columns
+            for ky in range(1, k):
+                rows |= mp[:, ky * d : ky * d + s * Ho : s]
+            om = rows[:, :, 0 : s * Wo : s].clone()
+            for kx in range(1, k):
+                om |= rows[:, :, kx * d : kx * d + s * Wo : s]
         idx = om.nonzero().to(torch.int32)  # (N, 3) b, y, x in row-major order
         itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
         b, oy, ox = idx.to(itype).unbind(1)
@@ -163,7 +169,9 @@ class SConv(SparseBlock):
         row = (b * H).unsqueeze(1) + iy.clamp_(0, H - 1)  # (N, k)
         lin = (row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)  # (N, ky, kx)
         lin = lin.view(-1, k * k).t().reshape(-1)  # offset-major: (k*k*N,)
-        keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1) & mask.reshape(-1)[lin]
+        keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1)
+        if not zero_outside:
+            keep &= mask.reshape(-1)[lin]
         xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
         g = xf.index_select(1, lin).mul_(keep.to(x.dtype))  # (C, k*k*N)
         a = g.view(C * k * k, idx.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
@@ -268,7 +276,9 @@ class SparseStem(SConv):
         if self.export_dense:
             m = mask.unsqueeze(1).to(x.dtype)
             return self.finish(self.forward_masked(DenseMasked(x * m, m)))
-        return self.finish(self.forward_from_dense(x, mask))
+        sp = self.sparsify
+        exact = sp.method == "nonzero" and sp.keep >= 1.0 and sp.max_active is None and sp.dilate == 0
+        return self.finish(self.forward_from_dense(x, mask, zero_outside=exact))
 
     # aux protocol: forwarded to the sparsifier
     @property

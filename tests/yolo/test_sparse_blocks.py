@@ -38,6 +38,8 @@ CASES = [
     ("c2f n2", lambda: C2f(8, 16, 2, True), lambda: SC2f(8, 16, 2, True), 8),
     ("c2f n1 noshort", lambda: C2f(8, 16, 1, False), lambda: SC2f(8, 16, 1, False), 8),
     ("stem", lambda: Conv(3, 16, 3, 2), lambda: SparseStem(3, 16, 3, 2), 3),
+    ("stem s1", lambda: Conv(3, 16, 3, 1), lambda: SparseStem(3, 16, 3, 1), 3),
+    ("stem k5 s2", lambda: Conv(3, 16, 5, 2), lambda: SparseStem(3, 16, 5, 2), 3),
 ]
 
 
@@ -90,7 +92,7 @@ def test_sparse_input_matches_dense_masked_oracle(name, dense_fn, sparse_fn, c1)
     torch.testing.assert_close(ys, yd, rtol=1e-9, atol=1e-9)
     # independent check of the first conv's site set: output zero exactly off the dense max-pooled mask
     if isinstance(sparse, (SConv, SparseStem)) and sparse.s == 2:
-        m = torch.nn.functional.max_pool2d((x.abs().sum(1, keepdim=True) > 0).double(), 3, 2, 1)
+        m = torch.nn.functional.max_pool2d((x.abs().sum(1, keepdim=True) > 0).double(), sparse.k, 2, sparse.p)
         assert torch.all(ys.abs().sum(1, keepdim=True)[m == 0] == 0)
 
 
