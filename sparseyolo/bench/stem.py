@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = {"1080p": (1088, 1920), "2160p": (2176, 3840), "small": (544, 960)}
+SIZES = {"1080p": (1088, 1920), "2160p": (2176, 3840), "small": (544, 960), "tiny": (256, 448)}
 GROUPS = (
     ("stem 0-4", range(0, 5)),
     ("backbone 5-9", range(5, 10)),
@@ -238,7 +238,14 @@ def memory_in_subprocess(argv: list[str], sizes: list[str], rows: list[dict]) ->
     import json
     import subprocess
 
-    keep = [x for x in argv if not x.startswith("--sizes") and x != "--quick"]
+    keep, skip = [], False
+    for x in argv:  # drop --sizes (and its value) and --quick: the child gets one size, explicit settings
+        if skip:
+            skip = False
+        elif x == "--sizes":
+            skip = True
+        elif not x.startswith("--sizes=") and x != "--quick":
+            keep.append(x)
     for size in sizes:
         cmd = [sys.executable, "-m", "sparseyolo.bench.stem", *keep, "--sizes", size, "--memory-only"]
         if "--quick" in argv:
@@ -257,7 +264,7 @@ def memory_in_subprocess(argv: list[str], sizes: list[str], rows: list[dict]) ->
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="sparseyolo bench stem", description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1080p,2160p", help="comma list of 1080p, 2160p, small")
+    ap.add_argument("--sizes", default="1080p,2160p", help="comma list of 1080p, 2160p, small, tiny")
     ap.add_argument("--fg", default="1,5,10,25", help="synthetic foreground percentages")
     ap.add_argument("--no-aerial", action="store_true", help="skip the real deepforest scene")
     ap.add_argument("--no-e2e", action="store_true", help="skip end-to-end models")
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     memory_in_subprocess(list(sys.argv[1:] if argv is None else argv), sizes, rows)
     for i, r in enumerate(rows):
-        if r["part"] == "stem" and "speedup" in r and r.get("peak_mb"):
+        if r["part"] == "stem" and "speedup" in r and r.get("peak_mb") and rows[i + 1].get("peak_mb"):
             r["mem_ratio"] = rows[i + 1]["peak_mb"] / r["peak_mb"]
     headers = [
         "part",
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             r["variant"],
             fmt(r["p50_ms"]),
             fmt(r["p90_ms"]),
-            fmt(r["peak_mb"], 0),
+            fmt(r.get("peak_mb"), 0),
             fmt(r["gflops"], 2),
             fmt(r.get("speedup"), 2) + "x" if r.get("speedup") else "",
             fmt(r.get("mem_ratio"), 1) + "x" if r.get("mem_ratio") else "",
