@@ -48,8 +48,11 @@ def load(required: bool = False):
     except Exception as error:  # compiler/ninja missing, build error
         if required:
             raise
-        warnings.warn(f"sparseyolo: compiled sparse kernels unavailable ({error!s:.300}); using the "
-                      f"pure-PyTorch path", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"sparseyolo: compiled sparse kernels unavailable ({error!s:.300}); using the pure-PyTorch path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         module = None
     _state["module"] = module
     return module

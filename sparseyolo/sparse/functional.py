@@ -45,8 +45,10 @@ def _tuple(value, ndim: int, name: str, minimum: int = 0) -> tuple[int, ...]:
 
 def _check_input(x, op: str) -> None:
     if not isinstance(x, SparseConvTensor):
-        raise TypeError(f"{op} expects a SparseConvTensor, got {type(x).__name__}; build one with "
-                        f"SparseConvTensor(features, indices, spatial_shape, batch_size) or .from_dense(x)")
+        raise TypeError(
+            f"{op} expects a SparseConvTensor, got {type(x).__name__}; build one with "
+            f"SparseConvTensor(features, indices, spatial_shape, batch_size) or .from_dense(x)"
+        )
 
 
 def _check_weight(x: SparseConvTensor, weight: Tensor, groups: int, transposed: bool, op: str):
@@ -201,9 +203,20 @@ def _subm_entry(x: SparseConvTensor, kernel_size, dilation) -> ConvEntry:
         index = x.coordinate_index(km.subm_margin(kernel_size, dilation))
         kmap = km.subm_map(index, x.indices, kernel_size, dilation)
         ones = (1,) * x.ndim
-        entry = ConvEntry(kmap, "subm", x.indices, x.spatial_shape, x._coord_id, x.indices, x.spatial_shape,
-                          x._coord_id, kernel_size, ones, tuple(k // 2 * d for k, d in zip(kernel_size, dilation)),
-                          dilation)
+        entry = ConvEntry(
+            kmap,
+            "subm",
+            x.indices,
+            x.spatial_shape,
+            x._coord_id,
+            x.indices,
+            x.spatial_shape,
+            x._coord_id,
+            kernel_size,
+            ones,
+            tuple(k // 2 * d for k, d in zip(kernel_size, dilation)),
+            dilation,
+        )
         x._store.maps[key] = entry
     return entry
 
@@ -212,16 +225,32 @@ def _conv_entry(x: SparseConvTensor, kernel_size, stride, padding, dilation) -> 
     key = ("conv", x._coord_id, kernel_size, stride, padding, dilation)
     entry = x._store.maps.get(key)
     if entry is None:
-        out_indices, out_shape = km.conv_out_indices(x.indices, x.spatial_shape, x.batch_size, kernel_size,
-                                                     stride, padding, dilation)
+        out_indices, out_shape = km.conv_out_indices(
+            x.indices, x.spatial_shape, x.batch_size, kernel_size, stride, padding, dilation
+        )
         if any(s <= 0 for s in out_shape):
-            raise ValueError(f"kernel {kernel_size} (dilation {dilation}, padding {padding}) does not fit "
-                             f"spatial_shape {x.spatial_shape}: output shape would be {out_shape}")
+            raise ValueError(
+                f"kernel {kernel_size} (dilation {dilation}, padding {padding}) does not fit "
+                f"spatial_shape {x.spatial_shape}: output shape would be {out_shape}"
+            )
         margin = km.conv_margin(x.spatial_shape, out_shape, kernel_size, stride, padding, dilation)
-        kmap = km.conv_map(x.coordinate_index(margin), out_indices, kernel_size, stride, padding, dilation,
-                           x.num_active)
-        entry = ConvEntry(kmap, "conv", x.indices, x.spatial_shape, x._coord_id, out_indices, out_shape,
-                          new_coordinate_id(), kernel_size, stride, padding, dilation)
+        kmap = km.conv_map(
+            x.coordinate_index(margin), out_indices, kernel_size, stride, padding, dilation, x.num_active
+        )
+        entry = ConvEntry(
+            kmap,
+            "conv",
+            x.indices,
+            x.spatial_shape,
+            x._coord_id,
+            out_indices,
+            out_shape,
+            new_coordinate_id(),
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+        )
         x._store.maps[key] = entry
     return entry
 
@@ -230,28 +259,55 @@ def _conv_transpose_entry(x: SparseConvTensor, kernel_size, stride, padding, dil
     key = ("convT", x._coord_id, kernel_size, stride, padding, dilation, output_padding)
     entry = x._store.maps.get(key)
     if entry is None:
-        out_shape = km.conv_transpose_output_shape(x.spatial_shape, kernel_size, stride, padding, dilation,
-                                                   output_padding)
+        out_shape = km.conv_transpose_output_shape(
+            x.spatial_shape, kernel_size, stride, padding, dilation, output_padding
+        )
         if any(s <= 0 for s in out_shape):
             raise ValueError(f"transposed conv output shape would be {out_shape}; reduce padding {padding}")
-        out_indices = km.conv_transpose_out_indices(x.indices, x.batch_size, out_shape, kernel_size, stride,
-                                                    padding, dilation)
+        out_indices = km.conv_transpose_out_indices(
+            x.indices, x.batch_size, out_shape, kernel_size, stride, padding, dilation
+        )
         out_id = new_coordinate_id()
         margin = km.conv_transpose_margin(x.spatial_shape, out_shape, kernel_size, stride, padding, dilation)
         out_index = x._store.index(out_id, out_indices, out_shape, x.batch_size, margin)
-        kmap = km.conv_transpose_map(out_index, x.indices, kernel_size, stride, padding, dilation,
-                                     int(out_indices.shape[0]))
-        entry = ConvEntry(kmap, "convT", x.indices, x.spatial_shape, x._coord_id, out_indices, out_shape,
-                          out_id, kernel_size, stride, padding, dilation)
+        kmap = km.conv_transpose_map(
+            out_index, x.indices, kernel_size, stride, padding, dilation, int(out_indices.shape[0])
+        )
+        entry = ConvEntry(
+            kmap,
+            "convT",
+            x.indices,
+            x.spatial_shape,
+            x._coord_id,
+            out_indices,
+            out_shape,
+            out_id,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+        )
         x._store.maps[key] = entry
     return entry
 
 
-def _run_conv(x: SparseConvTensor, weight: Tensor, bias, groups, transposed, entry: ConvEntry, op: str,
-              out_indices=None, out_shape=None, out_id=None, kmap=None) -> SparseConvTensor:
+def _run_conv(
+    x: SparseConvTensor,
+    weight: Tensor,
+    bias,
+    groups,
+    transposed,
+    entry: ConvEntry,
+    op: str,
+    out_indices=None,
+    out_shape=None,
+    out_id=None,
+    kmap=None,
+) -> SparseConvTensor:
     c_out = weight.shape[1] * groups if transposed else weight.shape[0]
-    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)
-                             or bias.dtype != weight.dtype):
+    if bias is not None and (
+        not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,) or bias.dtype != weight.dtype
+    ):
         got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
         raise ValueError(f"{op}: bias must be a {weight.dtype} tensor of shape ({c_out},), got {got}")
     w = _kernel_major(weight, groups, transposed)
@@ -261,16 +317,20 @@ def _run_conv(x: SparseConvTensor, weight: Tensor, bias, groups, transposed, ent
     out = SparseConvFunction.apply(x.features, w, kmap)
     if bias is not None:
         out = out + bias
-    return x.derive(out, entry.out_indices if out_indices is None else out_indices,
-                    entry.out_shape if out_shape is None else out_shape,
-                    entry.out_id if out_id is None else out_id)
+    return x.derive(
+        out,
+        entry.out_indices if out_indices is None else out_indices,
+        entry.out_shape if out_shape is None else out_shape,
+        entry.out_id if out_id is None else out_id,
+    )
 
 
 # --- public functional API --------------------------------------------------------------------------
 
 
-def subm_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, dilation=1, groups: int = 1,
-              indice_key=None) -> SparseConvTensor:
+def subm_conv(
+    x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, dilation=1, groups: int = 1, indice_key=None
+) -> SparseConvTensor:
     """Submanifold conv: output sites = input sites; offset `k` reads `site + (k - kernel // 2) * dilation`.
 
     Equals dense `conv{D}d(x.dense(), weight, padding=kernel // 2 * dilation, dilation=dilation)` read at
@@ -284,8 +344,16 @@ def subm_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, d
     return _run_conv(x, weight, bias, groups, False, entry, "subm_conv")
 
 
-def sparse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-                dilation=1, groups: int = 1, indice_key=None) -> SparseConvTensor:
+def sparse_conv(
+    x: SparseConvTensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    indice_key=None,
+) -> SparseConvTensor:
     """Regular sparse conv: an output site is active when its window holds an active input.
 
     Equals dense `conv{D}d(x.dense(), weight, stride=..., padding=..., dilation=...)` at the output sites.
@@ -300,9 +368,17 @@ def sparse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None,
     return _run_conv(x, weight, bias, groups, False, entry, "sparse_conv")
 
 
-def sparse_conv_transpose(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, stride=1,
-                          padding=0, output_padding=0, dilation=1, groups: int = 1,
-                          indice_key=None) -> SparseConvTensor:
+def sparse_conv_transpose(
+    x: SparseConvTensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    indice_key=None,
+) -> SparseConvTensor:
     """Transposed sparse conv (input `i`, offset `k` writes `i * stride - padding + k * dilation`).
 
     Equals dense `conv_transpose{D}d` at the output sites. weight `(C_in, C_out // groups, *kernel)`.
@@ -314,15 +390,18 @@ def sparse_conv_transpose(x: SparseConvTensor, weight: Tensor, bias: Tensor | No
     dilation = _tuple(dilation, x.ndim, "dilation", 1)
     output_padding = _tuple(output_padding, x.ndim, "output_padding", 0)
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
-        raise ValueError(f"sparse_conv_transpose: output_padding {output_padding} must be smaller than stride "
-                         f"{stride} or dilation {dilation} (as torch.nn.functional.conv_transpose)")
+        raise ValueError(
+            f"sparse_conv_transpose: output_padding {output_padding} must be smaller than stride "
+            f"{stride} or dilation {dilation} (as torch.nn.functional.conv_transpose)"
+        )
     entry = _conv_transpose_entry(x, kernel_size, stride, padding, dilation, output_padding)
     _register_key(x, indice_key, entry)
     return _run_conv(x, weight, bias, groups, True, entry, "sparse_conv_transpose")
 
 
-def sparse_inverse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, indice_key=None,
-                        groups: int = 1) -> SparseConvTensor:
+def sparse_inverse_conv(
+    x: SparseConvTensor, weight: Tensor, bias: Tensor | None = None, indice_key=None, groups: int = 1
+) -> SparseConvTensor:
     """Inverse of the strided `sparse_conv` that registered `indice_key`: back to its input sites.
 
     Uses that conv's map transposed; equals dense `conv_transpose{D}d` with its stride/padding/dilation,
@@ -333,28 +412,45 @@ def sparse_inverse_conv(x: SparseConvTensor, weight: Tensor, bias: Tensor | None
     entry = x._store.keyed.get(indice_key)
     if entry is None or entry.kind != "conv":
         known = sorted(k for k, e in x._store.keyed.items() if e.kind == "conv")
-        raise KeyError(f"sparse_inverse_conv: no strided SparseConv registered indice_key={indice_key!r} for "
-                       f"this tensor's coordinates (keys of strided convs seen: {known})")
+        raise KeyError(
+            f"sparse_inverse_conv: no strided SparseConv registered indice_key={indice_key!r} for "
+            f"this tensor's coordinates (keys of strided convs seen: {known})"
+        )
     if entry.out_id != x._coord_id:
-        raise ValueError(f"sparse_inverse_conv: the input is not on the output sites of the conv with "
-                         f"indice_key={indice_key!r}; apply it to that conv's output (or a SubM chain of it)")
+        raise ValueError(
+            f"sparse_inverse_conv: the input is not on the output sites of the conv with "
+            f"indice_key={indice_key!r}; apply it to that conv's output (or a SubM chain of it)"
+        )
     if tuple(kernel_size) != tuple(entry.kernel_size):
-        raise ValueError(f"sparse_inverse_conv: kernel {kernel_size} differs from the keyed conv's "
-                         f"{entry.kernel_size}")
-    return _run_conv(x, weight, bias, groups, True, entry, "sparse_inverse_conv", out_indices=entry.in_indices,
-                     out_shape=entry.in_shape, out_id=entry.in_id, kmap=entry.kmap.transposed())
+        raise ValueError(f"sparse_inverse_conv: kernel {kernel_size} differs from the keyed conv's {entry.kernel_size}")
+    return _run_conv(
+        x,
+        weight,
+        bias,
+        groups,
+        True,
+        entry,
+        "sparse_inverse_conv",
+        out_indices=entry.in_indices,
+        out_shape=entry.in_shape,
+        out_id=entry.in_id,
+        kmap=entry.kmap.transposed(),
+    )
 
 
-def _pool(x: SparseConvTensor, kernel_size, stride, padding, dilation, mode: str, op: str,
-          indice_key=None) -> SparseConvTensor:
+def _pool(
+    x: SparseConvTensor, kernel_size, stride, padding, dilation, mode: str, op: str, indice_key=None
+) -> SparseConvTensor:
     _check_input(x, op)
     kernel_size = _tuple(kernel_size, x.ndim, "kernel_size", 1)
     stride = kernel_size if stride is None else _tuple(stride, x.ndim, "stride", 1)
     padding = _tuple(padding, x.ndim, "padding", 0)
     dilation = _tuple(dilation, x.ndim, "dilation", 1)
     if any(2 * p > d * (k - 1) + 1 for p, k, d in zip(padding, kernel_size, dilation)):
-        raise ValueError(f"{op}: padding {padding} must be at most half the effective kernel "
-                         f"{tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))} (as torch pooling)")
+        raise ValueError(
+            f"{op}: padding {padding} must be at most half the effective kernel "
+            f"{tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))} (as torch pooling)"
+        )
     entry = _conv_entry(x, kernel_size, stride, padding, dilation)
     _register_key(x, indice_key, entry)
     kmap = entry.kmap
@@ -369,8 +465,9 @@ def _pool(x: SparseConvTensor, kernel_size, stride, padding, dilation, mode: str
     return x.derive(out, entry.out_indices, entry.out_shape, entry.out_id)
 
 
-def sparse_max_pool(x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1,
-                    indice_key=None) -> SparseConvTensor:
+def sparse_max_pool(
+    x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1, indice_key=None
+) -> SparseConvTensor:
     """Max over the active inputs of each window (inactive sites are ignored, not read as 0).
 
     Output sites as `sparse_conv`; equals dense `max_pool{D}d` on a map filled with -inf off the sites.
@@ -378,8 +475,9 @@ def sparse_max_pool(x: SparseConvTensor, kernel_size, stride=None, padding=0, di
     return _pool(x, kernel_size, stride, padding, dilation, "max", "sparse_max_pool", indice_key)
 
 
-def sparse_avg_pool(x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1,
-                    indice_key=None) -> SparseConvTensor:
+def sparse_avg_pool(
+    x: SparseConvTensor, kernel_size, stride=None, padding=0, dilation=1, indice_key=None
+) -> SparseConvTensor:
     """Sum of the active inputs of each window / kernel volume: dense `avg_pool{D}d` (inactive = 0,
     `count_include_pad=True`) read at the output sites."""
     if any(d != 1 for d in _tuple(dilation, x.ndim, "dilation", 1)):

@@ -62,8 +62,10 @@ class CoordinateIndex:
         box = (int(batch_size), *self.padded)
         self.cells = math.prod(box)
         if self.cells >= MAX_KEY_CELLS:
-            raise ValueError(f"the coordinate box {box} (batch, padded spatial shape) has {self.cells} cells, more "
-                             f"than 64-bit keys can address (< 2**62); use a smaller spatial_shape")
+            raise ValueError(
+                f"the coordinate box {box} (batch, padded spatial shape) has {self.cells} cells, more "
+                f"than 64-bit keys can address (< 2**62); use a smaller spatial_shape"
+            )
         strides = _row_major_strides(box)
         self.batch_stride = strides[0]
         self.spatial_strides = torch.tensor(strides[1:], dtype=torch.int64)
@@ -189,7 +191,7 @@ class KernelMap:
     def pairs(self, k: int) -> tuple[Tensor, Tensor]:
         """(input rows, output rows) of offset `k` (empty for the identity offset)."""
         in_rows, out_rows, bounds = self._pairs_all()
-        return in_rows[bounds[k]:bounds[k + 1]], out_rows[bounds[k]:bounds[k + 1]]
+        return in_rows[bounds[k] : bounds[k + 1]], out_rows[bounds[k] : bounds[k + 1]]
 
     @property
     def num_pairs(self) -> int:
@@ -268,8 +270,9 @@ def _decode(keys: Tensor, box) -> Tensor:
     return torch.stack(cols, dim=1).to(torch.int32)
 
 
-def _output_sites(indices: Tensor, batch_size: int, out_shape, kernel_size, stride, padding, dilation,
-                  transposed: bool) -> Tensor:
+def _output_sites(
+    indices: Tensor, batch_size: int, out_shape, kernel_size, stride, padding, dilation, transposed: bool
+) -> Tensor:
     """Unique `(batch, *coords)` output rows (int32, sorted) of a regular or transposed conv."""
     box = (int(batch_size), *out_shape)
     cells = math.prod(box)
@@ -277,8 +280,16 @@ def _output_sites(indices: Tensor, batch_size: int, out_shape, kernel_size, stri
         raise ValueError(f"the output box {box} has {cells} cells, more than 64-bit keys can address")
     ext = _ext.load()
     if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)):
-        occupied = ext.mark_output_sites(indices.contiguous(), list(out_shape), list(kernel_size), list(stride),
-                                         list(padding), list(dilation), int(batch_size), transposed)
+        occupied = ext.mark_output_sites(
+            indices.contiguous(),
+            list(out_shape),
+            list(kernel_size),
+            list(stride),
+            list(padding),
+            list(dilation),
+            int(batch_size),
+            transposed,
+        )
         return _decode(occupied.nonzero().squeeze(1), box)
     coords = indices[:, 1:].to(torch.int64)
 
@@ -324,8 +335,9 @@ def conv_out_indices(indices: Tensor, spatial_shape, batch_size, kernel_size, st
     return sites, out_shape
 
 
-def conv_map(index: CoordinateIndex, out_indices: Tensor, kernel_size, stride, padding, dilation,
-             n_in: int) -> KernelMap:
+def conv_map(
+    index: CoordinateIndex, out_indices: Tensor, kernel_size, stride, padding, dilation, n_in: int
+) -> KernelMap:
     """Regular conv map, output-stationary: output `o`, offset `k` reads input `o * stride - padding + k * dilation`.
 
     `index` (of the input sites) must cover that reach (see :func:`conv_margin`).
@@ -351,8 +363,9 @@ def conv_transpose_out_indices(indices: Tensor, batch_size, out_shape, kernel_si
     return _output_sites(indices, batch_size, out_shape, kernel_size, stride, padding, dilation, True)
 
 
-def conv_transpose_map(out_index: CoordinateIndex, in_indices: Tensor, kernel_size, stride, padding,
-                       dilation, n_out: int) -> KernelMap:
+def conv_transpose_map(
+    out_index: CoordinateIndex, in_indices: Tensor, kernel_size, stride, padding, dilation, n_out: int
+) -> KernelMap:
     """Transposed conv map, input-stationary lookup of output rows (see `conv_transpose_out_indices`)."""
     offsets = kernel_offsets(kernel_size)
     corner = in_indices[:, 1:].to(torch.int64) * torch.tensor(stride) - torch.tensor(padding)

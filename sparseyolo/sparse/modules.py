@@ -22,17 +22,32 @@ class _SparseConvNd(SparseModule):
     ndim: int = 0
     subm = transposed = inverse = False
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, indice_key=None, output_padding=0, algo=None,
-                 fp32_accum=None, name=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        indice_key=None,
+        output_padding=0,
+        algo=None,
+        fp32_accum=None,
+        name=None,
+    ):
         super().__init__()
         del algo, fp32_accum, name  # spconv tuning knobs, meaningless on this engine
         D = self.ndim
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"{type(self).__name__}: channels must be positive, got {in_channels}, {out_channels}")
         if groups <= 0 or in_channels % groups or out_channels % groups:
-            raise ValueError(f"{type(self).__name__}: in_channels {in_channels} and out_channels {out_channels} "
-                             f"must both be divisible by groups={groups}")
+            raise ValueError(
+                f"{type(self).__name__}: in_channels {in_channels} and out_channels {out_channels} "
+                f"must both be divisible by groups={groups}"
+            )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = F._tuple(kernel_size, D, "kernel_size", 1)
         self.stride = F._tuple(stride, D, "stride", 1)
@@ -92,8 +107,9 @@ class _SparseConvNdRegular(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.sparse_conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                             self.indice_key)
+        return F.sparse_conv(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.indice_key
+        )
 
 
 class _SparseConvTransposeNd(_SparseConvNd):
@@ -103,8 +119,17 @@ class _SparseConvTransposeNd(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.sparse_conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                       self.dilation, self.groups, self.indice_key)
+        return F.sparse_conv_transpose(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.dilation,
+            self.groups,
+            self.indice_key,
+        )
 
 
 class _SparseInverseConvNd(_SparseConvNd):
@@ -112,12 +137,21 @@ class _SparseInverseConvNd(_SparseConvNd):
 
     inverse = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, indice_key, bias: bool = True,
-                 groups: int = 1, **spconv_kwargs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        indice_key,
+        bias: bool = True,
+        groups: int = 1,
+        **spconv_kwargs,
+    ):
         if indice_key is None:
             raise ValueError(f"{type(self).__name__} needs the indice_key of the strided conv it inverts")
-        super().__init__(in_channels, out_channels, kernel_size, groups=groups, bias=bias, indice_key=indice_key,
-                         **spconv_kwargs)
+        super().__init__(
+            in_channels, out_channels, kernel_size, groups=groups, bias=bias, indice_key=indice_key, **spconv_kwargs
+        )
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)

@@ -57,9 +57,18 @@ class SparseConvTensor:
     Sparse tensors are immutable: `replace_feature` returns a new tensor sharing coordinates and cache.
     """
 
-    def __init__(self, features: Tensor, indices: Tensor, spatial_shape: Sequence[int], batch_size: int,
-                 *, duplicates: str = "error", check: bool = True, _store: MapStore | None = None,
-                 _coord_id: int | None = None):
+    def __init__(
+        self,
+        features: Tensor,
+        indices: Tensor,
+        spatial_shape: Sequence[int],
+        batch_size: int,
+        *,
+        duplicates: str = "error",
+        check: bool = True,
+        _store: MapStore | None = None,
+        _coord_id: int | None = None,
+    ):
         if check:
             features, indices, spatial_shape, batch_size = _validate(
                 features, indices, spatial_shape, batch_size, duplicates
@@ -90,9 +99,11 @@ class SparseConvTensor:
         return self.num_active / max(1, self.batch_size * math.prod(self.spatial_shape))
 
     def __repr__(self) -> str:
-        return (f"SparseConvTensor(active={self.num_active}, channels={self.features.shape[1]}, "
-                f"spatial_shape={self.spatial_shape}, batch_size={self.batch_size}, "
-                f"dtype={self.features.dtype})")
+        return (
+            f"SparseConvTensor(active={self.num_active}, channels={self.features.shape[1]}, "
+            f"spatial_shape={self.spatial_shape}, batch_size={self.batch_size}, "
+            f"dtype={self.features.dtype})"
+        )
 
     # --- derivation -------------------------------------------------------------------------------
     def replace_feature(self, features: Tensor) -> SparseConvTensor:
@@ -100,13 +111,21 @@ class SparseConvTensor:
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[0] != self.num_active:
             got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"replace_feature needs features of shape ({self.num_active}, C), got {got}")
-        return SparseConvTensor(features, self.indices, self.spatial_shape, self.batch_size, check=False,
-                                _store=self._store, _coord_id=self._coord_id)
+        return SparseConvTensor(
+            features,
+            self.indices,
+            self.spatial_shape,
+            self.batch_size,
+            check=False,
+            _store=self._store,
+            _coord_id=self._coord_id,
+        )
 
     def derive(self, features: Tensor, indices: Tensor, spatial_shape, coord_id: int) -> SparseConvTensor:
         """A tensor on other coordinates that shares this tensor's cache (conv outputs)."""
-        return SparseConvTensor(features, indices, spatial_shape, self.batch_size, check=False,
-                                _store=self._store, _coord_id=coord_id)
+        return SparseConvTensor(
+            features, indices, spatial_shape, self.batch_size, check=False, _store=self._store, _coord_id=coord_id
+        )
 
     def coordinate_index(self, margin) -> CoordinateIndex:
         return self._store.index(self._coord_id, self.indices, self.spatial_shape, self.batch_size, margin)
@@ -134,8 +153,9 @@ class SparseConvTensor:
 
 def _validate(features, indices, spatial_shape, batch_size, duplicates):
     if not isinstance(features, Tensor) or not isinstance(indices, Tensor):
-        raise TypeError(f"features and indices must be tensors, got {type(features).__name__} and "
-                        f"{type(indices).__name__}")
+        raise TypeError(
+            f"features and indices must be tensors, got {type(features).__name__} and {type(indices).__name__}"
+        )
     try:
         spatial_shape = tuple(int(s) for s in spatial_shape)
     except (TypeError, ValueError):
@@ -152,11 +172,14 @@ def _validate(features, indices, spatial_shape, batch_size, duplicates):
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a float tensor (N, C), got {features.dtype} with shape "
-                         f"{tuple(features.shape)}")
+        raise ValueError(
+            f"features must be a float tensor (N, C), got {features.dtype} with shape {tuple(features.shape)}"
+        )
     if indices.dtype != torch.int32 or indices.dim() != 2 or indices.shape[1] != 1 + ndim:
-        raise ValueError(f"indices must be int32 (N, {1 + ndim}) with the batch index first for a "
-                         f"{ndim}D spatial_shape, got {indices.dtype} with shape {tuple(indices.shape)}")
+        raise ValueError(
+            f"indices must be int32 (N, {1 + ndim}) with the batch index first for a "
+            f"{ndim}D spatial_shape, got {indices.dtype} with shape {tuple(indices.shape)}"
+        )
     if features.shape[0] != indices.shape[0]:
         raise ValueError(f"features has {features.shape[0]} rows but indices has {indices.shape[0]}")
     if features.device.type != "cpu" or indices.device.type != "cpu":
@@ -168,8 +191,10 @@ def _validate(features, indices, spatial_shape, batch_size, duplicates):
         for axis, (lo, hi, size) in enumerate(zip(low.tolist(), high.tolist(), bounds)):
             if lo < 0 or hi >= size:
                 name = "batch index" if axis == 0 else f"coordinate {axis - 1}"
-                raise ValueError(f"indices out of range: {name} spans [{lo}, {hi}] but must lie in "
-                                 f"[0, {size - 1}] (batch_size/spatial_shape = {bounds})")
+                raise ValueError(
+                    f"indices out of range: {name} spans [{lo}, {hi}] but must lie in "
+                    f"[0, {size - 1}] (batch_size/spatial_shape = {bounds})"
+                )
     indices = indices.contiguous()
     if duplicates != "error":
         features, indices = _merge_duplicates(features, indices, spatial_shape, batch_size, duplicates)
@@ -180,7 +205,7 @@ def _merge_duplicates(features, indices, spatial_shape, batch_size, how):
     if how not in ("sum", "mean", "max"):
         raise ValueError(f"duplicates must be 'error', 'sum', 'mean' or 'max', got {how!r}")
     box = (batch_size, *spatial_shape)
-    strides = torch.tensor([math.prod(box[i + 1:]) for i in range(len(box))], dtype=torch.int64)
+    strides = torch.tensor([math.prod(box[i + 1 :]) for i in range(len(box))], dtype=torch.int64)
     keys = indices.to(torch.int64) @ strides
     unique_keys, inverse = torch.unique(keys, return_inverse=True)
     first = torch.full((unique_keys.numel(),), indices.shape[0], dtype=torch.int64)

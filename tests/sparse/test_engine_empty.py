@@ -91,8 +91,15 @@ def test_empty_global_pools(pool):
 def test_empty_sequential_with_norms_and_hash_path():
     """A full block on an empty tensor, in train mode (batch norm has no statistics to take), and an empty
     tensor in a box big enough for the hash path."""
-    net = sp.SparseSequential(sp.SubMConv2d(3, 4, 3), sp.SparseBatchNorm(4), nn.BatchNorm1d(4), nn.ReLU(),
-                              sp.SparseConv2d(4, 4, 3, 2, 1), sp.SparseSiLU(), sp.SparseReLU())
+    net = sp.SparseSequential(
+        sp.SubMConv2d(3, 4, 3),
+        sp.SparseBatchNorm(4),
+        nn.BatchNorm1d(4),
+        nn.ReLU(),
+        sp.SparseConv2d(4, 4, 3, 2, 1),
+        sp.SparseSiLU(),
+        sp.SparseReLU(),
+    )
     net.train()
     x = empty(2)
     y = net(x)

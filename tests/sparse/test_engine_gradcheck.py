@@ -69,9 +69,10 @@ def test_gradcheck_conv(op, shape, kernel, kwargs, groups):
     assert gradcheck(f, (feats, weight, bias), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape,kernel,stride,padding,groups", [((5, 6), (3, 3), 2, 1, 1),
-                                                                ((7,), (3,), 2, 0, 2),
-                                                                ((3, 4, 3), (2, 2, 2), 2, 0, 1)])
+@pytest.mark.parametrize(
+    "shape,kernel,stride,padding,groups",
+    [((5, 6), (3, 3), 2, 1, 1), ((7,), (3,), 2, 0, 2), ((3, 4, 3), (2, 2, 2), 2, 0, 1)],
+)
 def test_gradcheck_inverse_conv(shape, kernel, stride, padding, groups):
     """The whole strided conv -> inverse conv chain (inverse's input features, both weights, biases)."""
     cin, cmid, cout = 2, 2, 4
@@ -92,8 +93,9 @@ def test_gradcheck_inverse_conv(shape, kernel, stride, padding, groups):
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
-@pytest.mark.parametrize("shape,kernel,stride,padding", [((5, 6), 3, 2, 1), ((7,), 2, None, 0),
-                                                         ((3, 4, 3), (2, 2, 1), (1, 2, 1), 0)])
+@pytest.mark.parametrize(
+    "shape,kernel,stride,padding", [((5, 6), 3, 2, 1), ((7,), 2, None, 0), ((3, 4, 3), (2, 2, 1), (1, 2, 1), 0)]
+)
 def test_gradcheck_pool(mode, shape, kernel, stride, padding):
     idx, feats, _ = _inputs(shape, 2, 3, seed=11)
     pool = SF.sparse_max_pool if mode == "max" else SF.sparse_avg_pool

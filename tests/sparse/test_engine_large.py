@@ -47,8 +47,17 @@ def run(idx, feats, params, threads):
         z = SF.sparse_conv(y, w2, b2, stride=2, padding=1)
         cot = torch.randn(z.features.shape, generator=torch.Generator().manual_seed(1))
         (z.features * cot).sum().backward()
-        return dict(y=y.features.detach(), z=z.features.detach(), z_indices=z.indices, cot=cot, grad_f=f.grad,
-                    grad_w1=w1.grad, grad_b1=b1.grad, grad_w2=w2.grad, grad_b2=b2.grad)
+        return dict(
+            y=y.features.detach(),
+            z=z.features.detach(),
+            z_indices=z.indices,
+            cot=cot,
+            grad_f=f.grad,
+            grad_w1=w1.grad,
+            grad_b1=b1.grad,
+            grad_w2=w2.grad,
+            grad_b2=b2.grad,
+        )
     finally:
         torch.set_num_threads(before)
 
@@ -69,11 +78,15 @@ FALLBACK_NONDETERMINISTIC = (
 )
 
 
-@pytest.mark.parametrize("path", [
-    "compiled",
-    pytest.param("fallback", marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                    reason=FALLBACK_NONDETERMINISTIC)),
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "compiled",
+        pytest.param(
+            "fallback", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=FALLBACK_NONDETERMINISTIC)
+        ),
+    ],
+)
 def test_large_clustered_bit_identical_across_threads_and_runs(clustered, path, monkeypatch):
     if path == "fallback":
         monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")

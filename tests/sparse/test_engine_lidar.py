@@ -25,8 +25,16 @@ def densest_box(coords: np.ndarray, shape, box: int) -> tuple[np.ndarray, tuple[
     a = [np.arange(s - b + 1) for s, b in zip(shape, size)]
     z0, y0, x0 = np.meshgrid(*a, indexing="ij")
     z1, y1, x1 = z0 + size[0], y0 + size[1], x0 + size[2]
-    total = (integral[z1, y1, x1] - integral[z0, y1, x1] - integral[z1, y0, x1] - integral[z1, y1, x0]
-             + integral[z0, y0, x1] + integral[z0, y1, x0] + integral[z1, y0, x0] - integral[z0, y0, x0])
+    total = (
+        integral[z1, y1, x1]
+        - integral[z0, y1, x1]
+        - integral[z1, y0, x1]
+        - integral[z1, y1, x0]
+        + integral[z0, y0, x1]
+        + integral[z0, y1, x0]
+        + integral[z1, y0, x0]
+        - integral[z0, y0, x0]
+    )
     best = np.unravel_index(np.argmax(total), total.shape)
     return np.array(best), size
 

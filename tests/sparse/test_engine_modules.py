@@ -29,18 +29,36 @@ def module_cases():
             (f"SubMConv{D}d", D, lambda D=D: cls("SubMConv", D)(3, 4, 3)),
             (f"SubMConv{D}d-groups", D, lambda D=D: cls("SubMConv", D)(3, 6, 2, dilation=2, groups=3)),
             (f"SparseConv{D}d", D, lambda D=D: cls("SparseConv", D)(3, 4, 3, stride=2, padding=1)),
-            (f"SparseConvTranspose{D}d", D,
-             lambda D=D: cls("SparseConvTranspose", D)(3, 4, 3, stride=2, padding=1, output_padding=1)),
-            (f"SparseInverseConv{D}d", D, lambda D=D: SparseSequential(
-                cls("SparseConv", D)(3, 4, 3, stride=2, indice_key="k"),
-                cls("SparseInverseConv", D)(4, 2, 3, indice_key="k"))),
-            (f"pools{D}d", D, lambda D=D: SparseSequential(
-                cls("SubMConv", D)(3, 4, 3), cls("SparseMaxPool", D)(2), cls("SparseAvgPool", D)(3, 1, 1))),
+            (
+                f"SparseConvTranspose{D}d",
+                D,
+                lambda D=D: cls("SparseConvTranspose", D)(3, 4, 3, stride=2, padding=1, output_padding=1),
+            ),
+            (
+                f"SparseInverseConv{D}d",
+                D,
+                lambda D=D: SparseSequential(
+                    cls("SparseConv", D)(3, 4, 3, stride=2, indice_key="k"),
+                    cls("SparseInverseConv", D)(4, 2, 3, indice_key="k"),
+                ),
+            ),
+            (
+                f"pools{D}d",
+                D,
+                lambda D=D: SparseSequential(
+                    cls("SubMConv", D)(3, 4, 3), cls("SparseMaxPool", D)(2), cls("SparseAvgPool", D)(3, 1, 1)
+                ),
+            ),
         ]
     cases += [
         ("SparseBatchNorm", 2, lambda: SparseSequential(sp.SubMConv2d(3, 4, 3), sp.SparseBatchNorm(4))),
-        ("activations", 2, lambda: SparseSequential(sp.SubMConv2d(3, 4, 3), sp.SparseReLU(), sp.SparseSiLU(),
-                                                     sp.SparseLeakyReLU(0.1), sp.SparseIdentity())),
+        (
+            "activations",
+            2,
+            lambda: SparseSequential(
+                sp.SubMConv2d(3, 4, 3), sp.SparseReLU(), sp.SparseSiLU(), sp.SparseLeakyReLU(0.1), sp.SparseIdentity()
+            ),
+        ),
         ("global-max", 2, lambda: SparseSequential(sp.SubMConv2d(3, 4, 3), sp.SparseGlobalMaxPool())),
         ("global-avg", 2, lambda: SparseSequential(sp.SubMConv2d(3, 4, 3), sp.SparseGlobalAvgPool())),
         ("ToDense", 2, lambda: SparseSequential(sp.SparseConv2d(3, 4, 3), sp.ToDense())),
@@ -138,8 +156,10 @@ def test_load_state_dict_from_dense_conv(D):
     pairs = [
         (conv_nd(4, 6, 3, stride=2, padding=1, groups=2), cls("SparseConv", D)(4, 6, 3, stride=2, padding=1, groups=2)),
         (conv_nd(4, 4, 3, padding=2, dilation=2, groups=4), cls("SubMConv", D)(4, 4, 3, dilation=2, groups=4)),
-        (convt_nd(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
-         cls("SparseConvTranspose", D)(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)),
+        (
+            convt_nd(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+            cls("SparseConvTranspose", D)(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+        ),
     ]
     for dense_m, sparse_m in pairs:
         state = dense_m.state_dict()

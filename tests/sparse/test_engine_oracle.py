@@ -100,11 +100,14 @@ def test_subm_conv_vs_dense(D, kernel, dilation, cin, cout, groups, batch):
 
     f_d, w_d, b_d = leaf(x.features), leaf(w), leaf(b)
     padding = [k // 2 * d for k, d in zip(kernel, dilation)]
-    dense = CONV[D](densify(f_d, x.indices, shape, batch), w_d, b_d, padding=padding, dilation=dilation,
-                    groups=groups)
+    dense = CONV[D](densify(f_d, x.indices, shape, batch), w_d, b_d, padding=padding, dilation=dilation, groups=groups)
     # even kernels: the dense map is larger by `dilation`; the sites' own coordinates index it.
-    backprop_and_compare(y.features, at_sites(dense, x.indices), seed,
-                         {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
+    backprop_and_compare(
+        y.features,
+        at_sites(dense, x.indices),
+        seed,
+        {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)},
+    )
 
 
 # --- regular (strided) conv -------------------------------------------------------------------------
@@ -142,17 +145,33 @@ def test_sparse_conv_vs_dense(D, kernel, stride, padding, dilation, cin, cout, g
     y = SF.sparse_conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     conv = CONV[D]
-    reach = conv(occupancy(x.indices, shape, batch), torch.ones(1, 1, *kernel, dtype=F64), stride=stride,
-                 padding=padding, dilation=dilation)
+    reach = conv(
+        occupancy(x.indices, shape, batch),
+        torch.ones(1, 1, *kernel, dtype=F64),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+    )
     assert y.spatial_shape == tuple(reach.shape[2:])
     assert_unique_rows(y.indices)
     assert_same_sites(y.indices, mask_sites(reach > 0))
 
     f_d, w_d, b_d = leaf(x.features), leaf(w), leaf(b)
-    dense = conv(densify(f_d, x.indices, shape, batch), w_d, b_d, stride=stride, padding=padding,
-                 dilation=dilation, groups=groups)
-    backprop_and_compare(y.features, at_sites(dense, y.indices), seed,
-                         {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
+    dense = conv(
+        densify(f_d, x.indices, shape, batch),
+        w_d,
+        b_d,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    backprop_and_compare(
+        y.features,
+        at_sites(dense, y.indices),
+        seed,
+        {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)},
+    )
 
 
 # --- transposed conv --------------------------------------------------------------------------------
@@ -177,37 +196,57 @@ TRANSPOSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("D,kernel,stride,padding,output_padding,dilation,cin,cout,groups,batch",
-                         TRANSPOSE_CASES)
-def test_sparse_conv_transpose_vs_dense(D, kernel, stride, padding, output_padding, dilation, cin, cout, groups,
-                                        batch):
+@pytest.mark.parametrize("D,kernel,stride,padding,output_padding,dilation,cin,cout,groups,batch", TRANSPOSE_CASES)
+def test_sparse_conv_transpose_vs_dense(D, kernel, stride, padding, output_padding, dilation, cin, cout, groups, batch):
     shape, kernel = SHAPES[D], tup(kernel, D)
     seed = seed_of(D, kernel, stride, padding, output_padding, dilation, cin, cout, groups, batch)
     x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True)
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(cin, cout // groups, *kernel, generator=g, dtype=F64).requires_grad_(True)
     b = torch.randn(cout, generator=g, dtype=F64).requires_grad_(True)
-    y = SF.sparse_conv_transpose(x, w, b, stride=stride, padding=padding, output_padding=output_padding,
-                                 dilation=dilation, groups=groups)
+    y = SF.sparse_conv_transpose(
+        x, w, b, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups
+    )
 
     conv_t = CONV_T[D]
-    reach = conv_t(occupancy(x.indices, shape, batch), torch.ones(1, 1, *kernel, dtype=F64), stride=stride,
-                   padding=padding, output_padding=output_padding, dilation=dilation)
+    reach = conv_t(
+        occupancy(x.indices, shape, batch),
+        torch.ones(1, 1, *kernel, dtype=F64),
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+    )
     assert y.spatial_shape == tuple(reach.shape[2:])
     assert_unique_rows(y.indices)
     assert_same_sites(y.indices, mask_sites(reach > 0))
 
     f_d, w_d, b_d = leaf(x.features), leaf(w), leaf(b)
-    dense = conv_t(densify(f_d, x.indices, shape, batch), w_d, b_d, stride=stride, padding=padding,
-                   output_padding=output_padding, groups=groups, dilation=dilation)
-    backprop_and_compare(y.features, at_sites(dense, y.indices), seed,
-                         {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
+    dense = conv_t(
+        densify(f_d, x.indices, shape, batch),
+        w_d,
+        b_d,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        groups=groups,
+        dilation=dilation,
+    )
+    backprop_and_compare(
+        y.features,
+        at_sites(dense, y.indices),
+        seed,
+        {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)},
+    )
 
 
 # --- inverse conv -----------------------------------------------------------------------------------
 
-INVERSE = {1: (SparseConv1d, SparseInverseConv1d), 2: (SparseConv2d, SparseInverseConv2d),
-           3: (SparseConv3d, SparseInverseConv3d)}
+INVERSE = {
+    1: (SparseConv1d, SparseInverseConv1d),
+    2: (SparseConv2d, SparseInverseConv2d),
+    3: (SparseConv3d, SparseInverseConv3d),
+}
 
 # D, kernel, stride, padding, dilation, C_x, C_mid, C_out, inverse groups, batch
 INVERSE_CASES = [
@@ -246,19 +285,30 @@ def test_inverse_conv_vs_dense(D, kernel, stride, padding, dilation, cx, cmid, c
 
     f_d = leaf(x.features)
     cw, cb, iw, ib = (leaf(p) for p in (conv.weight, conv.bias, inv.weight, inv.bias))
-    y_dense = CONV[D](densify(f_d, x.indices, shape, batch), cw, cb, stride=stride, padding=padding,
-                      dilation=dilation)
+    y_dense = CONV[D](densify(f_d, x.indices, shape, batch), cw, cb, stride=stride, padding=padding, dilation=dilation)
     assert tuple(y_dense.shape[2:]) == y.spatial_shape
     y_dense = y_dense * occupancy(y.indices, y.spatial_shape, batch)  # the sparse chain has only y's sites
-    base = [(o - 1) * s - 2 * p + d * (k - 1) + 1
-            for o, s, p, d, k in zip(y.spatial_shape, stride, padding, dilation, kernel)]
+    base = [
+        (o - 1) * s - 2 * p + d * (k - 1) + 1
+        for o, s, p, d, k in zip(y.spatial_shape, stride, padding, dilation, kernel)
+    ]
     output_padding = [s - b for s, b in zip(shape, base)]
-    z_dense = CONV_T[D](y_dense, iw, ib, stride=stride, padding=padding, output_padding=output_padding,
-                        groups=groups, dilation=dilation)
+    z_dense = CONV_T[D](
+        y_dense, iw, ib, stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation
+    )
     assert tuple(z_dense.shape[2:]) == shape
-    backprop_and_compare(z.features, at_sites(z_dense, x.indices), seed,
-                         {"features": (x.features, f_d), "conv.weight": (conv.weight, cw),
-                          "conv.bias": (conv.bias, cb), "inv.weight": (inv.weight, iw), "inv.bias": (inv.bias, ib)})
+    backprop_and_compare(
+        z.features,
+        at_sites(z_dense, x.indices),
+        seed,
+        {
+            "features": (x.features, f_d),
+            "conv.weight": (conv.weight, cw),
+            "conv.bias": (conv.bias, cb),
+            "inv.weight": (inv.weight, iw),
+            "inv.bias": (inv.bias, ib),
+        },
+    )
 
 
 # --- pooling ----------------------------------------------------------------------------------------
@@ -281,8 +331,13 @@ POOL_CASES = [
 
 
 def _pool_reach(x, kernel, stride, padding, dilation, shape, batch, D):
-    return CONV[D](occupancy(x.indices, shape, batch), torch.ones(1, 1, *kernel, dtype=F64), stride=stride,
-                   padding=padding, dilation=dilation)
+    return CONV[D](
+        occupancy(x.indices, shape, batch),
+        torch.ones(1, 1, *kernel, dtype=F64),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+    )
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,dilation,channels,batch", POOL_CASES)
@@ -297,13 +352,11 @@ def test_max_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch
     assert_same_sites(y.indices, mask_sites(reach > 0))
 
     f_d = leaf(x.features)
-    dense = MAX_POOL[D](densify(f_d, x.indices, shape, batch, fill=float("-inf")), kernel, stride_, padding,
-                        dilation)
+    dense = MAX_POOL[D](densify(f_d, x.indices, shape, batch, fill=float("-inf")), kernel, stride_, padding, dilation)
     backprop_and_compare(y.features, at_sites(dense, y.indices), seed, {"features": (x.features, f_d)})
 
 
-@pytest.mark.parametrize("D,kernel,stride,padding,dilation,channels,batch",
-                         [c for c in POOL_CASES if c[4] == 1])
+@pytest.mark.parametrize("D,kernel,stride,padding,dilation,channels,batch", [c for c in POOL_CASES if c[4] == 1])
 def test_avg_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch):
     shape, kernel = SHAPES[D], tup(kernel, D)
     stride_ = kernel if stride is None else stride
@@ -341,13 +394,16 @@ def test_global_pool_per_batch_entry(mode):
 
 # Wider channels and more sites: exercise the compiled kernels' channel blocking (64/32/16/8/4/1 outputs,
 # inputs in blocks of 4 plus a remainder) and weight-gradient chunking (> 2048 pairs per offset).
-@pytest.mark.parametrize("op,cin,cout,groups", [
-    ("subm", 70, 64, 1),
-    ("conv", 19, 96, 1),
-    ("subm", 48, 48, 3),  # 16 per group
-    ("conv", 12, 80, 2),  # 40 per group: blocks of 8
-    ("transpose", 7, 37, 1),
-])
+@pytest.mark.parametrize(
+    "op,cin,cout,groups",
+    [
+        ("subm", 70, 64, 1),
+        ("conv", 19, 96, 1),
+        ("subm", 48, 48, 3),  # 16 per group
+        ("conv", 12, 80, 2),  # 40 per group: blocks of 8
+        ("transpose", 7, 37, 1),
+    ],
+)
 def test_wide_channels_vs_dense(op, cin, cout, groups):
     shape, batch = (80, 96), 1
     seed = seed_of(op, cin, cout, groups)
@@ -372,8 +428,12 @@ def test_wide_channels_vs_dense(op, cin, cout, groups):
         y = SF.sparse_conv_transpose(x, w, b, stride=2, padding=1, groups=groups)
         dense = CONV_T[2](dense_x, w_d, b_d, stride=2, padding=1, groups=groups)
     assert y.spatial_shape == tuple(dense.shape[2:])
-    backprop_and_compare(y.features, at_sites(dense, y.indices), seed,
-                         {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)})
+    backprop_and_compare(
+        y.features,
+        at_sites(dense, y.indices),
+        seed,
+        {"features": (x.features, f_d), "weight": (w, w_d), "bias": (b, b_d)},
+    )
 
 
 @pytest.mark.parametrize("op", ["subm", "conv", "transpose", "max", "avg"])
@@ -424,8 +484,11 @@ def test_two_level_unet_with_keyed_inverse_convs():
     def on(t, indices, shape_):
         return t * occupancy(indices, shape_, batch)
 
-    d1 = on(CONV[2](densify(f_d, x.indices, shape, batch), down1.weight, down1.bias, stride=2, padding=1),
-            y1.indices, y1.spatial_shape)
+    d1 = on(
+        CONV[2](densify(f_d, x.indices, shape, batch), down1.weight, down1.bias, stride=2, padding=1),
+        y1.indices,
+        y1.spatial_shape,
+    )
     d1 = on(CONV[2](d1, sub.weight, sub.bias, padding=1), y1.indices, y1.spatial_shape)
     d2 = on(CONV[2](d1, down2.weight, down2.bias, stride=2), y2.indices, y2.spatial_shape)
     e1 = CONV_T[2](d2, up2.weight, up2.bias, stride=2, output_padding=[0, 1])  # the uncovered column: bias only

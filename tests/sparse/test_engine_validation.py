@@ -15,32 +15,40 @@ FEATS = torch.randn(3, 3)
 
 
 def make(features=None, indices=None, shape=(5, 6), batch=2, **kw):
-    return SparseConvTensor(FEATS if features is None else features, IDX if indices is None else indices, shape,
-                            batch, **kw)
+    return SparseConvTensor(
+        FEATS if features is None else features, IDX if indices is None else indices, shape, batch, **kw
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(indices=IDX.float()), r"indices must be int32 \(N, 3\).*got torch.float32"),
-    (dict(indices=IDX.long()), r"indices must be int32 \(N, 3\).*got torch.int64"),
-    (dict(features=FEATS.to(torch.int32)), r"features must be a float tensor \(N, C\), got torch.int32"),
-    (dict(features=FEATS[:, 0]), r"features must be a float tensor \(N, C\).*shape \(3,\)"),
-    (dict(indices=IDX[:, 1:]), r"indices must be int32 \(N, 3\).*shape \(3, 2\)"),
-    (dict(indices=torch.cat([IDX, IDX[:, :1]], 1)), r"indices must be int32 \(N, 3\).*shape \(3, 4\)"),
-    (dict(features=FEATS[:2]), "features has 2 rows but indices has 3"),
-    (dict(shape=(5, 3)), r"coordinate 1 spans \[0, 3\] but must lie in \[0, 2\]"),
-    (dict(shape=(4, 6)), r"coordinate 0 spans \[0, 4\] but must lie in \[0, 3\]"),
-    (dict(indices=torch.tensor([[0, -1, 0], [0, 1, 1], [0, 2, 2]], dtype=torch.int32)),
-     r"coordinate 0 spans \[-1, 2\]"),
-    (dict(indices=torch.tensor([[-1, 0, 0], [0, 1, 1], [0, 2, 2]], dtype=torch.int32)),
-     r"batch index spans \[-1, 0\]"),
-    (dict(batch=1), r"batch index spans \[0, 1\] but must lie in \[0, 0\]"),
-    (dict(batch=0), "batch_size must be a positive int, got 0"),
-    (dict(batch=True), "batch_size must be a positive int"),
-    (dict(shape=(5, 0)), "spatial_shape must hold 1 to 3 positive sizes"),
-    (dict(shape=(5, 6, 7, 8)), "spatial_shape must hold 1 to 3 positive sizes"),
-    (dict(shape="ab"), "spatial_shape must be a sequence of ints"),
-    (dict(duplicates="first"), "duplicates must be 'error', 'sum', 'mean' or 'max', got 'first'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(indices=IDX.float()), r"indices must be int32 \(N, 3\).*got torch.float32"),
+        (dict(indices=IDX.long()), r"indices must be int32 \(N, 3\).*got torch.int64"),
+        (dict(features=FEATS.to(torch.int32)), r"features must be a float tensor \(N, C\), got torch.int32"),
+        (dict(features=FEATS[:, 0]), r"features must be a float tensor \(N, C\).*shape \(3,\)"),
+        (dict(indices=IDX[:, 1:]), r"indices must be int32 \(N, 3\).*shape \(3, 2\)"),
+        (dict(indices=torch.cat([IDX, IDX[:, :1]], 1)), r"indices must be int32 \(N, 3\).*shape \(3, 4\)"),
+        (dict(features=FEATS[:2]), "features has 2 rows but indices has 3"),
+        (dict(shape=(5, 3)), r"coordinate 1 spans \[0, 3\] but must lie in \[0, 2\]"),
+        (dict(shape=(4, 6)), r"coordinate 0 spans \[0, 4\] but must lie in \[0, 3\]"),
+        (
+            dict(indices=torch.tensor([[0, -1, 0], [0, 1, 1], [0, 2, 2]], dtype=torch.int32)),
+            r"coordinate 0 spans \[-1, 2\]",
+        ),
+        (
+            dict(indices=torch.tensor([[-1, 0, 0], [0, 1, 1], [0, 2, 2]], dtype=torch.int32)),
+            r"batch index spans \[-1, 0\]",
+        ),
+        (dict(batch=1), r"batch index spans \[0, 1\] but must lie in \[0, 0\]"),
+        (dict(batch=0), "batch_size must be a positive int, got 0"),
+        (dict(batch=True), "batch_size must be a positive int"),
+        (dict(shape=(5, 0)), "spatial_shape must hold 1 to 3 positive sizes"),
+        (dict(shape=(5, 6, 7, 8)), "spatial_shape must hold 1 to 3 positive sizes"),
+        (dict(shape="ab"), "spatial_shape must be a sequence of ints"),
+        (dict(duplicates="first"), "duplicates must be 'error', 'sum', 'mean' or 'max', got 'first'"),
+    ],
+)
 def test_tensor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make(**kwargs)
@@ -120,19 +128,22 @@ def test_conv_argument_errors():
         sp.SparseMaxPool3d(2)(x)
 
 
-@pytest.mark.parametrize("build,match", [
-    (lambda: sp.SparseConv2d(3, 2, 0), r"kernel_size must be an int or 2 ints, each >= 1, got (0|\(0, 0\))"),
-    (lambda: sp.SparseConv2d(3, 2, (3, 3, 3)), r"kernel_size must be an int or 2 ints"),
-    (lambda: sp.SparseConv2d(3, 2, 3, stride=0), r"stride must be an int or 2 ints, each >= 1"),
-    (lambda: sp.SparseConv2d(3, 2, 3, padding=-1), r"padding must be an int or 2 ints, each >= 0"),
-    (lambda: sp.SparseConv2d(3, 2, 3, dilation=(1, 0)), r"dilation must be an int or 2 ints, each >= 1"),
-    (lambda: sp.SubMConv2d(3, 2, 3, stride=2), r"keeps the input sites: stride must be 1"),
-    (lambda: sp.SparseConv2d(3, 2, 3, groups=2), "must both be divisible by groups=2"),
-    (lambda: sp.SparseConv2d(0, 2, 3), "channels must be positive"),
-    (lambda: sp.SparseInverseConv2d(3, 2, 3, indice_key=None), "needs the indice_key"),
-    (lambda: sp.SparseMaxPool2d(0), r"kernel_size must be an int or 2 ints, each >= 1"),
-    (lambda: sp.SparseAvgPool2d(2, stride=0), r"stride must be an int or 2 ints, each >= 1"),
-])
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: sp.SparseConv2d(3, 2, 0), r"kernel_size must be an int or 2 ints, each >= 1, got (0|\(0, 0\))"),
+        (lambda: sp.SparseConv2d(3, 2, (3, 3, 3)), r"kernel_size must be an int or 2 ints"),
+        (lambda: sp.SparseConv2d(3, 2, 3, stride=0), r"stride must be an int or 2 ints, each >= 1"),
+        (lambda: sp.SparseConv2d(3, 2, 3, padding=-1), r"padding must be an int or 2 ints, each >= 0"),
+        (lambda: sp.SparseConv2d(3, 2, 3, dilation=(1, 0)), r"dilation must be an int or 2 ints, each >= 1"),
+        (lambda: sp.SubMConv2d(3, 2, 3, stride=2), r"keeps the input sites: stride must be 1"),
+        (lambda: sp.SparseConv2d(3, 2, 3, groups=2), "must both be divisible by groups=2"),
+        (lambda: sp.SparseConv2d(0, 2, 3), "channels must be positive"),
+        (lambda: sp.SparseInverseConv2d(3, 2, 3, indice_key=None), "needs the indice_key"),
+        (lambda: sp.SparseMaxPool2d(0), r"kernel_size must be an int or 2 ints, each >= 1"),
+        (lambda: sp.SparseAvgPool2d(2, stride=0), r"stride must be an int or 2 ints, each >= 1"),
+    ],
+)
 def test_bad_module_arguments(build, match):
     with pytest.raises(ValueError, match=match):
         build()
@@ -173,14 +184,17 @@ def test_replace_feature_and_from_dense_errors():
 
 # Regression (found by this suite, fixed in 912de2c): entries went through int(), so (2.7, 3) became (2, 3),
 # stride (1.9, 2.5) became (1, 2) and the string '35' became (3, 5), all silently.
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(kernel_size=(2.7, 3)), "kernel_size must be an int or 2 ints"),
-    (dict(kernel_size=3, stride=(1.9, 2.5)), "stride must be an int or 2 ints"),
-    (dict(kernel_size=3, stride=2.0), "stride must be an int or 2 ints"),
-    (dict(kernel_size="35"), "kernel_size must be an int or 2 ints"),
-    (dict(kernel_size="3x3"), "kernel_size must be an int or 2 ints"),
-    (dict(kernel_size=3, padding=True), "padding must be an int or 2 ints"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kernel_size=(2.7, 3)), "kernel_size must be an int or 2 ints"),
+        (dict(kernel_size=3, stride=(1.9, 2.5)), "stride must be an int or 2 ints"),
+        (dict(kernel_size=3, stride=2.0), "stride must be an int or 2 ints"),
+        (dict(kernel_size="35"), "kernel_size must be an int or 2 ints"),
+        (dict(kernel_size="3x3"), "kernel_size must be an int or 2 ints"),
+        (dict(kernel_size=3, padding=True), "padding must be an int or 2 ints"),
+    ],
+)
 def test_non_integral_sizes_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sp.SparseConv2d(3, 2, **kwargs)
@@ -209,6 +223,7 @@ def test_pool_padding_at_most_half_the_kernel():
 
 
 def test_numpy_batch_size_accepted():
-    x = SparseConvTensor(torch.randn(2, 3), torch.tensor([[0, 1, 1], [1, 2, 2]], dtype=torch.int32), (4, 4),
-                         np.int64(2))
+    x = SparseConvTensor(
+        torch.randn(2, 3), torch.tensor([[0, 1, 1], [1, 2, 2]], dtype=torch.int32), (4, 4), np.int64(2)
+    )
     assert x.batch_size == 2
