@@ -100,12 +100,23 @@ def _grouped_mm(x: Tensor, w: Tensor) -> Tensor:
     return torch.bmm(x.view(n, G, I).transpose(0, 1), w).transpose(0, 1).reshape(n, G * O)
 
 
+_WEIGHT_GRAD_ROWS = 2048  # rows per partial product of `_grouped_weight_grad`
+
+
 def _grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
-    """Sum over rows of `x_n^T g_n` per group: `(n, G*I), (n, G*O)` -> `(G, I, O)`."""
+    """Sum over rows of `x_n^T g_n` per group: `(n, G*I), (n, G*O)` -> `(G, I, O)`.
+
+    The rows are reduced in fixed chunks whose partial products are added in chunk order: one GEMM over all
+    rows lets the BLAS split the reduction by thread count, which changes the last bits with the threads.
+    """
     n = x.shape[0]
-    if G == 1:
-        return (x.t() @ g).unsqueeze(0)
-    return torch.bmm(x.view(n, G, -1).permute(1, 2, 0), g.view(n, G, -1).transpose(0, 1))
+    I, O = x.shape[1] // G, g.shape[1] // G
+    out = x.new_zeros(G, I, O)
+    for start in range(0, n, _WEIGHT_GRAD_ROWS):
+        xs, gs = x[start : start + _WEIGHT_GRAD_ROWS], g[start : start + _WEIGHT_GRAD_ROWS]
+        m = xs.shape[0]
+        out += torch.bmm(xs.reshape(m, G, I).permute(1, 2, 0), gs.reshape(m, G, O).transpose(0, 1))
+    return out
 
 
 def _apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:

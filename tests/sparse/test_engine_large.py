@@ -70,23 +70,7 @@ def _ext_available():
     return _ext.load() is not None
 
 
-FALLBACK_NONDETERMINISTIC = (
-    "engine bug: on the pure-PyTorch path (SPARSEYOLO_NO_EXT=1, or no compiler) the weight gradient is one "
-    "MKL GEMM per offset over all pairs (`_grouped_weight_grad`: x.t() @ g), whose reduction split depends on "
-    "the thread count: grad_w1/grad_w2 differ in the last bits between 1 and 2 threads (forward, input grads "
-    "and bias grads are identical)"
-)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "compiled",
-        pytest.param(
-            "fallback", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=FALLBACK_NONDETERMINISTIC)
-        ),
-    ],
-)
+@pytest.mark.parametrize("path", ["compiled", "fallback"])
 def test_large_clustered_bit_identical_across_threads_and_runs(clustered, path, monkeypatch):
     if path == "fallback":
         monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")
