@@ -188,6 +188,67 @@ def group_sum(per_layer: dict[int, float]) -> dict[str, float]:
     return {name: sum(per_layer.get(i) or 0.0 for i in rng) for name, rng in GROUPS if any(i in per_layer for i in rng)}
 
 
+# --- targets ------------------------------------------------------------------------------------------
+
+TARGET_SIZE = "3840x2176"  # 2160p padded to stride 32
+STEM_TARGETS = {"speed-up": 5.0, "memory ratio": 4.0}  # hybrid vs dense stem, foreground <= 10%
+E2E_TARGET = (5.0, 0.90)  # at 5% foreground: >= 90% of the latency bound set by the sparse layers
+
+
+def target_rows(rows: list[dict]) -> list[list[str]]:
+    """The issue's targets, each `[check, scene, target, measured, result]`, from rows of the same run.
+
+    Stem: hybrid vs dense layers 0-4 at 3840x2176, synthetic foreground <= 10%: speed-up >= 5x, peak memory
+    ratio >= 4x. End to end at 5% foreground: the bound is the dense model's speed-up if layers 0-4 cost
+    nothing, `T_dense / (T_dense - T_dense_stem)` (both measured in this run); the figure is the sparse
+    model's speed-up `T_dense / T_sparse` as a fraction of that bound (>= 90%). The FLOP bound
+    `F_dense / (F_dense - F_stem)` is shown for reference.
+    """
+
+    def find(part, size, scene, variant):
+        for r in rows:
+            if (r["part"], r["size"], r["scene"], r["variant"]) == (part, size, scene, variant):
+                return r
+        return None
+
+    def verdict(value, target):
+        return "-" if value is None else ("PASS" if value >= target else "FAIL")
+
+    out = []
+    for r in rows:
+        if r["part"] != "stem" or r["size"] != TARGET_SIZE or "speedup" not in r:
+            continue
+        if not r["scene"].startswith("synthetic") or float(r["scene"].split()[1].rstrip("%")) > 10:
+            continue
+        for name, value in (("speed-up", r.get("speedup")), ("memory ratio", r.get("mem_ratio"))):
+            target = STEM_TARGETS[name]
+            shown = "not measured" if value is None else f"{value:.2f}x"
+            out.append([f"stem {name}", r["scene"], f">= {target:g}x", shown, verdict(value, target)])
+    fg, fraction_target = E2E_TARGET
+    scene = f"synthetic {fg:g}%"
+    stem = find("stem", TARGET_SIZE, scene, "dense stem (0-4)")
+    dense = find("end-to-end", TARGET_SIZE, scene, "dense full-res model")
+    sparse = find("end-to-end", TARGET_SIZE, scene, "sparse full-res model")
+    if stem and dense and sparse and stem["p50_ms"] and dense["p50_ms"] and sparse["p50_ms"]:
+        t_stem, t_dense, t_sparse = stem["p50_ms"], dense["p50_ms"], sparse["p50_ms"]
+        bound = t_dense / max(t_dense - t_stem, 1e-9)
+        achieved = t_dense / t_sparse
+        flop_bound = dense["gflops"] / max(dense["gflops"] - stem["gflops"], 1e-9)
+        out.append(["end-to-end latency bound", scene, "(info)", f"{bound:.2f}x (FLOP bound {flop_bound:.2f}x)", ""])
+        out.append(["end-to-end speed-up", scene, "(info)", f"{achieved:.2f}x", ""])
+        fraction = achieved / bound
+        out.append(
+            [
+                "end-to-end share of bound",
+                scene,
+                f">= {fraction_target:.0%}",
+                f"{fraction:.0%}",
+                verdict(fraction, fraction_target),
+            ]
+        )
+    return out
+
+
 # --- timing -------------------------------------------------------------------------------------------
 
 
@@ -268,7 +329,7 @@ def parse_args(argv):
     ap.add_argument("--fg", default="1,5,10,25", help="synthetic foreground percentages")
     ap.add_argument("--no-aerial", action="store_true", help="skip the real deepforest scene")
     ap.add_argument("--no-e2e", action="store_true", help="skip end-to-end models")
-    ap.add_argument("--e2e-scenes", default="10,aerial", help="scenes for end to end: fg percentages / aerial")
+    ap.add_argument("--e2e-scenes", default="5,10,aerial", help="scenes for end to end: fg percentages / aerial")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -457,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     if g_rows:
         print("\nexecuted GFLOPs per layer group (dense: FlopCounterMode; sparse layers 0-4: analytic)")
         print(format_table(g_headers, g_rows))
+    targets = target_rows(rows)
+    t_headers = ["check", "scene", "target", "measured", "result"]
+    if targets:
+        print(f"\ntarget check at {TARGET_SIZE} (issue targets; p50 latencies and peaks of this run)")
+        print(format_table(t_headers, targets))
     out = Path(a.out)
     info = system_info()
     md = [
@@ -470,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if g_rows:
         md += ["## Executed GFLOPs per layer group", "", markdown_table(g_headers, g_rows), ""]
+    if targets:
+        md += [f"## Target check at {TARGET_SIZE}", "", markdown_table(t_headers, targets), ""]
     write_text(out / "stem.md", "\n".join(md))
     write_csv(out / "stem.csv", rows)
     print(f"\nwrote {out / 'stem.md'} and {out / 'stem.csv'}")

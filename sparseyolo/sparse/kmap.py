@@ -71,7 +71,8 @@ class CoordinateIndex:
         self.spatial_strides = torch.tensor(strides[1:], dtype=torch.int64)
         self.shift = sum(m * s for m, s in zip(self.margin, strides[1:]))
         self.n = int(indices.shape[0])
-        keys = self.encode(indices)
+        self.source = indices  # the rows indexed (not copied); `keys` are theirs
+        self.keys = keys = self.encode(indices)
         mode = force or ("grid" if use_grid(self.cells, self.n) else "hash")
         if mode not in ("grid", "hash"):
             raise ValueError(f"force must be 'grid', 'hash' or None, got {force!r}")
@@ -97,6 +98,9 @@ class CoordinateIndex:
 
     def encode(self, indices: Tensor, displacement: Tensor | None = None) -> Tensor:
         """Keys `(N,)` int64 of `(batch, *coords)` rows (coords may lie in the margins)."""
+        ext = _ext.load()
+        if displacement is None and ext is not None and indices.dtype == torch.int32 and indices.dim() == 2:
+            return ext.encode_keys(indices, [self.batch_stride, *self.spatial_strides.tolist()], self.shift)
         idx = indices.to(torch.int64)
         coords = idx[:, 1:]
         if displacement is not None:
@@ -233,7 +237,7 @@ def subm_map(index: CoordinateIndex, indices: Tensor, kernel_size, dilation) -> 
     half = [k // 2 for k in kernel_size]
     deltas = [[(o - h) * d for o, h, d in zip(off, half, dilation)] for off in offsets]
     centre = offsets.index(tuple(half)) if all(k % 2 == 1 for k in kernel_size) else None
-    base = index.encode(indices)
+    base = index.keys if indices is index.source else index.encode(indices)
     step = torch.tensor([index.offset_key(d) for d in deltas], dtype=torch.int64)
     return KernelMap(index.lookup(base, step), int(indices.shape[0]), centre)
 

@@ -30,3 +30,36 @@ def test_quick_run_writes_report(tmp_path):
     assert {r["variant"] for r in rows} >= {"hybrid stem (sparse 0-4)", "dense stem (0-4)", "sparse full-res model"}
     assert all(float(r["p50_ms"]) > 0 for r in rows)
     assert all(r["peak_mb"] not in ("", None) for r in rows)  # memory from the child process
+
+
+def _row(part, scene, variant, p50, gflops, **extra):
+    return {
+        "part": part,
+        "size": "3840x2176",
+        "scene": scene,
+        "variant": variant,
+        "p50_ms": p50,
+        "gflops": gflops,
+        **extra,
+    }
+
+
+def test_target_rows_bound_and_verdicts():
+    rows = [
+        _row("stem", "synthetic 5%", "hybrid stem (sparse 0-4)", 100.0, 2.0, speedup=9.0, mem_ratio=3.0),
+        _row("stem", "synthetic 5%", "dense stem (0-4)", 900.0, 32.0),
+        _row("stem", "synthetic 25%", "hybrid stem (sparse 0-4)", 450.0, 10.0, speedup=2.0, mem_ratio=1.5),
+        _row("stem", "synthetic 25%", "dense stem (0-4)", 900.0, 32.0),
+        _row("end-to-end", "synthetic 5%", "dense full-res model", 1800.0, 178.0),
+        _row("end-to-end", "synthetic 5%", "sparse full-res model", 950.0, 148.0),
+    ]
+    got = {(r[0], r[1]): r for r in bench.target_rows(rows)}
+    # 25% foreground is outside the <= 10% stem target
+    assert ("stem speed-up", "synthetic 25%") not in got
+    assert got[("stem speed-up", "synthetic 5%")][3:] == ["9.00x", "PASS"]
+    assert got[("stem memory ratio", "synthetic 5%")][3:] == ["3.00x", "FAIL"]
+    # bound = 1800 / (1800 - 900) = 2.0; achieved = 1800 / 950 = 1.895 -> 95% of the bound
+    assert got[("end-to-end latency bound", "synthetic 5%")][3].startswith("2.00x (FLOP bound 1.22x)")
+    assert got[("end-to-end share of bound", "synthetic 5%")][3:] == ["95%", "PASS"]
+    rows[-1]["p50_ms"] = 1100.0  # 1.636 / 2.0 = 82%
+    assert bench.target_rows(rows)[-1][3:] == ["82%", "FAIL"]

@@ -236,6 +236,24 @@ torch::Tensor gather_conv_weight_grad(const torch::Tensor& features, const torch
   return gw;
 }
 
+// Keys (N,) int64 of int32 rows (batch, *coords): batch * strides[0] + sum_a coords[a] * strides[1 + a] + shift.
+torch::Tensor encode_keys(const torch::Tensor& indices, std::vector<int64_t> strides, int64_t shift) {
+  TORCH_CHECK(indices.scalar_type() == torch::kInt32 && indices.dim() == 2, "indices must be int32 (N, 1+D)");
+  const int64_t W = indices.size(1), n = indices.size(0);
+  TORCH_CHECK(static_cast<int64_t>(strides.size()) == W, "one stride per index column");
+  auto idx = indices.contiguous();
+  const int32_t* ip = idx.data_ptr<int32_t>();
+  auto keys = torch::empty({n}, torch::kInt64);
+  int64_t* kp = keys.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static) if (n * W >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t key = shift;
+    for (int64_t a = 0; a < W; ++a) key += static_cast<int64_t>(ip[i * W + a]) * strides[a];
+    kp[i] = key;
+  }
+  return keys;
+}
+
 // Index grid (cells,) int32: row number at each key, -1 elsewhere. Second result: whether a key repeats.
 std::tuple<torch::Tensor, bool> grid_build(const torch::Tensor& keys, int64_t cells) {
   TORCH_CHECK(keys.scalar_type() == torch::kInt64, "keys must be int64");
@@ -346,6 +364,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_conv_weight_grad", &gather_conv_weight_grad, "deterministic weight gradient from pair lists");
   m.def("table_pairs", &table_pairs, "offset-major pair lists of a kernel-map table");
   m.def("mark_output_sites", &mark_output_sites, "occupancy of conv / transposed conv output sites");
+  m.def("encode_keys", &encode_keys, "int64 keys of int32 coordinate rows");
   m.def("grid_build", &grid_build, "index grid of row numbers at keys");
   m.def("grid_lookup", &grid_lookup, "neighbour table from an index grid");
   m.def("invert_table", &invert_table, "table of the transposed kernel map");
