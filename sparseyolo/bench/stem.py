@@ -67,7 +67,7 @@ def aerial_scene(h: int, w: int, dilate: int = 2):
     H, W = img.shape[:2]
     ch = min(H, int(W * h / w))
     img = img[:ch]
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255
+    t = torch.from_numpy(np.array(img)).permute(2, 0, 1).float()[None] / 255  # a writable copy
     t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
     sy, sx = h / ch, w / W
     mask = torch.zeros(h, w, dtype=torch.bool)
@@ -85,10 +85,11 @@ def aerial_scene(h: int, w: int, dilate: int = 2):
 
 def build_models(seed: int = 0):
     import torch
-    from ultralytics.nn.tasks import DetectionModel
 
-    import sparseyolo.yolo  # noqa: F401  (registration, offline env)
+    import sparseyolo.yolo  # noqa: F401  (first: offline environment, then registration)
     from sparseyolo.yolo.convert import convert
+
+    from ultralytics.nn.tasks import DetectionModel  # isort: skip
 
     torch.manual_seed(seed)
     dense = DetectionModel("yolov8n.yaml", nc=80, verbose=False)

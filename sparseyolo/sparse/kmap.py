@@ -5,8 +5,10 @@ box has margins on every side, a spatial displacement is one constant added to t
 of all sites are found with one broadcast add and one lookup. The lookup is either
 
 * a dense **index grid** (row number per cell, -1 elsewhere) when the padded box is small enough, or
-* a **sorted key table** searched with `torch.searchsorted` (hash/sort path) for large, mostly empty boxes
-  (big 3D scenes), chosen by :func:`use_grid`.
+* for large, mostly empty boxes (big 3D scenes) the "hash" mode: an open-addressing **hash table** (compiled
+  kernels) or a **sorted key table** searched with `torch.searchsorted` (pure-PyTorch path),
+
+chosen by :func:`use_grid`.
 
 Every map lists its pairs offset by offset (k-major). Within one offset both the input rows and the output
 rows are distinct, so the per-offset scatter-add has no write conflicts: results do not depend on the
@@ -86,6 +88,9 @@ class CoordinateIndex:
             self.grid[keys] = rows
             winners = self.grid[keys]
             duplicated = bool((winners != rows).any()) if self.n else False
+        elif ext is not None:  # the table keeps its module: lookups work even if the extension is disabled later
+            self._hash_ext = ext
+            self.slots, self.slot_rows, duplicated = ext.hash_build(keys)
         else:
             self.sorted_keys, order = torch.sort(keys)
             self.sorted_rows = order.to(torch.int32)
@@ -116,6 +121,9 @@ class CoordinateIndex:
         if self.mode == "grid":
             return self.grid[keys.reshape(-1)].reshape(keys.shape)
         flat = keys.reshape(-1)
+        if hasattr(self, "slots"):
+            zero = torch.zeros(1, dtype=torch.int64)
+            return self._hash_ext.hash_lookup(self.slots, self.slot_rows, flat, zero).reshape(keys.shape)
         if self.n == 0:
             return torch.full(keys.shape, -1, dtype=torch.int32)
         pos = torch.searchsorted(self.sorted_keys, flat).clamp_(max=self.n - 1)
@@ -128,6 +136,8 @@ class CoordinateIndex:
         ext = _ext.load()
         if self.mode == "grid" and ext is not None and base.numel():
             return ext.grid_lookup(self.grid, base, step)
+        if hasattr(self, "slots"):
+            return self._hash_ext.hash_lookup(self.slots, self.slot_rows, base, step)
         return self.find(base.unsqueeze(0) + step.unsqueeze(1))
 
 

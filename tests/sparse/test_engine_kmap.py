@@ -3,6 +3,7 @@ take the hash path automatically and still compute the same convolution."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -11,7 +12,7 @@ from engine_utils import random_sites, sorted_rows, tup
 from torch.testing import assert_close
 
 import sparseyolo.sparse.functional as SF
-from sparseyolo.sparse import SparseConvTensor
+from sparseyolo.sparse import SparseConvTensor, _ext
 from sparseyolo.sparse import kmap as km
 
 
@@ -97,15 +98,17 @@ def test_subm_map_vs_brute_force(shape, batch, kernel, stride, padding, dilation
     idx = random_sites(shape, batch, 0.35, seed=D * 7 + batch)
     margin = km.subm_margin(kernel, dilation)
     maps = {}
-    for force in ("grid", "hash"):
-        index = km.CoordinateIndex(idx, shape, batch, margin, force=force)
-        assert index.mode == force
-        maps[force] = km.subm_map(index, idx, kernel, dilation)
-        got = triples(maps[force], idx.shape[0])
+    for force, path in (("grid", "default"), ("hash", "default"), ("hash", "pytorch")):
+        with _ext.disabled() if path == "pytorch" else contextlib.nullcontext():
+            index = km.CoordinateIndex(idx, shape, batch, margin, force=force)
+            assert index.mode == force
+            maps[force, path] = km.subm_map(index, idx, kernel, dilation)
+        got = triples(maps[force, path], idx.shape[0])
         assert len(got) == len(set(got)), "a pair is listed twice"
         assert set(got) == brute_subm(idx, kernel, dilation)
-        assert maps[force].num_pairs == len(got)
-    assert_maps_identical(maps["grid"], maps["hash"])
+        assert maps[force, path].num_pairs == len(got)
+    assert_maps_identical(maps["grid", "default"], maps["hash", "default"])
+    assert_maps_identical(maps["grid", "default"], maps["hash", "pytorch"])
 
 
 @pytest.mark.parametrize("shape,batch,kernel,stride,padding,dilation", MAP_CASES)
@@ -153,15 +156,19 @@ def test_conv_transpose_map_vs_brute_force(shape, batch, kernel, stride, padding
     assert_maps_identical(maps["grid"], maps["hash"])
 
 
-@pytest.mark.parametrize("force", ["grid", "hash"])
-def test_find_and_duplicates_on_both_paths(force):
+@pytest.mark.parametrize("force,path", [("grid", "default"), ("hash", "default"), ("hash", "pytorch")])
+def test_find_and_duplicates_on_both_paths(force, path):
     idx = torch.tensor([[0, 1, 2], [1, 1, 2], [0, 3, 0]], dtype=torch.int32)
-    index = km.CoordinateIndex(idx, (4, 3), 2, (2, 2), force=force)
+    with _ext.disabled() if path == "pytorch" else contextlib.nullcontext():
+        index = km.CoordinateIndex(idx, (4, 3), 2, (2, 2), force=force)
+    assert (force, path) != ("hash", "default") or not _ext.enabled() or hasattr(index, "slots")
     keys = index.encode(torch.tensor([[0, 1, 2], [1, 1, 2], [0, 3, 0], [1, 3, 0], [0, -2, 4]]))
     assert index.find(keys).tolist() == [0, 1, 2, -1, -1]
+    assert index.lookup(keys[:2], torch.tensor([0, 0, 1])).tolist() == [[0, 1], [0, 1], [-1, -1]]
     dup = torch.tensor([[0, 1, 2], [1, 1, 2], [0, 3, 0], [1, 1, 2]], dtype=torch.int32)
-    with pytest.raises(ValueError, match="duplicate coordinates"):
-        km.CoordinateIndex(dup, (4, 3), 2, (2, 2), force=force)
+    with _ext.disabled() if path == "pytorch" else contextlib.nullcontext():
+        with pytest.raises(ValueError, match="duplicate coordinates"):
+            km.CoordinateIndex(dup, (4, 3), 2, (2, 2), force=force)
     with pytest.raises(ValueError, match="force must be"):
         km.CoordinateIndex(idx, (4, 3), 2, (2, 2), force="tree")
 

@@ -159,7 +159,80 @@ void weight_grad_kernel(const T* feat, const T* grad, const int64_t* in_rows, co
   }
 }
 
+// Open-addressing hash table (linear probing) from non-negative int64 keys to int32 rows, for coordinate sets
+// whose padded box is too large for an index grid: `slots` (C,) int64 keys (-1: empty) and `rows` (C,) int32,
+// C a power of two >= 2 N.
+inline int64_t hash_slot(int64_t key, int64_t mask) {
+  uint64_t x = static_cast<uint64_t>(key);  // splitmix64 finaliser
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return static_cast<int64_t>(x & static_cast<uint64_t>(mask));
+}
+
+inline int32_t hash_find(const int64_t* slots, const int32_t* rows, int64_t mask, int64_t key) {
+  if (key < 0) return -1;
+  for (int64_t s = hash_slot(key, mask);; s = (s + 1) & mask) {
+    if (slots[s] == key) return rows[s];
+    if (slots[s] < 0) return -1;
+  }
+}
+
 }  // namespace
+
+// (slots, rows, duplicated) of keys (N,) int64 >= 0, row i at key i.
+std::tuple<torch::Tensor, torch::Tensor, bool> hash_build(const torch::Tensor& keys) {
+  TORCH_CHECK(keys.scalar_type() == torch::kInt64 && keys.dim() == 1, "keys must be int64 (N,)");
+  auto k = keys.contiguous();
+  const int64_t n = k.numel();
+  int64_t capacity = 16;
+  while (capacity < 2 * n) capacity <<= 1;
+  const int64_t mask = capacity - 1;
+  auto slots = torch::full({capacity}, -1, torch::kInt64);
+  auto rows = torch::empty({capacity}, torch::kInt32);
+  int64_t* sl = slots.data_ptr<int64_t>();
+  int32_t* rw = rows.data_ptr<int32_t>();
+  const int64_t* kp = k.data_ptr<int64_t>();
+  bool duplicated = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = kp[i];
+    TORCH_CHECK(key >= 0, "hash keys must be non-negative");
+    int64_t s = hash_slot(key, mask);
+    while (sl[s] >= 0 && sl[s] != key) s = (s + 1) & mask;
+    if (sl[s] == key) {
+      duplicated = true;
+    } else {
+      sl[s] = key;
+      rw[s] = static_cast<int32_t>(i);
+    }
+  }
+  return {slots, rows, duplicated};
+}
+
+// table (K, N) int32 = row at key base[n] + step[k] (-1 where no site sits).
+torch::Tensor hash_lookup(const torch::Tensor& slots, const torch::Tensor& rows, const torch::Tensor& base,
+                          const torch::Tensor& step) {
+  TORCH_CHECK(slots.scalar_type() == torch::kInt64 && rows.scalar_type() == torch::kInt32 && slots.is_contiguous() &&
+                  rows.is_contiguous() && slots.numel() == rows.numel(),
+              "slots/rows must be a contiguous int64/int32 pair");
+  TORCH_CHECK(base.scalar_type() == torch::kInt64 && step.scalar_type() == torch::kInt64, "keys must be int64");
+  auto b = base.contiguous();
+  auto s = step.contiguous();
+  const int64_t K = s.numel(), N = b.numel(), mask = slots.numel() - 1;
+  auto table = torch::empty({K, N}, torch::kInt32);
+  const int64_t* sl = slots.data_ptr<int64_t>();
+  const int32_t* rw = rows.data_ptr<int32_t>();
+  const int64_t* bp = b.data_ptr<int64_t>();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  int32_t* t = table.data_ptr<int32_t>();
+#pragma omp parallel for schedule(static) if (N * K >= kMinParallelWork)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) t[k * N + n] = hash_find(sl, rw, mask, bp[n] + sp[k]);
+  }
+  return table;
+}
 
 // out (N_out, G*O) = sum_k features[table[k, o]] @ blockdiag(weight[k]); weight (K, G, I, O).
 torch::Tensor gather_conv(const torch::Tensor& features, const torch::Tensor& weight, const torch::Tensor& table) {
@@ -367,5 +440,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("encode_keys", &encode_keys, "int64 keys of int32 coordinate rows");
   m.def("grid_build", &grid_build, "index grid of row numbers at keys");
   m.def("grid_lookup", &grid_lookup, "neighbour table from an index grid");
+  m.def("hash_build", &hash_build, "open-addressing hash table of row numbers at keys");
+  m.def("hash_lookup", &hash_lookup, "neighbour table from a hash table");
   m.def("invert_table", &invert_table, "table of the transposed kernel map");
 }
