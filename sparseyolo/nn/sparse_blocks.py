@@ -139,9 +139,9 @@ class SConv(SparseBlock):
 
         Same result as `forward_sparse(SparseConvTensor.from_dense(x, mask))`, computed without building the
         input's sparse tensor or kernel map: output sites are the dense max-pool of the mask; their receptive
-        fields are gathered straight from the dense image (one GEMM). Meant for the first layer, where the
-        input is a dense image with few channels. `zero_outside=True` promises `x` is already zero off the mask
-        (the `nonzero` method without a budget), which skips the mask lookup.
+        fields are read straight from the dense image (`sparse.functional.conv2d_at_sites`). Meant for the first
+        layer, where the input is a dense image with few channels. `zero_outside=True` promises `x` is already
+        zero off the mask (the `nonzero` method without a budget), which skips the mask lookup.
         """
         B, C, H, W = x.shape
         k, s, p, d = self.k, self.s, self.p, self.d
@@ -160,23 +160,8 @@ class SConv(SparseBlock):
             for kx in range(1, k):
                 om |= rows[:, :, kx * d : kx * d + s * Wo : s]
         idx = om.nonzero().to(torch.int32)  # (N, 3) b, y, x in row-major order
-        itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
-        b, oy, ox = idx.to(itype).unbind(1)
-        offs = torch.arange(k, device=x.device, dtype=itype) * d - p
-        iy = (oy * s).unsqueeze(1) + offs  # (N, k)
-        ix = (ox * s).unsqueeze(1) + offs
-        vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
-        row = (b * H).unsqueeze(1) + iy.clamp_(0, H - 1)  # (N, k)
-        lin = (row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)  # (N, ky, kx)
-        lin = lin.view(-1, k * k).t().reshape(-1)  # offset-major: (k*k*N,)
-        keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1)
-        if not zero_outside:
-            keep &= mask.reshape(-1)[lin]
-        xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
-        g = xf.index_select(1, lin).mul_(keep.to(x.dtype))  # (C, k*k*N)
-        a = g.view(C * k * k, idx.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
         w, bias = self._folded()
-        feats = a.t() @ w.reshape(self.c2, -1).t()  # (N, c2)
+        feats = SF.conv2d_at_sites(x, w, idx, s, p, d, mask=None if zero_outside else mask)  # (N, c2)
         return SparseConvTensor(self._post(feats, bias), idx, (Ho, Wo), B, check=False)
 
     def forward_masked(self, x: DenseMasked) -> DenseMasked:

@@ -541,3 +541,61 @@ def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = Tru
     indices = mask.nonzero().to(torch.int32)
     features = last[mask]
     return SparseConvTensor(features, indices, tuple(last.shape[1:-1]), int(last.shape[0]), check=False)
+
+
+def conv2d_at_sites(
+    x: Tensor, weight: Tensor, sites: Tensor, stride: int = 1, padding: int = 0, dilation: int = 1, mask=None
+) -> Tensor:
+    """A 2D conv of a dense image evaluated only at given output sites (no input sparse tensor or kernel map).
+
+    Equals `conv2d(x * mask, weight, stride=stride, padding=padding, dilation=dilation)` read at `sites`.
+    Meant for a network's first layer: a dense image with few channels, output sites chosen by a mask.
+
+    Args:
+        x (Tensor[B, C, H, W], float): the dense input.
+        weight (Tensor[O, C, k, k]): `nn.Conv2d` layout (square kernel, groups 1).
+        sites (Tensor[N, 3], int32): output sites `(batch, y, x)` on the conv's output grid.
+        mask (Tensor[B, H, W], bool, optional): input pixels that count; the others read as zero.
+    Returns:
+        Tensor[N, O]: one feature row per site. Differentiable in `x` and `weight`; without gradients the
+        compiled kernel runs (float32/float64), otherwise an index-select -> GEMM path.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"conv2d_at_sites: x must be a float tensor (B, C, H, W), got {got}")
+    B, C, H, W = x.shape
+    if weight.dim() != 4 or weight.shape[1] != C or weight.shape[2] != weight.shape[3] or weight.dtype != x.dtype:
+        raise ValueError(
+            f"conv2d_at_sites: weight must be {x.dtype} (O, {C}, k, k), got {weight.dtype} {tuple(weight.shape)}"
+        )
+    if sites.dtype != torch.int32 or sites.dim() != 2 or sites.shape[1] != 3:
+        raise ValueError(f"conv2d_at_sites: sites must be int32 (N, 3), got {sites.dtype} {tuple(sites.shape)}")
+    if sites.numel() and (int(sites[:, 0].min()) < 0 or int(sites[:, 0].max()) >= B):
+        raise ValueError(f"conv2d_at_sites: site batch indices must lie in [0, {B - 1}]")
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, H, W)):
+        raise ValueError(f"conv2d_at_sites: mask must be bool ({B}, {H}, {W}), got {mask.dtype} {tuple(mask.shape)}")
+    k = int(weight.shape[2])
+    (s,), (p,), (d,) = _tuple(stride, 1, "stride", 1), _tuple(padding, 1, "padding"), _tuple(dilation, 1, "dilation", 1)
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    ext = _ext.load() if x.dtype in _EXT_DTYPES and not grad else None
+    if ext is not None:
+        sites = sites.contiguous()
+        no_mask = torch.empty(0, dtype=torch.bool)
+        w = weight.permute(2, 3, 1, 0).contiguous()  # (k, k, C, O)
+        return ext.conv2d_at_sites(x.contiguous(), w, sites, no_mask if mask is None else mask.contiguous(), s, p, d)
+    itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
+    b, oy, ox = sites.to(itype).unbind(1)
+    offs = torch.arange(k, dtype=itype) * d - p
+    iy = (oy * s).unsqueeze(1) + offs  # (N, k)
+    ix = (ox * s).unsqueeze(1) + offs
+    vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
+    row = (b * H).unsqueeze(1) + iy.clamp_(0, H - 1)  # (N, k)
+    lin = (row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)  # (N, ky, kx)
+    lin = lin.view(-1, k * k).t().reshape(-1)  # offset-major: (k*k*N,)
+    keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1)
+    if mask is not None:
+        keep &= mask.reshape(-1)[lin]
+    xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
+    g = xf.index_select(1, lin) * keep.to(x.dtype)  # (C, k*k*N)
+    a = g.view(C * k * k, sites.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
+    return a.t() @ weight.reshape(weight.shape[0], -1).t()

@@ -180,7 +180,81 @@ inline int32_t hash_find(const int64_t* slots, const int32_t* rows, int64_t mask
   }
 }
 
+// out (N, O) of a 2D conv of a dense image x (B, C, H, W) evaluated at output sites `sites` (N, 3) int32
+// (b, oy, ox): sum over taps (ky, kx) and channels c of x[b, c, oy * s - p + ky * d, ox * s - p + kx * d] *
+// w[ky, kx, c, :] (w laid out (k, k, C, O)), over pixels inside the image and, if `mask` (B, H, W) is given,
+// where it is true. One thread per site, output channels in blocks of B held in registers.
+template <typename T, int B>
+void conv2d_at_sites_kernel(const T* __restrict__ x, const T* __restrict__ w, const int32_t* __restrict__ sites,
+                            const bool* __restrict__ mask, T* __restrict__ out, int64_t n, int64_t C, int64_t H,
+                            int64_t W, int64_t O, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t plane = H * W;
+#pragma omp parallel for schedule(static, 256) if (n * k * k * C >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = sites[3 * i], y0 = sites[3 * i + 1] * s - p, x0 = sites[3 * i + 2] * s - p;
+    const T* img = x + b * C * plane;
+    const bool* m = mask ? mask + b * plane : nullptr;
+    for (int64_t jb = 0; jb < O; jb += B) {
+      T acc[B] = {};
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = y0 + ky * d;
+        if (iy < 0 || iy >= H) continue;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const int64_t ix = x0 + kx * d;
+          if (ix < 0 || ix >= W) continue;
+          const int64_t at = iy * W + ix;
+          if (m && !m[at]) continue;
+          const T* wt = w + (ky * k + kx) * C * O + jb;
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = img[c * plane + at];
+            const T* wc = wt + c * O;
+#pragma omp simd
+            for (int j = 0; j < B; ++j) acc[j] += v * wc[j];
+          }
+        }
+      }
+      T* dst = out + i * O + jb;
+      for (int j = 0; j < B; ++j) dst[j] = acc[j];
+    }
+  }
+}
+
 }  // namespace
+
+// See conv2d_at_sites_kernel; weight (k, k, C, O) contiguous, mask (B, H, W) bool or an empty tensor.
+torch::Tensor conv2d_at_sites(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& sites,
+                              const torch::Tensor& mask, int64_t stride, int64_t padding, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "x must be a contiguous (B, C, H, W) tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.is_contiguous() && weight.size(0) == weight.size(1) &&
+                  weight.size(2) == x.size(1),
+              "weight must be a contiguous (k, k, C, O) tensor");
+  TORCH_CHECK(sites.scalar_type() == torch::kInt32 && sites.dim() == 2 && sites.size(1) == 3 && sites.is_contiguous(),
+              "sites must be contiguous int32 (N, 3)");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight dtypes differ");
+  const bool masked = mask.numel() > 0;
+  if (masked)
+    TORCH_CHECK(mask.scalar_type() == torch::kBool && mask.is_contiguous() && mask.numel() == x.size(0) * x.size(2) * x.size(3),
+                "mask must be a contiguous bool (B, H, W) tensor");
+  const int64_t n = sites.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t k = weight.size(0), O = weight.size(3);
+  auto out = torch::empty({n, O}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_at_sites", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight.data_ptr<scalar_t>();
+    const int32_t* sp = sites.data_ptr<int32_t>();
+    const bool* mp = masked ? mask.data_ptr<bool>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    if (O % 16 == 0)
+      conv2d_at_sites_kernel<scalar_t, 16>(xp, wp, sp, mp, op, n, C, H, W, O, k, stride, padding, dilation);
+    else if (O % 8 == 0)
+      conv2d_at_sites_kernel<scalar_t, 8>(xp, wp, sp, mp, op, n, C, H, W, O, k, stride, padding, dilation);
+    else if (O % 4 == 0)
+      conv2d_at_sites_kernel<scalar_t, 4>(xp, wp, sp, mp, op, n, C, H, W, O, k, stride, padding, dilation);
+    else
+      conv2d_at_sites_kernel<scalar_t, 1>(xp, wp, sp, mp, op, n, C, H, W, O, k, stride, padding, dilation);
+  });
+  return out;
+}
 
 // (slots, rows, duplicated) of keys (N,) int64 >= 0, row i at key i.
 std::tuple<torch::Tensor, torch::Tensor, bool> hash_build(const torch::Tensor& keys) {
@@ -440,6 +514,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("encode_keys", &encode_keys, "int64 keys of int32 coordinate rows");
   m.def("grid_build", &grid_build, "index grid of row numbers at keys");
   m.def("grid_lookup", &grid_lookup, "neighbour table from an index grid");
+  m.def("conv2d_at_sites", &conv2d_at_sites, "2D conv of a dense image at given output sites");
   m.def("hash_build", &hash_build, "open-addressing hash table of row numbers at keys");
   m.def("hash_lookup", &hash_lookup, "neighbour table from a hash table");
   m.def("invert_table", &invert_table, "table of the transposed kernel map");
