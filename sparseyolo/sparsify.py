@@ -32,6 +32,14 @@ def score_nonzero(x: Tensor) -> Tensor:
     return x.abs().sum(1)
 
 
+def any_nonzero(x: Tensor) -> Tensor:
+    """`Tensor[B, C, H, W] -> bool[B, H, W]`: any channel non-zero (OR over channels, no (B, C, H, W) temporary)."""
+    mask = x[:, 0] != 0
+    for c in range(1, x.shape[1]):
+        mask |= x[:, c] != 0
+    return mask
+
+
 def score_intensity(x: Tensor) -> Tensor:
     """Mean over channels."""
     return x.mean(1)
@@ -171,7 +179,7 @@ class Sparsifier(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.c1:
             raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
         if self.method == "nonzero" and self.keep >= 1.0 and self.max_active is None:
-            mask = x.ne(0).any(1)  # no budget: the score is not needed (cheaper than |x|.sum)
+            mask = any_nonzero(x)  # no budget: the score is not needed (cheaper than |x|.sum)
             s, logits = None, None
         else:
             s, logits = self.score(x)

@@ -120,9 +120,13 @@ class SConv(SparseBlock):
         return self.conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
     def _post(self, f: Tensor, bias: Tensor | None) -> Tensor:
-        if bias is not None:
+        """BatchNorm (folded into `bias` in inference) and activation of this conv's own fresh output `f`."""
+        if bias is None:
+            return self.act(self.bn.forward(f)) if f.shape[0] else f
+        if f.requires_grad:
             return self.act(f + bias)
-        return self.act(self.bn.forward(f)) if f.shape[0] else f
+        f.add_(bias)  # no autograd graph: update in place (saves two feature-sized buffers per conv)
+        return F.silu(f, inplace=True) if isinstance(self.act, nn.SiLU) else self.act(f)
 
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
         w, bias = self._folded()

@@ -522,7 +522,7 @@ def to_dense(x: SparseConvTensor, channels_first: bool = True) -> Tensor:
     _check_input(x, "to_dense")
     channels = x.features.shape[1]
     out = x.features.new_zeros((x.batch_size, *x.spatial_shape, channels))
-    out = out.index_put(tuple(x.indices.to(torch.int64).unbind(1)), x.features)
+    out.index_put_(tuple(x.indices.to(torch.int64).unbind(1)), x.features)  # in place: no second dense copy
     return out.movedim(-1, 1) if channels_first else out
 
 

@@ -49,6 +49,10 @@ def test_converted_stages_match_dense(dense_ckpt):
     torch.testing.assert_close(os_[4], od[4], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(os_[0].dense(), od[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ys[0], yd[0], rtol=1e-4, atol=1e-3)
+    with torch.no_grad():  # inference path: folded BatchNorm applied in place, compiled first conv
+        os_ng, ys_ng = _layer_outputs(sparse, x)
+    torch.testing.assert_close(os_ng[4], od[4], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ys_ng[0], yd[0], rtol=1e-4, atol=1e-3)
 
 
 def test_convert_cli_and_reload(dense_ckpt, tmp_path):
