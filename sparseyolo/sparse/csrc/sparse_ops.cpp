@@ -172,6 +172,25 @@ inline int64_t hash_slot(int64_t key, int64_t mask) {
   return static_cast<int64_t>(x & static_cast<uint64_t>(mask));
 }
 
+// Neighbour table (K, N) int32 = find(base[n] + step[k]) for a key -> row (or -1) function `find`.
+template <typename Find>
+torch::Tensor lookup_table(const torch::Tensor& base, const torch::Tensor& step, Find find) {
+  TORCH_CHECK(base.scalar_type() == torch::kInt64 && step.scalar_type() == torch::kInt64, "keys must be int64");
+  auto b = base.contiguous();
+  auto s = step.contiguous();
+  const int64_t K = s.numel(), N = b.numel();
+  auto table = torch::empty({K, N}, torch::kInt32);
+  const int64_t* bp = b.data_ptr<int64_t>();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  int32_t* t = table.data_ptr<int32_t>();
+#pragma omp parallel for schedule(static) if (N * K >= kMinParallelWork)
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t key = bp[n];
+    for (int64_t k = 0; k < K; ++k) t[k * N + n] = find(key + sp[k]);
+  }
+  return table;
+}
+
 inline int32_t hash_find(const int64_t* slots, const int32_t* rows, int64_t mask, int64_t key) {
   if (key < 0) return -1;
   for (int64_t s = hash_slot(key, mask);; s = (s + 1) & mask) {
@@ -291,21 +310,10 @@ torch::Tensor hash_lookup(const torch::Tensor& slots, const torch::Tensor& rows,
   TORCH_CHECK(slots.scalar_type() == torch::kInt64 && rows.scalar_type() == torch::kInt32 && slots.is_contiguous() &&
                   rows.is_contiguous() && slots.numel() == rows.numel(),
               "slots/rows must be a contiguous int64/int32 pair");
-  TORCH_CHECK(base.scalar_type() == torch::kInt64 && step.scalar_type() == torch::kInt64, "keys must be int64");
-  auto b = base.contiguous();
-  auto s = step.contiguous();
-  const int64_t K = s.numel(), N = b.numel(), mask = slots.numel() - 1;
-  auto table = torch::empty({K, N}, torch::kInt32);
   const int64_t* sl = slots.data_ptr<int64_t>();
   const int32_t* rw = rows.data_ptr<int32_t>();
-  const int64_t* bp = b.data_ptr<int64_t>();
-  const int64_t* sp = s.data_ptr<int64_t>();
-  int32_t* t = table.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) if (N * K >= kMinParallelWork)
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) t[k * N + n] = hash_find(sl, rw, mask, bp[n] + sp[k]);
-  }
-  return table;
+  const int64_t mask = slots.numel() - 1;
+  return lookup_table(base, step, [=](int64_t key) { return hash_find(sl, rw, mask, key); });
 }
 
 // out (N_out, G*O) = sum_k features[table[k, o]] @ blockdiag(weight[k]); weight (K, G, I, O).
@@ -472,21 +480,8 @@ torch::Tensor mark_output_sites(const torch::Tensor& indices, std::vector<int64_
 // table (K, N) int32 = grid[base[n] + step[k]] (grid int32, -1 where empty).
 torch::Tensor grid_lookup(const torch::Tensor& grid, const torch::Tensor& base, const torch::Tensor& step) {
   TORCH_CHECK(grid.scalar_type() == torch::kInt32 && grid.is_contiguous(), "grid must be contiguous int32");
-  TORCH_CHECK(base.scalar_type() == torch::kInt64 && step.scalar_type() == torch::kInt64, "keys must be int64");
-  auto b = base.contiguous();
-  auto s = step.contiguous();
-  const int64_t K = s.numel(), N = b.numel();
-  auto table = torch::empty({K, N}, grid.options());
   const int32_t* g = grid.data_ptr<int32_t>();
-  const int64_t* bp = b.data_ptr<int64_t>();
-  const int64_t* sp = s.data_ptr<int64_t>();
-  int32_t* t = table.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) if (N * K >= kMinParallelWork)
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t key = bp[n];
-    for (int64_t k = 0; k < K; ++k) t[k * N + n] = g[key + sp[k]];
-  }
-  return table;
+  return lookup_table(base, step, [=](int64_t key) { return g[key]; });
 }
 
 // The table of the transposed map: (K, n_in) int32 with out[k, table[k, o]] = o.
