@@ -250,6 +250,53 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+# --- plot ---------------------------------------------------------------------------------------------
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Stem p50 latency and peak memory vs synthetic foreground, hybrid vs dense, one line pair per size;
+    the real aerial scene as a separate marker. None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = [r for r in rows if r["part"] == "stem" and r.get("p50_ms")]
+    if not stem:
+        return None
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4.6))
+    colours = {"hybrid stem (sparse 0-4)": "tab:blue", "dense stem (0-4)": "tab:gray"}
+    styles = ["-", "--", ":", "-."]
+    for si, size in enumerate(dict.fromkeys(r["size"] for r in stem)):
+        for variant, colour in colours.items():
+            pts = [r for r in stem if r["size"] == size and r["variant"] == variant]
+            syn = sorted((r["active_%"], r) for r in pts if r["scene"].startswith("synthetic"))
+            real = [r for r in pts if not r["scene"].startswith("synthetic")]
+            label = f"{variant.split(' (')[0]}, {size}"
+            for ax, key in ((ax_t, "p50_ms"), (ax_m, "peak_mb")):
+                xs = [a for a, r in syn if r.get(key) is not None]
+                ys = [r[key] for _, r in syn if r.get(key) is not None]
+                if xs:
+                    ax.plot(xs, ys, styles[si % len(styles)], color=colour, marker="o", label=label)
+                for r in real:
+                    if r.get(key) is not None:
+                        ax.plot([r["active_%"]], [r[key]], "*", color=colour, markersize=12)
+    ax_t.set(
+        xlabel="active pixels (%)", ylabel="p50 latency (ms, log)", yscale="log", title="layers 0-4 latency, batch 1"
+    )
+    ax_m.set(xlabel="active pixels (%)", ylabel="peak RSS growth (MiB)", title="layers 0-4 peak memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.plot([], [], "*", color="black", markersize=12, label="real aerial scene (deepforest)")
+    ax_t.legend(fontsize=8)
+    fig.suptitle("sparseyolo bench stem: hybrid sparse stem vs dense stem (YOLOv8n layers 0-4)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- timing -------------------------------------------------------------------------------------------
 
 
@@ -336,6 +383,7 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/bench-stem", help="directory for stem.md and stem.csv")
     ap.add_argument("--quick", action="store_true", help="small size, fg 5/25, 2 repeats (smoke test)")
+    ap.add_argument("--no-plot", action="store_true", help="do not draw stem.png")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -539,9 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         md += ["## Executed GFLOPs per layer group", "", markdown_table(g_headers, g_rows), ""]
     if targets:
         md += [f"## Target check at {TARGET_SIZE}", "", markdown_table(t_headers, targets), ""]
+    png = None if a.no_plot else plot(rows, out / "stem.png")
+    if png:
+        md += [f"![stem latency and memory]({png.name})", ""]
     write_text(out / "stem.md", "\n".join(md))
     write_csv(out / "stem.csv", rows)
-    print(f"\nwrote {out / 'stem.md'} and {out / 'stem.csv'}")
+    print(f"\nwrote {out / 'stem.md'}, {out / 'stem.csv'}" + (f" and {png}" if png else ""))
     return 0
 
 

@@ -25,6 +25,7 @@ def test_quick_run_writes_report(tmp_path):
     argv = ["--sizes", "tiny", "--fg", "5", "--e2e-scenes", "5", "--repeats", "1", "--no-aerial", "--threads", "1"]
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "stem.md").read_text()
+    assert (tmp_path / "stem.png").stat().st_size > 10_000 and "stem.png" in md
     assert "hybrid stem (sparse 0-4)" in md and "dense model at 640" in md
     rows = list(csv.DictReader(open(tmp_path / "stem.csv")))
     assert {r["variant"] for r in rows} >= {"hybrid stem (sparse 0-4)", "dense stem (0-4)", "sparse full-res model"}
