@@ -293,7 +293,7 @@ def _output_sites(
     if cells >= MAX_KEY_CELLS:
         raise ValueError(f"the output box {box} has {cells} cells, more than 64-bit keys can address")
     ext = _ext.load()
-    if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)):
+    if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)) and max(kernel_size) <= 64:
         occupied = ext.mark_output_sites(
             indices.contiguous(),
             list(out_shape),

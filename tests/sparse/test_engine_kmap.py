@@ -88,6 +88,7 @@ MAP_CASES = [
     ((6, 7, 5), 2, 3, 2, 1, 1),
     ((6, 7, 5), 2, (1, 2, 3), (1, 2, 2), (0, 1, 2), (1, 1, 2)),
     ((6, 7, 5), 1, 2, 2, 0, 2),
+    ((150,), 2, 65, 2, 3, 1),  # wider than the compiled site marker's 64 taps: PyTorch output sites
 ]
 
 

@@ -13,6 +13,8 @@ namespace {
 
 // Below this much work a loop runs on the calling thread: waking the team costs more than it saves.
 constexpr int64_t kMinParallelWork = 1 << 15;
+// Largest kernel extent per axis that mark_output_sites handles (larger kernels take the PyTorch path).
+constexpr int64_t kMaxTaps = 64;
 
 void check_table(const torch::Tensor& table) {
   TORCH_CHECK(table.dim() == 2 && table.scalar_type() == torch::kInt32 && table.is_contiguous(),
@@ -435,6 +437,8 @@ torch::Tensor mark_output_sites(const torch::Tensor& indices, std::vector<int64_
   TORCH_CHECK(indices.scalar_type() == torch::kInt32 && indices.dim() == 2, "indices must be int32 (N, 1+D)");
   const int64_t D = static_cast<int64_t>(out_shape.size());
   TORCH_CHECK(indices.size(1) == D + 1 && D >= 1 && D <= 3, "indices width must be 1 + D, D in 1..3");
+  for (int64_t a = 0; a < D; ++a)
+    TORCH_CHECK(kernel[a] >= 1 && kernel[a] <= kMaxTaps, "kernel size per axis must be 1..64");
   auto idx = indices.contiguous();
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int64_t n = idx.size(0);
@@ -451,27 +455,34 @@ torch::Tensor mark_output_sites(const torch::Tensor& indices, std::vector<int64_
 #pragma omp parallel for schedule(static) if (n * taps >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const int32_t* row = ip + i * (D + 1);
-    for (int64_t tap = 0; tap < taps; ++tap) {
-      int64_t rest = tap, key = row[0] * batch_stride;
-      bool valid = true;
-      for (int64_t a = D - 1; a >= 0 && valid; --a) {
-        const int64_t t = rest % kernel[a];
-        rest /= kernel[a];
+    // the output coordinates each axis reaches (key parts), then their cartesian product
+    int64_t part[3][kMaxTaps];
+    int64_t count[3] = {0, 0, 0};
+    bool empty = false;
+    for (int64_t a = 0; a < D; ++a) {
+      for (int64_t t = 0; t < kernel[a]; ++t) {
         int64_t v;
         if (transposed) {
           v = row[a + 1] * stride[a] - padding[a] + t * dilation[a];
         } else {
           const int64_t shifted = row[a + 1] + padding[a] - t * dilation[a];
-          if (shifted < 0 || shifted % stride[a] != 0) {
-            valid = false;
-            break;
-          }
+          if (shifted < 0 || shifted % stride[a] != 0) continue;
           v = shifted / stride[a];
         }
-        if (v < 0 || v >= out_shape[a]) valid = false;
-        key += v * strides[a];
+        if (v >= 0 && v < out_shape[a]) part[a][count[a]++] = v * strides[a];
       }
-      if (valid) occ[key] = 1;  // every writer stores the same value
+      empty |= count[a] == 0;
+    }
+    if (empty) continue;
+    int64_t pos[3] = {0, 0, 0};
+    const int64_t base = row[0] * batch_stride;
+    while (true) {
+      int64_t key = base;
+      for (int64_t a = 0; a < D; ++a) key += part[a][pos[a]];
+      occ[key] = 1;  // every writer stores the same value
+      int64_t a = D - 1;
+      while (a >= 0 && ++pos[a] == count[a]) pos[a--] = 0;
+      if (a < 0) break;
     }
   }
   return occupied;
