@@ -31,6 +31,7 @@ GRID_MIN_CELLS = 1 << 22
 GRID_CELLS_PER_SITE = 64
 DEFAULT_MARGIN = 2
 MAX_KEY_CELLS = 1 << 62  # keys are int64 (products below stay exact)
+MAX_MARKED_TAPS = 64  # widest kernel axis the compiled output-site marker takes (`kMaxTaps` in csrc)
 
 
 def use_grid(cells: int, n_sites: int) -> bool:
@@ -69,6 +70,7 @@ class CoordinateIndex:
                 f"than 64-bit keys can address (< 2**62); use a smaller spatial_shape"
             )
         strides = _row_major_strides(box)
+        self.key_strides = strides  # [batch, *spatial] strides of the key linearisation
         self.batch_stride = strides[0]
         self.spatial_strides = torch.tensor(strides[1:], dtype=torch.int64)
         self.shift = sum(m * s for m, s in zip(self.margin, strides[1:]))
@@ -79,6 +81,7 @@ class CoordinateIndex:
         if mode not in ("grid", "hash"):
             raise ValueError(f"force must be 'grid', 'hash' or None, got {force!r}")
         self.mode = mode
+        self.hash_table = None  # compiled hash mode: (module, slots, slot rows)
         ext = _ext.load()
         if mode == "grid" and ext is not None:
             self.grid, duplicated = ext.grid_build(keys, self.cells)
@@ -89,8 +92,8 @@ class CoordinateIndex:
             winners = self.grid[keys]
             duplicated = bool((winners != rows).any()) if self.n else False
         elif ext is not None:  # the table keeps its module: lookups work even if the extension is disabled later
-            self._hash_ext = ext
-            self.slots, self.slot_rows, duplicated = ext.hash_build(keys)
+            slots, slot_rows, duplicated = ext.hash_build(keys)
+            self.hash_table = (ext, slots, slot_rows)
         else:
             self.sorted_keys, order = torch.sort(keys)
             self.sorted_rows = order.to(torch.int32)
@@ -105,7 +108,7 @@ class CoordinateIndex:
         """Keys `(N,)` int64 of `(batch, *coords)` rows (coords may lie in the margins)."""
         ext = _ext.load()
         if displacement is None and ext is not None and indices.dtype == torch.int32 and indices.dim() == 2:
-            return ext.encode_keys(indices, [self.batch_stride, *self.spatial_strides.tolist()], self.shift)
+            return ext.encode_keys(indices, self.key_strides, self.shift)
         idx = indices.to(torch.int64)
         coords = idx[:, 1:]
         if displacement is not None:
@@ -121,9 +124,9 @@ class CoordinateIndex:
         if self.mode == "grid":
             return self.grid[keys.reshape(-1)].reshape(keys.shape)
         flat = keys.reshape(-1)
-        if hasattr(self, "slots"):
-            zero = torch.zeros(1, dtype=torch.int64)
-            return self._hash_ext.hash_lookup(self.slots, self.slot_rows, flat, zero).reshape(keys.shape)
+        if self.hash_table is not None:
+            ext, slots, slot_rows = self.hash_table
+            return ext.hash_lookup(slots, slot_rows, flat, torch.zeros(1, dtype=torch.int64)).reshape(keys.shape)
         if self.n == 0:
             return torch.full(keys.shape, -1, dtype=torch.int32)
         pos = torch.searchsorted(self.sorted_keys, flat).clamp_(max=self.n - 1)
@@ -136,8 +139,9 @@ class CoordinateIndex:
         ext = _ext.load()
         if self.mode == "grid" and ext is not None and base.numel():
             return ext.grid_lookup(self.grid, base, step)
-        if hasattr(self, "slots"):
-            return self._hash_ext.hash_lookup(self.slots, self.slot_rows, base, step)
+        if self.hash_table is not None:
+            ext, slots, slot_rows = self.hash_table
+            return ext.hash_lookup(slots, slot_rows, base, step)
         return self.find(base.unsqueeze(0) + step.unsqueeze(1))
 
 
@@ -293,7 +297,7 @@ def _output_sites(
     if cells >= MAX_KEY_CELLS:
         raise ValueError(f"the output box {box} has {cells} cells, more than 64-bit keys can address")
     ext = _ext.load()
-    if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)) and max(kernel_size) <= 64:
+    if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)) and max(kernel_size) <= MAX_MARKED_TAPS:
         occupied = ext.mark_output_sites(
             indices.contiguous(),
             list(out_shape),
