@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from sparseyolo.sparse import functional as F
+from sparseyolo.sparse.args import as_tuple, check_ndim
 from sparseyolo.sparse.tensor import SparseConvTensor
 
 
@@ -49,11 +50,11 @@ class _SparseConvNd(SparseModule):
                 f"must both be divisible by groups={groups}"
             )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = F._tuple(kernel_size, D, "kernel_size", 1)
-        self.stride = F._tuple(stride, D, "stride", 1)
-        self.padding = F._tuple(padding, D, "padding", 0)
-        self.dilation = F._tuple(dilation, D, "dilation", 1)
-        self.output_padding = F._tuple(output_padding, D, "output_padding", 0)
+        self.kernel_size = as_tuple(kernel_size, D, "kernel_size", 1)
+        self.stride = as_tuple(stride, D, "stride", 1)
+        self.padding = as_tuple(padding, D, "padding", 0)
+        self.dilation = as_tuple(dilation, D, "dilation", 1)
+        self.output_padding = as_tuple(output_padding, D, "output_padding", 0)
         if self.subm and any(s != 1 for s in self.stride):
             raise ValueError(f"{type(self).__name__} keeps the input sites: stride must be 1, got {self.stride}")
         self.indice_key = indice_key
@@ -74,10 +75,7 @@ class _SparseConvNd(SparseModule):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _check(self, x) -> None:
-        if not isinstance(x, SparseConvTensor):
-            raise TypeError(f"{type(self).__name__} expects a SparseConvTensor, got {type(x).__name__}")
-        if x.ndim != self.ndim:
-            raise ValueError(f"{type(self).__name__} is {self.ndim}D but the tensor is {x.ndim}D")
+        check_ndim(x, self.ndim, type(self).__name__)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
@@ -185,15 +183,14 @@ class _SparsePoolNd(SparseModule):
         super().__init__()
         del algo
         D = self.ndim
-        self.kernel_size = F._tuple(kernel_size, D, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else F._tuple(stride, D, "stride", 1)
-        self.padding = F._tuple(padding, D, "padding", 0)
-        self.dilation = F._tuple(dilation, D, "dilation", 1)
+        self.kernel_size = as_tuple(kernel_size, D, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else as_tuple(stride, D, "stride", 1)
+        self.padding = as_tuple(padding, D, "padding", 0)
+        self.dilation = as_tuple(dilation, D, "dilation", 1)
         self.indice_key = indice_key
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
-        if not isinstance(x, SparseConvTensor) or x.ndim != self.ndim:
-            raise TypeError(f"{type(self).__name__} expects a {self.ndim}D SparseConvTensor, got {x!r}")
+        check_ndim(x, self.ndim, type(self).__name__)
         pool = F.sparse_max_pool if self.mode == "max" else F.sparse_avg_pool
         return pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.indice_key)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -10,36 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sparseyolo.sparse.cache import MapStore, new_coordinate_id
 from sparseyolo.sparse.kmap import DEFAULT_MARGIN, CoordinateIndex
 
-_coordinate_ids = itertools.count()
-
-
-def new_coordinate_id() -> int:
-    """A fresh identity for a coordinate set (maps are cached per identity, never per value)."""
-    return next(_coordinate_ids)
-
-
-class MapStore:
-    """Cache shared by every tensor derived from the same input: coordinate indexes and kernel maps.
-
-    indexes: `(coordinate id, margin) -> CoordinateIndex`
-    maps: structural key `(kind, coordinate id, kernel, stride, padding, dilation, ...) -> entry`
-    keyed: spconv `indice_key -> entry` of the conv that used it (inverse conv reads it back)
-    """
-
-    def __init__(self):
-        self.indexes: dict = {}
-        self.maps: dict = {}
-        self.keyed: dict = {}
-
-    def index(self, coord_id: int, indices: Tensor, spatial_shape, batch_size, margin) -> CoordinateIndex:
-        margin = tuple(max(int(m), DEFAULT_MARGIN) for m in margin)
-        key = (coord_id, margin)
-        found = self.indexes.get(key)
-        if found is None:
-            found = self.indexes[key] = CoordinateIndex(indices, spatial_shape, batch_size, margin)
-        return found
+__all__ = ["SparseConvTensor", "MapStore", "new_coordinate_id"]
 
 
 class SparseConvTensor:

@@ -124,8 +124,15 @@ def test_conv_argument_errors():
         SF.sparse_avg_pool(x, 2, dilation=2)
     with pytest.raises(ValueError, match="mode must be 'max' or 'avg'"):
         SF.global_pool(x, "sum")
-    with pytest.raises(TypeError, match="SparseMaxPool3d expects a 3D SparseConvTensor"):
+    # pools report the same mistakes as convs, with the same exception types
+    with pytest.raises(ValueError, match="SparseMaxPool3d is 3D but the tensor is 2D"):
         sp.SparseMaxPool3d(2)(x)
+    with pytest.raises(ValueError, match="SparseAvgPool1d is 1D but the tensor is 2D"):
+        sp.SparseAvgPool1d(2)(x)
+    with pytest.raises(TypeError, match="SparseMaxPool2d expects a SparseConvTensor, got Tensor"):
+        sp.SparseMaxPool2d(2)(FEATS)
+    with pytest.raises(TypeError, match="sparse_avg_pool expects a SparseConvTensor, got Tensor"):
+        SF.sparse_avg_pool(FEATS, 2)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +167,11 @@ def test_inverse_conv_key_errors():
     x = make()
     with pytest.raises(KeyError, match="no strided SparseConv registered indice_key='nope'"):
         sp.SparseInverseConv2d(3, 2, 3, indice_key="nope")(x)
+    # documented as ValueError; still a KeyError for code written against earlier versions
+    with pytest.raises(ValueError, match="no strided SparseConv registered indice_key='nope'") as raised:
+        sp.SparseInverseConv2d(3, 2, 3, indice_key="nope")(x)
+    assert isinstance(raised.value, KeyError) and isinstance(raised.value, SF.IndiceKeyError)
+    assert str(raised.value).startswith("sparse_inverse_conv: no strided SparseConv")  # not KeyError's repr
     y = sp.SparseConv2d(3, 4, 3, stride=2, padding=1, indice_key="down")(x)
     sub = sp.SubMConv2d(4, 4, 3, indice_key="sub")(y)
     with pytest.raises(KeyError, match="keys of strided convs seen: \\['down'\\]"):
