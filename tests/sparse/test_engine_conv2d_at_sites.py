@@ -38,21 +38,19 @@ def _sites(B, Ho, Wo, seed):
     return (torch.rand(B, Ho, Wo, generator=g) < 0.5).nonzero().to(torch.int32)
 
 
-@pytest.mark.parametrize("path", ["compiled", "pytorch"])
+@pytest.mark.usefixtures("engine_path")  # compiled kernels and pure PyTorch (conftest.py)
 @pytest.mark.parametrize("use_mask", [False, True])
 @pytest.mark.parametrize("B,C,H,W,O,k,s,p,d", CASES)
-def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask, path):
-    if path == "compiled" and not _ext.enabled():
-        pytest.skip("compiled kernels unavailable")
+def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask):
     x, w, mask = _inputs(B, C, H, W, O, k, seed=B * 100 + k)
     dense = F.conv2d(x * mask[:, None] if use_mask else x, w, stride=s, padding=p, dilation=d)
     sites = _sites(B, *dense.shape[-2:], seed=k)
-    with torch.no_grad(), _ext.disabled() if path == "pytorch" else torch.no_grad():
+    with torch.no_grad():
         got = SF.conv2d_at_sites(x, w, sites, s, p, d, mask=mask if use_mask else None)
     assert got.shape == (sites.shape[0], O)
     assert_close(got, at_sites(dense, sites), rtol=1e-10, atol=1e-10)
     # float32 through the same path
-    with torch.no_grad(), _ext.disabled() if path == "pytorch" else torch.no_grad():
+    with torch.no_grad():
         got32 = SF.conv2d_at_sites(x.float(), w.float(), sites, s, p, d, mask=mask if use_mask else None)
     assert_close(got32, at_sites(dense, sites).float(), rtol=1e-4, atol=1e-4)
 

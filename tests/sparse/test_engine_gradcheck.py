@@ -1,4 +1,5 @@
-"""float64 `torch.autograd.gradcheck` of every op on tiny inputs, w.r.t. features, weight and bias."""
+"""float64 `torch.autograd.gradcheck` of every op on tiny inputs, w.r.t. features, weight and bias, on both engine
+paths."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from torch.autograd import gradcheck
 
 import sparseyolo.sparse.functional as SF
 from sparseyolo.sparse import SparseConvTensor
+
+# Every test here runs on both engine paths (compiled kernels and pure PyTorch): see conftest.py.
+pytestmark = pytest.mark.usefixtures("engine_path")
 
 F64 = torch.float64
 

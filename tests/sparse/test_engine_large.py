@@ -62,20 +62,7 @@ def run(idx, feats, params, threads):
         torch.set_num_threads(before)
 
 
-def _ext_available():
-    try:
-        from sparseyolo.sparse import _ext
-    except ImportError:
-        return False
-    return _ext.load() is not None
-
-
-@pytest.mark.parametrize("path", ["compiled", "fallback"])
-def test_large_clustered_bit_identical_across_threads_and_runs(clustered, path, monkeypatch):
-    if path == "fallback":
-        monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")
-    elif not _ext_available():
-        pytest.skip("compiled kernels unavailable; the 'fallback' case covers the PyTorch path")
+def test_large_clustered_bit_identical_across_threads_and_runs(clustered, engine_path):
     idx, feats, params = clustered
     before = torch.get_num_threads()
     one = run(idx, feats, params, 1)

@@ -3,6 +3,7 @@
 Parameter sets are a hand-picked covering list (not the full product): kernels 1, 2, 3, 5 and non-square,
 stride 1/2/3, padding 0/1/2, dilation 1/2, groups 1/2/depthwise (with channel multiplier 2), batch 1/3, 1D-3D.
 Gradients are compared against autograd through the dense oracle, with the loss taken only at output sites.
+Every case runs on both engine paths, compiled kernels and pure PyTorch (the `engine_path` fixture).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from sparseyolo.sparse import (
     SparseInverseConv2d,
     SparseInverseConv3d,
 )
+
+# Every test here runs on both engine paths (compiled kernels and pure PyTorch): see conftest.py.
+pytestmark = pytest.mark.usefixtures("engine_path")
 
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -498,31 +502,3 @@ def test_two_level_unet_with_keyed_inverse_convs():
     e0 = CONV_T[2](e1, up1.weight, up1.bias, stride=2, padding=1, output_padding=[1, 1])
     assert tuple(e0.shape[2:]) == shape
     backprop_and_compare(z0.features, at_sites(e0, x.indices), 9, {"features": (x.features, f_d)})
-
-
-def _chain(x, params):
-    """subm (grouped) -> strided conv (key) -> transposed conv -> inverse: every conv kind, one graph."""
-    w1, w2, w3, w4 = params
-    y = SF.subm_conv(x, w1, groups=2, dilation=(1, 2))
-    z = SF.sparse_conv(y, w2, stride=2, padding=1, indice_key="d")
-    t = SF.sparse_conv_transpose(z, w3, stride=1, padding=1)
-    u = SF.sparse_inverse_conv(z, w4, indice_key="d")
-    return [y.features, z.features, t.features, u.features]
-
-
-def test_compiled_and_pytorch_paths_agree(monkeypatch):
-    """The fallback path (SPARSEYOLO_NO_EXT=1) and the default path give the same values and gradients."""
-    g = torch.Generator().manual_seed(8)
-    shapes = [(6, 2, 3, 3), (5, 6, 3, 3), (5, 4, 3, 3), (5, 3, 3, 3)]
-    params = [torch.randn(s, generator=g, dtype=F64) for s in shapes]
-    results = []
-    for no_ext in ("0", "1"):
-        monkeypatch.setenv("SPARSEYOLO_NO_EXT", no_ext)
-        x = random_sparse((20, 24), 2, 4, seed=8, requires_grad=True)
-        ps = [leaf(p) for p in params]
-        outs = _chain(x, ps)
-        sum((o * cotangent(*o.shape, i)).sum() for i, o in enumerate(outs)).backward()
-        results.append(([o.detach() for o in outs], x.features.grad, [p.grad for p in ps]))
-    (o0, f0, p0), (o1, f1, p1) = results
-    for a, b in zip(o0 + [f0] + p0, o1 + [f1] + p1):
-        assert_close(a, b, **TOL)
