@@ -113,6 +113,7 @@ class Variant:
     warmup: bool = True
     measure_memory: bool = False
     extend: bool = True
+    kind: Any = None  # what the caller needs to know about the variant (the harness ignores it)
     samples: list[float] = field(default_factory=list)
     last: Any = None
     peak_mb: float | None = None
@@ -169,6 +170,32 @@ def run_interleaved(
                 active.remove(v)
     if restore_threads is not None:
         set_threads(restore_threads)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
+    """A tqdm progress bar on stderr (redrawn at most every 2 s), or a silent stand-in with the same `update`,
+    `set_postfix_str` and `close` when disabled or when tqdm (an optional dependency) is not installed."""
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=2.0)
 
 
 # --- memory -----------------------------------------------------------------------------------------
