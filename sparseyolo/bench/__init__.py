@@ -1,9 +1,12 @@
 """`sparseyolo bench NAME [options]`: benchmarks that print a table and write markdown, CSV and a plot.
 
-Each benchmark is a module with `main(argv: list[str]) -> int` and a module docstring whose first line
-describes it. Modules are imported only when their benchmark is run, so `sparseyolo bench --help` stays
+Each benchmark is a module (or a package) with `main(argv: list[str]) -> int` and a docstring whose first
+line describes it. Modules are imported only when their benchmark is run, so `sparseyolo bench --help` stays
 fast and a benchmark whose module (or optional dependency) is missing does not break the others.
-Shared helpers (timing, thread control, tables, CSV/markdown) live in `sparseyolo.bench.common`.
+
+One timing harness serves every benchmark, in `sparseyolo.bench.common`: `latency` (p50/p90 of callables timed
+interleaved) and, underneath it, `Variant` + `run_interleaved` (sample budgets, memory probes); also thread
+control, peak-memory probes, the GEMM reference, tables and CSV/markdown files.
 """
 
 from __future__ import annotations
@@ -42,8 +45,7 @@ def load(name: str):
     except ModuleNotFoundError as error:
         if error.name == module_name:
             raise ImportError(
-                f"benchmark {name!r} is not available: module {module_name} is not part of "
-                f"this installation (not written yet, or removed)"
+                f"benchmark {name!r} is not available: module {module_name} is not part of this installation"
             ) from None
         raise
 

@@ -100,8 +100,8 @@ class Variant:
 
     max_samples: stop after this many timed calls; budget_s: or once `min_samples` calls have taken this
     long in total. extend: a cheap variant (its `max_samples` calls took < budget_s / 3) goes on to at most
-    3 x max_samples calls: more samples where they cost nothing. warmup: make one untimed call first
-    (with `measure_memory`, that call is the memory probe).
+    3 x max_samples calls: more samples where they cost nothing. warmup: untimed calls first (True = 1;
+    with `measure_memory`, the first of them is the memory probe).
     After the run: `samples` (seconds), `last` (the last return value), `peak_mb`, `error`.
     """
 
@@ -110,7 +110,7 @@ class Variant:
     threads: int
     max_samples: int = 5
     budget_s: float = 1.0
-    warmup: bool = True
+    warmup: bool | int = True
     measure_memory: bool = False
     extend: bool = True
     kind: Any = None  # what the caller needs to know about the variant (the harness ignores it)
@@ -135,27 +135,37 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run_interleaved(
-    variants: Sequence[Variant], min_samples: int = 2, memory: PeakRSS | None = None, restore_threads: int | None = None
+    variants: Sequence[Variant],
+    min_samples: int = 2,
+    memory: PeakRSS | None = None,
+    restore_threads: int | None = None,
+    raise_errors: bool = False,
 ) -> None:
     """Time `variants` round-robin (one call of each still-active variant per round) until each has
     `max_samples` samples or has spent its `budget_s` with at least `min_samples`. A variant that raises is
-    marked with `error` and dropped; the others go on. Warm-up calls come first, in the given order."""
+    marked with `error` and dropped, and the others go on (`raise_errors=True`: the exception propagates).
+    Warm-up calls come first, in the given order. A variant with `max_samples=0` is only warmed up."""
     for v in variants:
         set_threads(v.threads)
         try:
-            if v.warmup and v.measure_memory and memory is not None and memory.available:
-                v.last, v.peak_mb = memory.measure(v.fn)
-            elif v.warmup:
-                v.last = v.fn()
+            for i in range(int(v.warmup)):
+                if i == 0 and v.measure_memory and memory is not None and memory.available:
+                    v.last, v.peak_mb = memory.measure(v.fn)
+                else:
+                    v.last = v.fn()
         except Exception as error:  # reported per variant, e.g. an optional engine failing
+            if raise_errors:
+                raise
             v.error = f"{type(error).__name__}: {error}"[:300]
-    active = [v for v in variants if v.error is None]
+    active = [v for v in variants if v.error is None and v.max_samples > 0]
     while active:
         for v in list(active):
             set_threads(v.threads)
             try:
                 dt, v.last = time_call(v.fn)
             except Exception as error:
+                if raise_errors:
+                    raise
                 v.error = f"{type(error).__name__}: {error}"[:300]
                 active.remove(v)
                 continue
@@ -196,6 +206,59 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
     except ImportError:
         return _NoProgress()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=2.0)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The `q`-th percentile (0-100) with linear interpolation between order statistics (as numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    no_grad: bool = True,
+) -> dict[str, dict]:
+    """Batch latency of each callable, timed interleaved: `warmup` untimed calls of each (in order), then
+    `repeats` rounds of one call of each, so that load changes on a shared machine hit all of them alike.
+
+    Args:
+        fns: name -> callable without arguments (e.g. `lambda: model(x)`).
+        repeats: timed calls of each (0: warm-up only; the results then have no times).
+        threads: intra-op threads for the calls (default: the current setting).
+        no_grad: run under `torch.no_grad()` (inference latency).
+    Returns:
+        name -> `{"p50_ms", "p90_ms", "n"}` (medians and 90th percentiles in ms; None without samples).
+        An exception of a callable propagates.
+    """
+    import torch
+
+    if repeats < 0 or warmup < 0:
+        raise ValueError(f"repeats and warmup must be >= 0, got {repeats} and {warmup}")
+    n_threads = torch.get_num_threads() if threads is None else threads
+    variants = [
+        Variant(name, fn, n_threads, max_samples=repeats, budget_s=0.0, warmup=warmup, extend=False)
+        for name, fn in fns.items()
+    ]
+    before = torch.get_num_threads()
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        run_interleaved(variants, min_samples=repeats, restore_threads=before, raise_errors=True)
+    out = {}
+    for v in variants:
+        p50, p90 = percentile(v.samples, 50), percentile(v.samples, 90)
+        out[v.name] = {
+            "p50_ms": None if p50 is None else 1e3 * p50,
+            "p90_ms": None if p90 is None else 1e3 * p90,
+            "n": len(v.samples),
+        }
+    return out
 
 
 # --- memory -----------------------------------------------------------------------------------------

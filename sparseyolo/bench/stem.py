@@ -11,10 +11,10 @@ conversion (`sparseyolo.yolo.convert`, layers 0-4, `nonzero` sparsify; identical
 End to end: sparse full-res model, dense full-res model, dense model at 640 (letterboxed 640x384).
 
 FLOPs: dense layers counted with `torch.utils.flop_counter.FlopCounterMode`; sparse layers analytically from
-the
-active-site sets (2 * kernel-map pairs * C_in * C_out / groups per conv; pairs counted on the masks).
-Peak memory: growth of the process's resident set during one call (`sparseyolo.bench.common.PeakRSS`),
-measured after all timing (the probe changes the allocator's settings for the rest of the process).
+the active-site sets (2 * kernel-map pairs * C_in * C_out / groups per conv; pairs counted on the masks).
+Latency: `sparseyolo.bench.common.latency` (interleaved calls, p50/p90). Peak memory: growth of the resident set
+during one call (`sparseyolo.bench.common.PeakRSS`), measured in a child process per size (the probe changes
+the allocator's settings for the whole process, which would distort timings).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -297,35 +296,7 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-# --- timing -------------------------------------------------------------------------------------------
-
-
-def measure(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
-    """Time the callables in `fns` interleaved (one call of each per round, so load changes hit all alike),
-    after `warmup` untimed calls of each."""
-    import torch
-
-    out = {}
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():
-            for _ in range(max(1, warmup)):
-                fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                ts[name].append(time.perf_counter() - t0)
-    for name, t in ts.items():
-        if not t:
-            out[name] = {"p50_ms": None, "p90_ms": None, "n": 0}
-            continue
-        out[name] = {
-            "p50_ms": 1e3 * float(np.percentile(t, 50)),
-            "p90_ms": 1e3 * float(np.percentile(t, 90)),
-            "n": len(t),
-        }
-    return out
+# --- measuring -----------------------------------------------------------------------------------------
 
 
 def probe_memory(probes, memory) -> None:
@@ -371,6 +342,24 @@ def memory_in_subprocess(argv: list[str], sizes: list[str], rows: list[dict]) ->
                 r["peak_mb"] = peaks[key]
 
 
+def add_memory_ratios(rows: list[dict]) -> None:
+    """`mem_ratio` = dense stem peak / hybrid stem peak, on each hybrid stem row with a speed-up, matched by
+    (size, scene)."""
+    dense = {(r["size"], r["scene"]): r for r in rows if r["part"] == "stem" and r["variant"] == DENSE_STEM}
+    for r in rows:
+        if r["part"] != "stem" or r["variant"] != HYBRID_STEM or "speedup" not in r or not r.get("peak_mb"):
+            continue
+        match = dense.get((r["size"], r["scene"]))
+        if match is not None and match.get("peak_mb"):
+            r["mem_ratio"] = match["peak_mb"] / r["peak_mb"]
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+HYBRID_STEM, DENSE_STEM = "hybrid stem (sparse 0-4)", "dense stem (0-4)"
+E2E_VARIANTS = ("sparse full-res model", "dense full-res model", "dense model at 640")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="sparseyolo bench stem", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1080p,2160p", help="comma list of 1080p, 2160p, small, tiny")
@@ -378,8 +367,8 @@ def parse_args(argv):
     ap.add_argument("--no-aerial", action="store_true", help="skip the real deepforest scene")
     ap.add_argument("--no-e2e", action="store_true", help="skip end-to-end models")
     ap.add_argument("--e2e-scenes", default="5,10,aerial", help="scenes for end to end: fg percentages / aerial")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per variant (>= 1, default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per variant first (at least 1 is made)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/bench-stem", help="directory for stem.md and stem.csv")
     ap.add_argument("--quick", action="store_true", help="small size, fg 5/25, 2 repeats (smoke test)")
@@ -388,131 +377,203 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     if a.quick:
         a.sizes, a.fg, a.repeats, a.e2e_scenes = "small", "5,25", 2, "5"
+    if a.repeats < 1:
+        ap.error(f"--repeats must be >= 1 (timed calls per variant), got {a.repeats}")
+    if a.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {a.warmup}")
+    if a.threads < 1:
+        ap.error(f"--threads must be >= 1, got {a.threads}")
+    a.sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
+    unknown = [s for s in a.sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"unknown size {unknown[0]!r}; expected {', '.join(SIZES)}")
+    try:
+        a.fg = [float(f) for f in a.fg.split(",") if f.strip()]
+        a.e2e_scenes = [s if s == "aerial" else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
+    except ValueError as error:
+        ap.error(f"--fg and --e2e-scenes take comma-separated percentages (and 'aerial'): {error}")
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
+def scenes(h: int, w: int, which, aerial: bool = True) -> list[tuple[str, object]]:
+    """`(name, image)` for foreground percentages and "aerial" (skipped, with a message, when unavailable)."""
+    out = []
+    for f in which:
+        if f == "aerial":
+            if not aerial:
+                continue
+            try:
+                img, _ = aerial_scene(h, w)
+            except Exception as e:  # no network and nothing cached
+                print(f"skipping the aerial scene: {e}", file=sys.stderr)
+                continue
+            out.append(("aerial (deepforest)", img))
+        else:
+            out.append((f"synthetic {float(f):g}%", synthetic_scene(h, w, float(f) / 100)))
+    return out
+
+
+def _timing(fns: dict, a) -> dict[str, dict]:
+    """Interleaved p50/p90 of `fns` (at least one warm-up call each); the memory-only child makes the warm-up
+    calls but no timed ones."""
+    from sparseyolo.bench.common import latency
+
+    return latency(fns, repeats=0 if a.memory_only else a.repeats, warmup=max(1, a.warmup))
+
+
+def stem_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
+    """Hybrid vs dense layers 0-4 on every scene of one size: rows, and `(row, fn)` memory probes."""
+    h, w = SIZES[size]
+    rows, probes = [], []
+    for scene, img in scenes(h, w, [*a.fg, "aerial"], aerial=not a.no_aerial):
+        active = float((img.abs().sum(1) > 0).float().mean())
+        fns = {
+            HYBRID_STEM: lambda img=img: run_layers(sparse, img, range(5)),
+            DENSE_STEM: lambda img=img: run_layers(dense, img, range(5)),
+        }
+        flops = {
+            HYBRID_STEM: sum(sparse_flops(sparse, img).values()),
+            DENSE_STEM: sum(v for v in dense_flops_by_group(dense, img, upto=5).values() if v),
+        }
+        res = _timing(fns, a)
+        for name, fn in fns.items():
+            row = {"part": "stem", "size": f"{w}x{h}", "scene": scene, "active_%": 100 * active, "variant": name}
+            rows.append({**row, **res[name], "gflops": flops[name] / 1e9})
+            probes.append((rows[-1], fn))
+        hybrid, dstem = res[HYBRID_STEM], res[DENSE_STEM]
+        if hybrid["p50_ms"]:
+            rows[-2]["speedup"] = dstem["p50_ms"] / hybrid["p50_ms"]
+        if not a.memory_only:
+            print(f"[{size} {scene}] hybrid {hybrid['p50_ms']:.1f} ms / dense {dstem['p50_ms']:.1f} ms", flush=True)
+    return rows, probes
+
+
+def e2e_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
+    """Whole models on the end-to-end scenes of one size: sparse and dense at full resolution, dense at 640."""
     import torch
 
-    from sparseyolo.bench.common import (
-        format_table,
-        markdown_table,
-        set_threads,
-        system_info,
-        write_csv,
-        write_text,
-    )
+    h, w = SIZES[size]
+    rows, probes = [], []
+    for scene, img in scenes(h, w, a.e2e_scenes, aerial=not a.no_aerial):
+        active = float((img.abs().sum(1) > 0).float().mean())
+        small = torch.nn.functional.interpolate(
+            img, size=(int(round(640 * h / w / 32)) * 32, 640), mode="bilinear", align_corners=False
+        )
+        variants = dict(zip(E2E_VARIANTS, ((sparse, img), (dense, img), (dense, small))))
+        res = _timing({name: (lambda model=model, x=x: model(x)) for name, (model, x) in variants.items()}, a)
+        for name, (model, x) in variants.items():
+            per = dense_flops_by_group(model, x)
+            if model is sparse:
+                per.update(sparse_flops(sparse, x))
+            groups = group_sum(per)
+            rows.append(
+                {
+                    "part": "end-to-end",
+                    "size": f"{x.shape[-1]}x{x.shape[-2]}",
+                    "scene": scene,
+                    "active_%": 100 * active,
+                    "variant": name,
+                    **res[name],
+                    "gflops": sum(groups.values()) / 1e9,
+                    **{f"gflops {k}": v / 1e9 for k, v in groups.items()},
+                }
+            )
+            probes.append((rows[-1], lambda model=model, x=x: model(x)))
+            if not a.memory_only:
+                print(f"[{size} {scene}] {name}: {res[name]['p50_ms']:.0f} ms", flush=True)
+    return rows, probes
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+HEADERS = ["part", "size", "scene", "active %", "variant", "p50 ms", "p90 ms", "peak MiB", "GFLOPs", "speed-up"]
+HEADERS += ["mem ratio"]
+
+
+def _fmt(v, d=1):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def tables(rows: list[dict]) -> dict[str, tuple[list, list]]:
+    """The report's tables as (headers, rows): "main", "gflops" (end to end, per layer group), "targets"."""
+    main = [
+        [
+            r["part"],
+            r["size"],
+            r["scene"],
+            _fmt(r["active_%"]),
+            r["variant"],
+            _fmt(r["p50_ms"]),
+            _fmt(r["p90_ms"]),
+            _fmt(r.get("peak_mb"), 0),
+            _fmt(r["gflops"], 2),
+            _fmt(r.get("speedup"), 2) + "x" if r.get("speedup") else "",
+            _fmt(r.get("mem_ratio"), 1) + "x" if r.get("mem_ratio") else "",
+        ]
+        for r in rows
+    ]
+    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS]
+    g_rows = [
+        [r["size"], r["scene"], r["variant"]] + [_fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
+        for r in rows
+        if r["part"] == "end-to-end"
+    ]
+    t_headers = ["check", "scene", "target", "measured", "result"]
+    return {"main": (HEADERS, main), "gflops": (g_headers, g_rows), "targets": (t_headers, target_rows(rows))}
+
+
+def report(rows: list[dict], a, argv: list[str] | None) -> None:
+    """Print the tables; write stem.md, stem.csv and (unless --no-plot) stem.png to `a.out`."""
+    from sparseyolo.bench.common import format_table, markdown_table, system_info, write_csv, write_text
+
+    t = tables(rows)
+    print(format_table(*t["main"], align="lllrlrrrrrr"))
+    if t["gflops"][1]:
+        print("\nexecuted GFLOPs per layer group (dense: FlopCounterMode; sparse layers 0-4: analytic)")
+        print(format_table(*t["gflops"]))
+    if t["targets"][1]:
+        print(f"\ntarget check at {TARGET_SIZE} (issue targets; p50 latencies and peaks of this run)")
+        print(format_table(*t["targets"]))
+    out = Path(a.out)
+    md = [
+        "# sparseyolo bench stem",
+        "",
+        *(f"- {k}: {v}" for k, v in system_info().items()),
+        f"- threads: {a.threads}, repeats: {a.repeats}, command: `sparseyolo bench stem {' '.join(argv or [])}`",
+        "",
+        markdown_table(*t["main"]),
+        "",
+    ]
+    if t["gflops"][1]:
+        md += ["## Executed GFLOPs per layer group", "", markdown_table(*t["gflops"]), ""]
+    if t["targets"][1]:
+        md += [f"## Target check at {TARGET_SIZE}", "", markdown_table(*t["targets"]), ""]
+    png = None
+    if not a.no_plot:
+        try:
+            png = plot(rows, out / "stem.png")
+        except ImportError as error:  # matplotlib is optional (the `bench` extra)
+            print(f"no plot: {error}", file=sys.stderr)
+    if png:
+        md += [f"![stem latency and memory]({png.name})", ""]
+    write_text(out / "stem.md", "\n".join(md))
+    write_csv(out / "stem.csv", rows)
+    print(f"\nwrote {out / 'stem.md'}, {out / 'stem.csv'}" + (f" and {png}" if png else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sparseyolo.bench.common import PeakRSS, set_threads
 
     a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    memory = PeakRSS() if a.memory_only else None  # first: pins the allocator settings before any tensor exists
     set_threads(a.threads)
-    sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
-    for s in sizes:
-        if s not in SIZES:
-            print(f"sparseyolo bench stem: unknown size {s!r}; expected {', '.join(SIZES)}", file=sys.stderr)
-            return 2
-    fgs = [float(f) for f in a.fg.split(",") if f.strip()]
-    memory = None
-    if a.memory_only:
-        from sparseyolo.bench.common import PeakRSS
-
-        memory = PeakRSS()  # first: pins the allocator settings before any tensor exists
-        a.repeats, a.warmup = 0, 0
     dense, sparse = build_models()
-    rows = []
-    probes = []  # (row, fn): memory is measured after all timing
-
-    def scenes_for(h, w, which):
-        out = []
-        for f in which:
-            if f == "aerial":
-                if a.no_aerial:
-                    continue
-                try:
-                    img, _ = aerial_scene(h, w)
-                except Exception as e:  # no network and nothing cached
-                    print(f"skipping the aerial scene: {e}", file=sys.stderr)
-                    continue
-                out.append(("aerial (deepforest)", img))
-            else:
-                out.append((f"synthetic {float(f):g}%", synthetic_scene(h, w, float(f) / 100)))
-        return out
-
-    for size in sizes:
-        h, w = SIZES[size]
-        for scene, img in scenes_for(h, w, [*fgs, "aerial"]):
-            active = float((img.abs().sum(1) > 0).float().mean())
-            sf = sparse_flops(sparse, img)
-            df = dense_flops_by_group(dense, img, upto=5)
-            res = measure(
-                {
-                    "hybrid": lambda img=img: run_layers(sparse, img, range(5)),
-                    "dense": lambda img=img: run_layers(dense, img, range(5)),
-                },
-                a.repeats,
-                a.warmup,
-            )
-            hybrid, dstem = res["hybrid"], res["dense"]
-            for name, r, fl in (
-                ("hybrid stem (sparse 0-4)", hybrid, sum(sf.values())),
-                ("dense stem (0-4)", dstem, sum(v for v in df.values() if v)),
-            ):
-                rows.append(
-                    {
-                        "part": "stem",
-                        "size": f"{w}x{h}",
-                        "scene": scene,
-                        "active_%": 100 * active,
-                        "variant": name,
-                        **r,
-                        "gflops": fl / 1e9,
-                    }
-                )
-            if hybrid["p50_ms"]:
-                rows[-2]["speedup"] = dstem["p50_ms"] / hybrid["p50_ms"]
-            probes += [
-                (rows[-2], lambda img=img: run_layers(sparse, img, range(5))),
-                (rows[-1], lambda img=img: run_layers(dense, img, range(5))),
-            ]
-            if not a.memory_only:
-                print(f"[{size} {scene}] hybrid {hybrid['p50_ms']:.1f} ms / dense {dstem['p50_ms']:.1f} ms", flush=True)
-        if a.no_e2e:
-            continue
-        e2e_which = [s if s == "aerial" else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
-        for scene, img in scenes_for(h, w, e2e_which):
-            active = float((img.abs().sum(1) > 0).float().mean())
-            small = torch.nn.functional.interpolate(
-                img, size=(int(round(640 * h / w / 32)) * 32, 640), mode="bilinear", align_corners=False
-            )
-            variants = (
-                ("sparse full-res model", sparse, img),
-                ("dense full-res model", dense, img),
-                ("dense model at 640", dense, small),
-            )
-            res = measure(
-                {name: (lambda model=model, x=x: model(x)) for name, model, x in variants}, a.repeats, a.warmup
-            )
-            for name, model, x in variants:
-                r = res[name]
-                per = dense_flops_by_group(model, x)
-                if model is sparse:
-                    per.update(sparse_flops(sparse, x))
-                groups = group_sum(per)
-                rows.append(
-                    {
-                        "part": "end-to-end",
-                        "size": f"{x.shape[-1]}x{x.shape[-2]}",
-                        "scene": scene,
-                        "active_%": 100 * active,
-                        "variant": name,
-                        **r,
-                        "gflops": sum(groups.values()) / 1e9,
-                        **{f"gflops {k}": v / 1e9 for k, v in groups.items()},
-                    }
-                )
-                probes.append((rows[-1], lambda model=model, x=x: model(x)))
-                if not a.memory_only:
-                    print(f"[{size} {scene}] {name}: {r['p50_ms']:.0f} ms", flush=True)
-
+    rows, probes = [], []
+    for size in a.sizes:
+        for part in (stem_rows,) if a.no_e2e else (stem_rows, e2e_rows):
+            r, p = part(dense, sparse, size, a)
+            rows += r
+            probes += p
     if a.memory_only:
         import json
 
@@ -520,79 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         peaks = {"|".join((r["part"], r["size"], r["scene"], r["variant"])): r.get("peak_mb") for r in rows}
         print("MEMORY " + json.dumps(peaks))
         return 0
-    memory_in_subprocess(list(sys.argv[1:] if argv is None else argv), sizes, rows)
-    for i, r in enumerate(rows):
-        if r["part"] == "stem" and "speedup" in r and r.get("peak_mb") and rows[i + 1].get("peak_mb"):
-            r["mem_ratio"] = rows[i + 1]["peak_mb"] / r["peak_mb"]
-    headers = [
-        "part",
-        "size",
-        "scene",
-        "active %",
-        "variant",
-        "p50 ms",
-        "p90 ms",
-        "peak MiB",
-        "GFLOPs",
-        "speed-up",
-        "mem ratio",
-    ]
-
-    def fmt(v, d=1):
-        return "-" if v is None else f"{v:.{d}f}"
-
-    table = [
-        [
-            r["part"],
-            r["size"],
-            r["scene"],
-            fmt(r["active_%"]),
-            r["variant"],
-            fmt(r["p50_ms"]),
-            fmt(r["p90_ms"]),
-            fmt(r.get("peak_mb"), 0),
-            fmt(r["gflops"], 2),
-            fmt(r.get("speedup"), 2) + "x" if r.get("speedup") else "",
-            fmt(r.get("mem_ratio"), 1) + "x" if r.get("mem_ratio") else "",
-        ]
-        for r in rows
-    ]
-    print(format_table(headers, table, align="lllrlrrrrrr"))
-    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS]
-    g_rows = [
-        [r["size"], r["scene"], r["variant"]] + [fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
-        for r in rows
-        if r["part"] == "end-to-end"
-    ]
-    if g_rows:
-        print("\nexecuted GFLOPs per layer group (dense: FlopCounterMode; sparse layers 0-4: analytic)")
-        print(format_table(g_headers, g_rows))
-    targets = target_rows(rows)
-    t_headers = ["check", "scene", "target", "measured", "result"]
-    if targets:
-        print(f"\ntarget check at {TARGET_SIZE} (issue targets; p50 latencies and peaks of this run)")
-        print(format_table(t_headers, targets))
-    out = Path(a.out)
-    info = system_info()
-    md = [
-        "# sparseyolo bench stem",
-        "",
-        *(f"- {k}: {v}" for k, v in info.items()),
-        f"- threads: {a.threads}, repeats: {a.repeats}, command: `sparseyolo bench stem {' '.join(argv or [])}`",
-        "",
-        markdown_table(headers, table),
-        "",
-    ]
-    if g_rows:
-        md += ["## Executed GFLOPs per layer group", "", markdown_table(g_headers, g_rows), ""]
-    if targets:
-        md += [f"## Target check at {TARGET_SIZE}", "", markdown_table(t_headers, targets), ""]
-    png = None if a.no_plot else plot(rows, out / "stem.png")
-    if png:
-        md += [f"![stem latency and memory]({png.name})", ""]
-    write_text(out / "stem.md", "\n".join(md))
-    write_csv(out / "stem.csv", rows)
-    print(f"\nwrote {out / 'stem.md'}, {out / 'stem.csv'}" + (f" and {png}" if png else ""))
+    memory_in_subprocess(list(sys.argv[1:] if argv is None else argv), a.sizes, rows)
+    add_memory_ratios(rows)
+    report(rows, a, argv)
     return 0
 
 
