@@ -25,6 +25,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check sparseyolo tests
+	$(VENV)/bin/ruff format --check sparseyolo tests
 
 clean:
 	rm -rf $(VENV) .cache
