@@ -216,8 +216,11 @@ def to_dense(x: SparseConvTensor, channels_first: bool = True) -> Tensor:
 
 
 def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = True) -> SparseConvTensor:
-    """Sparse tensor of the sites of dense `x (B, C, *spatial)` where `mask (B, *spatial)` is True (default:
-    any channel non-zero). Features keep their gradient path to `x`."""
+    """Sparse tensor of the sites of a dense `x (B, C, *spatial)`.
+
+    The sites are where `mask (B, *spatial)` is True (default: where any channel is non-zero). Features keep
+    their gradient path to `x`.
+    """
     if not isinstance(x, Tensor) or not 3 <= x.dim() <= 5 or not x.is_floating_point():
         got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"from_dense expects a float tensor (B, C, *spatial) with 1-3 spatial dims, got {got}")

@@ -267,8 +267,11 @@ class SparseIdentity(_FeatureWise, nn.Identity):
 
 
 class SparseSequential(nn.Sequential):
-    """`nn.Sequential` for sparse tensors: sparse modules get the tensor, any other module (e.g.
-    `nn.BatchNorm1d`, `nn.ReLU`, `nn.Linear`) is applied to its `features`."""
+    """`nn.Sequential` for sparse tensors.
+
+    Sparse modules get the tensor; any other module (e.g. `nn.BatchNorm1d`, `nn.ReLU`, `nn.Linear`) is applied
+    to its `features`.
+    """
 
     def forward(self, x):
         for module in self:

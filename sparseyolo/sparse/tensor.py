@@ -117,8 +117,11 @@ class SparseConvTensor:
 
     @classmethod
     def from_dense(cls, x: Tensor, mask: Tensor | None = None, channels_first: bool = True) -> SparseConvTensor:
-        """Active sites of a dense `(B, C, *spatial)` map: where `mask (B, *spatial)` is True, or where any
-        channel is non-zero when no mask is given. Differentiable with respect to `x`."""
+        """Active sites of a dense `(B, C, *spatial)` map.
+
+        The sites are where `mask (B, *spatial)` is True, or where any channel is non-zero when no mask is given.
+        Differentiable with respect to `x`.
+        """
         from sparseyolo.sparse.functional import from_dense
 
         return from_dense(x, mask, channels_first=channels_first)
