@@ -11,7 +11,25 @@ import shutil
 import sys
 from pathlib import Path
 
+# The tested Ultralytics range: the one source for the code (registry's version warning, patch's error message).
+# pyproject.toml's `yolo` extra and docs/yolo.md repeat it; tests/yolo/test_patch.py checks that they agree.
 TESTED_ULTRALYTICS = (">=8.4.180", "<8.5")
+TESTED_ULTRALYTICS_SPEC = "ultralytics" + ",".join(TESTED_ULTRALYTICS)  # "ultralytics>=8.4.180,<8.5"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".")[:3] if x.isdigit())
+
+
+def ultralytics_version_tested(version: str) -> bool:
+    """Whether an Ultralytics version string lies in `TESTED_ULTRALYTICS` (bounds `>=`, `>`, `<=`, `<`)."""
+    have = _version_tuple(version)
+    compare = {">=": tuple.__ge__, ">": tuple.__gt__, "<=": tuple.__le__, "<": tuple.__lt__}
+    for bound in TESTED_ULTRALYTICS:
+        op = bound[:2] if bound[:2] in compare else bound[:1]
+        if not compare[op](have, _version_tuple(bound[len(op) :])):
+            return False
+    return True
 
 
 def config_dir() -> Path:

@@ -39,10 +39,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         if fullname != TARGET:
             return None
         sys.meta_path.remove(self)  # find the real spec once, without us
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            pass
+        spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
         spec.loader = _LoaderWrapper(spec.loader)

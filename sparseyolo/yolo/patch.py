@@ -7,8 +7,7 @@ Ultralytics has no plugin registry: `parse_model` resolves YAML module names thr
 1. put our block classes into `ultralytics.nn.tasks`' namespace, and
 2. recompile `parse_model` from its own source with ONE extra branch in front of that fallback: a class with a
    `yaml_args(args, ctx)` classmethod (see `sparseyolo.nn.base`) computes its constructor args, output
-   channels
-   and repeat count from the channel list and the model's width/depth scaling.
+   channels and repeat count from the channel list and the model's width/depth scaling.
 
 The source patch checks its anchors and raises `RuntimeError` naming the missing one when Ultralytics changes;
 `tests/yolo/test_patch.py` also pins the exact source hash of the tested versions.
@@ -67,10 +66,12 @@ def check_anchors(src: str) -> None:
     if problems:
         import ultralytics
 
+        from sparseyolo.yolo.env import TESTED_ULTRALYTICS_SPEC
+
         raise RuntimeError(
             f"sparseyolo cannot register its modules with ultralytics {ultralytics.__version__}: "
             f"ultralytics.nn.tasks.parse_model changed ({'; '.join(problems)}). "
-            "SparseYOLO is tested with ultralytics>=8.4.180,<8.5."
+            f"SparseYOLO is tested with {TESTED_ULTRALYTICS_SPEC}."
         )
 
 

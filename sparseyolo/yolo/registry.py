@@ -8,10 +8,11 @@ import warnings
 def _check_version() -> None:
     import ultralytics
 
-    parts = tuple(int(x) for x in ultralytics.__version__.split(".")[:3] if x.isdigit())
-    if not ((8, 4, 180) <= parts < (8, 5)):
+    from sparseyolo.yolo.env import TESTED_ULTRALYTICS_SPEC, ultralytics_version_tested
+
+    if not ultralytics_version_tested(ultralytics.__version__):
         warnings.warn(
-            f"sparseyolo is tested with ultralytics>=8.4.180,<8.5, found {ultralytics.__version__}",
+            f"sparseyolo is tested with {TESTED_ULTRALYTICS_SPEC}, found {ultralytics.__version__}",
             stacklevel=3,
         )
 

@@ -170,3 +170,16 @@ def test_sparse_yaml_scales_match_dense_yolov8(scale, variant):
     assert sparse.yaml["scale"] == scale
     sd = {k: v for k, v in sparse.state_dict().items() if ".sparsify." not in k}
     assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in dense.items()}
+
+
+def test_tested_ultralytics_range_has_one_source():
+    """The code reads the range from `env.TESTED_ULTRALYTICS`; pyproject's extra and docs/yolo.md must agree."""
+    from pathlib import Path
+
+    from sparseyolo.yolo import env
+
+    root = Path(__file__).resolve().parents[2]
+    assert f'"{env.TESTED_ULTRALYTICS_SPEC}"' in (root / "pyproject.toml").read_text()
+    assert f"`{env.TESTED_ULTRALYTICS_SPEC}`" in (root / "docs" / "yolo.md").read_text()
+    assert env.ultralytics_version_tested("8.4.190") and env.ultralytics_version_tested("8.4.180")
+    assert not env.ultralytics_version_tested("8.4.179") and not env.ultralytics_version_tested("8.5.0")
