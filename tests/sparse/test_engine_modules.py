@@ -218,6 +218,18 @@ def test_import_does_not_pull_in_ultralytics():
     assert result.returncode == 0, result.stderr
 
 
+def test_import_needs_torch_only():
+    """`sparseyolo.sparse` (and the benchmark dispatcher) import none of the optional dependencies (tqdm is not
+    checked: torch itself imports it, through torch.hub, whenever it is installed)."""
+    code = (
+        "import sys, sparseyolo.sparse, sparseyolo.sparse.functional, sparseyolo.bench; "
+        "bad = sorted(m for m in ('matplotlib', 'ultralytics', 'spconv') if m in sys.modules); "
+        "assert not bad, f'imported: {bad}'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_subm_ignores_padding_and_accepts_spconv_kwargs():
     torch.manual_seed(0)
     x = random_sparse((9, 11), 2, 3, dtype=torch.float32)
