@@ -1,6 +1,10 @@
 """The sparse convolution engine (torch only; nothing here imports YOLO or Ultralytics).
 
 `SparseConvTensor` + spconv-compatible modules; functional ops in `sparseyolo.sparse.functional`.
+
+Modules: `tensor` (SparseConvTensor), `functional` (the ops), `modules` (nn.Modules, one functional call each);
+internal: `args` (argument checks), `kmap` (coordinate lookup, kernel maps), `cache` (the kernel-map cache and
+`indice_key`), `core` (gather -> GEMM -> scatter with autograd), `_ext` (the compiled kernels' loader).
 """
 
 from sparseyolo.sparse import functional
