@@ -5,9 +5,12 @@ Strategies (`method`):
 - `nonzero`: pixels where any channel is non-zero (score: sum of |x| over channels).
 - `threshold`: pixels whose mean intensity over channels is > `threshold` (score: the intensity).
 - `gradient`: pixels whose Sobel gradient magnitude of the channel mean is > `threshold` (score: magnitude).
-- `learned`: a tiny conv head predicts a foreground probability; active where p > 0.5. The head runs at
-  1/`head_stride` resolution and is trained from box-derived foreground masks (`mask_loss`, BCE) while a
-  straight-through estimator lets the detection loss reach it through the kept features.
+- `learned`: a tiny conv head predicts foreground logits; active where the logit is > `threshold` (0.0: p > 0.5).
+  The head runs at 1/`head_stride` resolution and is trained from box-derived foreground masks (`mask_loss`,
+  BCE) while a straight-through estimator lets the detection loss reach it through the kept features. With a
+  `target` active fraction, the mask is instead the top `target` share of each image's pixels by the learned
+  score (a fixed budget per image, the head chooses where), in training and at inference; `calibrate_threshold`
+  turns that into a content-adaptive threshold whose mean active fraction on given images meets a target.
 
 All strategies then apply a budget, keep at most `keep * H * W` (ratio) and at most `max_active` pixels per
 image,
@@ -74,6 +77,15 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
     return (mask.view(B, -1) & keep_mask).view(B, H, W)
 
 
+def topk_mask(score: Tensor, fraction: float) -> Tensor:
+    """`bool[B, H, W]`: the `round(fraction * H * W)` highest-scoring pixels of each image of `score (B, H, W)`."""
+    B, H, W = score.shape
+    k = min(H * W, max(1, round(fraction * H * W)))
+    idx = score.reshape(B, -1).topk(k, dim=1).indices
+    out = torch.zeros(B, H * W, dtype=torch.bool, device=score.device)
+    return out.scatter(1, idx, True).view(B, H, W)
+
+
 def dilate_mask(mask: Tensor, r: int) -> Tensor:
     """Grow a boolean `(B, H, W)` mask by `r` pixels (square neighbourhood)."""
     if r <= 0:
@@ -127,6 +139,8 @@ class Sparsifier(nn.Module):
     the kept features so the detection loss trains the head. For the other methods it is None.
     """
 
+    target: float | None = None  # class default: checkpoints pickled before `target` existed load unchanged
+
     def __init__(
         self,
         c1: int = 3,
@@ -136,6 +150,7 @@ class Sparsifier(nn.Module):
         max_active: int | None = None,
         dilate: int = 0,
         head_stride: int = 4,
+        target: float | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -146,6 +161,13 @@ class Sparsifier(nn.Module):
             raise ValueError(f"max_active must be >= 0, got {max_active}")
         if int(dilate) < 0:
             raise ValueError(f"dilate must be >= 0, got {dilate}")
+        if target is not None:
+            if method != "learned":
+                raise ValueError(f"target (an active fraction to train towards) needs method='learned', got {method!r}")
+            if not 0.0 < float(target) <= 1.0:
+                raise ValueError(f"target must be an active fraction in (0, 1], got {target}")
+            target = float(target)
+        self.target = target
         self.c1, self.method, self.threshold = c1, method, float(threshold)
         self.keep, self.max_active, self.dilate = float(keep), max_active, int(dilate)
         self.head = MaskHead(c1, stride=head_stride) if method == "learned" else None
@@ -154,7 +176,7 @@ class Sparsifier(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"method={self.method!r}, threshold={self.threshold}, keep={self.keep}, "
-            f"max_active={self.max_active}, dilate={self.dilate}"
+            f"max_active={self.max_active}, dilate={self.dilate}" + (f", target={self.target}" if self.target else "")
         )
 
     def __getstate__(self):
@@ -187,8 +209,8 @@ class Sparsifier(nn.Module):
             pass
         elif self.method == "nonzero":
             mask = s > 0
-        elif self.method == "learned":
-            mask = s > 0  # p > 0.5
+        elif self.target is not None:  # learned, fixed share per image
+            mask = topk_mask(s, self.target)
         else:
             mask = s > self.threshold
         if s is not None:
@@ -219,5 +241,45 @@ class Sparsifier(nn.Module):
         fg = boxes_to_mask(targets["batch_idx"], targets["bboxes"], targets["batch_size"], tuple(logits.shape[-2:])).to(
             logits.dtype
         )
-        loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), fg)
-        return {"mask_loss": loss}, stats
+        return {"mask_loss": F.binary_cross_entropy_with_logits(logits.squeeze(1), fg)}, stats
+
+
+@torch.no_grad()
+def calibrate_threshold(sparsifier: Sparsifier, images, active: float, iters: int = 30) -> float:
+    """Set the `learned` sparsifier's logit threshold so the mean active fraction over `images` is `active`.
+
+    `images`: an iterable of `Tensor[B, C, H, W]` batches (what the model receives: RGB in [0, 1]). Bisection on
+    the threshold over the full mask computation (budget and dilation included). The threshold is stored in
+    `sparsifier.threshold` and `target` is cleared (the mask is then `logit > threshold`: how much of an image
+    is kept follows its content). Returns the measured mean active fraction at the chosen threshold.
+    """
+    if sparsifier.method != "learned":
+        raise ValueError(f"only a learned sparsifier has a threshold to calibrate, got method={sparsifier.method!r}")
+    if not 0.0 < float(active) <= 1.0:
+        raise ValueError(f"active must be a fraction in (0, 1], got {active}")
+    images = [x for x in images]
+    if not images:
+        raise ValueError("calibrate_threshold needs at least one image batch")
+    old = sparsifier.threshold, sparsifier.target
+    sparsifier.target = None
+
+    def measured(th: float) -> float:
+        sparsifier.threshold = th
+        fr = [sparsifier(x)[0].float().mean(dim=(1, 2)) for x in images]
+        return float(torch.cat(fr).mean())
+
+    try:
+        lo, hi = -30.0, 30.0  # logit range: all on .. all off
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            if measured(mid) > active:
+                lo = mid
+            else:
+                hi = mid
+        th = hi  # the smallest threshold found whose active fraction is <= the target
+        got = measured(th)
+    except Exception:
+        sparsifier.threshold, sparsifier.target = old
+        raise
+    sparsifier._aux = None
+    return got

@@ -242,14 +242,17 @@ class SC2f(SparseBlock):
 class SparseStem(SConv):
     """Dense image in -> sparsify -> strided sparse conv (conv -> BN -> SiLU) -> sparse out (or dense).
 
-    `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None)`; `conv`/`bn`
+    `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None)`;
+    `conv`/`bn`
     have the shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
     See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
     """
 
-    def __init__(self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None):
+    def __init__(
+        self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None
+    ):
         super().__init__(c1, c2, k, s)
-        self.sparsify = Sparsifier(c1, method, threshold, keep, max_active, dilate)
+        self.sparsify = Sparsifier(c1, method, threshold, keep, max_active, dilate, target=target)
 
     def forward(self, x):
         if not isinstance(x, Tensor) or x.dim() != 4:

@@ -30,9 +30,9 @@ def list_cfgs() -> list[str]:
     return sorted(p.name for p in CFG_DIR.glob("*.yaml"))
 
 
-SPARSIFY_KEYS = ("method", "threshold", "keep", "dilate", "max_active")
-_STEM_ARG_INDEX = {"method": 3, "threshold": 4, "keep": 5, "dilate": 6, "max_active": 7}
-_STEM_DEFAULTS = [None, 3, 2, "nonzero", 0.0, 1.0, 0, None]
+SPARSIFY_KEYS = ("method", "threshold", "keep", "dilate", "max_active", "target")
+_STEM_ARG_INDEX = {"method": 3, "threshold": 4, "keep": 5, "dilate": 6, "max_active": 7, "target": 8}
+_STEM_DEFAULTS = [None, 3, 2, "nonzero", 0.0, 1.0, 0, None, None]
 
 
 def parse_sparsify(spec) -> dict:
