@@ -1,0 +1,234 @@
+"""Side-by-side evaluation of detectors and inference methods on the same images.
+
+A *method* is how a model is run on a (possibly large) image:
+
+- `native`: the whole image at its own resolution (longest side rounded up to a multiple of 32), batch 1;
+- `640`: the whole image downscaled so its longest side is 640 (what most deployments do);
+- `sahi`: sliced inference with the `sahi` package (640-pixel slices, overlap 0.2, plus SAHI's standard
+  full-image pass, merged by SAHI's default GREEDYNMM): what practitioners use for small objects today.
+
+For each (model, method) and image: COCO metrics (pycocotools) at a low confidence threshold, executed GFLOPs of
+every forward the method ran (`sparseyolo.eval.flops`), the sparse stem's active fraction, and — in separate,
+interleaved timing rounds at a deployment confidence threshold — batch-1 wall time p50/p90 of the whole call
+(pre-processing, every forward, NMS/merging) and its peak resident-memory growth.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparseyolo.eval.coco import coco_metrics, to_coco_results
+from sparseyolo.eval.flops import executed_flops
+
+METHODS = ("native", "640", "sahi")
+EVAL_CONF = 0.001  # COCO AP: keep (nearly) every detection, as Ultralytics' val does
+DEPLOY_CONF = 0.25  # timing: Ultralytics' predict default
+SAHI_SLICE = 640
+SAHI_OVERLAP = 0.2
+
+
+def native_imgsz(h: int, w: int, stride: int = 32) -> int:
+    """Ultralytics `imgsz` that keeps an `h x w` image at (about) its own resolution: longest side, rounded up."""
+    return int(np.ceil(max(h, w) / stride) * stride)
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (N, 4) xyxy pixels of the original image
+    scores: np.ndarray  # (N,)
+    classes: np.ndarray  # (N,) int
+
+
+class ForwardRecorder:
+    """Records the input of every forward of a DetectionModel (a pre-hook), to count FLOPs afterwards."""
+
+    def __init__(self, model):
+        self.model, self.inputs, self.on = model, [], False
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        if self.on and args and hasattr(args[0], "shape"):
+            self.inputs.append(args[0].detach().clone())
+
+    def close(self):
+        self.handle.remove()
+
+
+class Runner:
+    """One model run by one method: `runner(image_rgb, conf) -> Detections`."""
+
+    def __init__(self, yolo, method: str, imgsz: int | None = None):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        self.yolo, self.method, self.imgsz = yolo, method, imgsz
+        self._sahi = None
+
+    def executed_model(self):
+        """The DetectionModel the predictor really runs (Ultralytics' AutoBackend runs a fused copy)."""
+        pred = getattr(self.yolo, "predictor", None)
+        backend = getattr(pred, "model", None)
+        inner = getattr(backend, "model", None)
+        return inner if inner is not None and hasattr(inner, "model") else self.yolo.model
+
+    def __call__(self, image: np.ndarray, conf: float) -> Detections:
+        if self.method == "sahi":
+            return self._sliced(image, conf)
+        h, w = image.shape[:2]
+        imgsz = self.imgsz or (640 if self.method == "640" else native_imgsz(h, w))
+        bgr = np.ascontiguousarray(image[..., ::-1])  # Ultralytics reads numpy images as BGR
+        r = self.yolo.predict(bgr, imgsz=imgsz, conf=conf, iou=0.7, max_det=1000, device="cpu", verbose=False)[0]
+        b = r.boxes
+        return Detections(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int))
+
+    def _sliced(self, image: np.ndarray, conf: float) -> Detections:
+        from sahi.models.ultralytics import UltralyticsDetectionModel
+        from sahi.predict import get_sliced_prediction
+
+        if self._sahi is None or self._sahi.confidence_threshold != conf:
+            self._sahi = UltralyticsDetectionModel(
+                model=self.yolo, confidence_threshold=conf, device="cpu", image_size=self.imgsz or SAHI_SLICE
+            )
+        res = get_sliced_prediction(
+            image,
+            self._sahi,
+            slice_height=SAHI_SLICE,
+            slice_width=SAHI_SLICE,
+            overlap_height_ratio=SAHI_OVERLAP,
+            overlap_width_ratio=SAHI_OVERLAP,
+            verbose=0,
+        )
+        preds = res.object_prediction_list
+        boxes = np.array([p.bbox.to_xyxy() for p in preds], float).reshape(-1, 4)
+        scores = np.array([p.score.value for p in preds], float)
+        classes = np.array([p.category.id for p in preds], int)
+        return Detections(boxes, scores, classes)
+
+
+@dataclass
+class Result:
+    """Everything measured for one (model, method) over a set of images."""
+
+    model: str
+    method: str
+    metrics: dict = field(default_factory=dict)
+    gflops: list = field(default_factory=list)  # per image: executed GFLOPs of every forward it ran
+    gflops_groups: list = field(default_factory=list)  # per image: {group: GFLOPs}
+    active: list = field(default_factory=list)  # per image: stem active fraction (None: dense)
+    latency: list = field(default_factory=list)  # seconds, all timed calls (all images)
+    peak_mib: float | None = None
+    detections: list = field(default_factory=list)  # COCO rows (eval conf)
+
+    def summary(self) -> dict:
+        lat = sorted(self.latency)
+        act = [a for a in self.active if a is not None]
+        return {
+            "model": self.model,
+            "method": self.method,
+            **{k: self.metrics.get(k) for k in ("map", "map50", "ap_small", "ap_medium", "ap_large")},
+            "gflops": float(np.mean(self.gflops)) if self.gflops else None,
+            "active": float(np.mean(act)) if act else None,
+            "p50_ms": 1e3 * statistics.median(lat) if lat else None,
+            "p90_ms": 1e3 * float(np.percentile(lat, 90)) if lat else None,
+            "peak_mib": self.peak_mib,
+            "n_images": self.metrics.get("n_images"),
+        }
+
+
+def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | None]:
+    """Executed GFLOPs (total, by group) and active fraction of recorded forward inputs (dense ones cached by shape)."""
+    from sparseyolo.nn import SparseBlock
+
+    sparse = any(isinstance(m, SparseBlock) for m in model.modules())
+    total, groups, actives = 0.0, {}, []
+    for x in inputs:
+        key = tuple(x.shape)
+        if sparse or key not in cache:
+            f = executed_flops(model, x)
+            if not sparse:
+                cache[key] = f
+        else:
+            f = cache[key]
+        total += f["total"] / 1e9
+        for g, v in f["groups"].items():
+            groups[g] = groups.get(g, 0.0) + v / 1e9
+        if f["active"] is not None:
+            actives.append(f["active"])
+    return total, groups, (float(np.mean(actives)) if actives else None)
+
+
+def evaluate(
+    models: dict,
+    images: list[Path],
+    gt: dict,
+    plan: list[tuple[str, str]] | None = None,
+    repeats: int = 3,
+    memory: bool = True,
+    progress: bool = True,
+) -> list[Result]:
+    """Evaluate `(model name, method)` pairs of `plan` (default: every model with every method) on `images`
+    (matched to `gt`'s `file_name`s); `models[name]` is a `sparseyolo.YOLO`. Accuracy and FLOPs pass first,
+    then `repeats` interleaved timing rounds (every image, every pair), then one memory probe per pair on the
+    largest image."""
+    from tqdm import tqdm
+
+    from sparseyolo.eval.data import read_image
+
+    by_name = {im["file_name"]: im["id"] for im in gt["images"]}
+    missing = [p.name for p in images if p.name not in by_name]
+    if missing:
+        raise ValueError(f"images without ground truth: {missing[:5]}")
+    if not images:
+        raise ValueError("no images to evaluate")
+    pixels = {p: read_image(p) for p in images}
+    plan = plan if plan is not None else [(n, m) for n in models for m in METHODS]
+    unknown = sorted({n for n, _ in plan} - set(models))
+    if unknown:
+        raise ValueError(f"plan names models that were not given: {unknown}")
+    runners = {(n, m): Runner(models[n], m) for n, m in plan}
+    results = {k: Result(*k) for k in runners}
+    flop_cache: dict = {}
+    bar = tqdm(total=len(runners) * len(images), desc="accuracy + FLOPs", disable=not progress, leave=False)
+    for (name, method), runner in runners.items():
+        runner(pixels[images[0]], EVAL_CONF)  # warm-up; creates the predictor and its (fused) model copy
+        dm = runner.executed_model()
+        rec = ForwardRecorder(dm)
+        res = results[name, method]
+        cache = flop_cache.setdefault(name, {})
+        try:
+            for p in images:
+                rec.inputs, rec.on = [], True
+                det = runner(pixels[p], EVAL_CONF)
+                rec.on = False
+                res.detections += to_coco_results(by_name[p.name], det.boxes, det.scores, det.classes)
+                g, groups, act = _flops_of(dm, rec.inputs, cache)
+                res.gflops.append(g)
+                res.gflops_groups.append(groups)
+                res.active.append(act)
+                bar.update()
+        finally:
+            rec.close()
+        res.metrics = coco_metrics(gt, res.detections)
+    bar.close()
+    if repeats > 0:
+        bar = tqdm(total=repeats * len(runners) * len(images), desc="latency", disable=not progress, leave=False)
+        for _ in range(repeats):
+            for key, runner in runners.items():
+                for p in images:
+                    t0 = time.perf_counter()
+                    runner(pixels[p], DEPLOY_CONF)
+                    results[key].latency.append(time.perf_counter() - t0)
+                    bar.update()
+        bar.close()
+    if memory:
+        from sparseyolo.bench.common import PeakRSS
+
+        probe = PeakRSS(pin_allocator=False)
+        largest = max(images, key=lambda p: pixels[p].size)
+        for key, runner in runners.items():
+            _, results[key].peak_mib = probe.measure(lambda r=runner: r(pixels[largest], DEPLOY_CONF))
+    return list(results.values())

@@ -1,0 +1,96 @@
+"""Executed FLOPs of one forward of a YOLO detection model on a real input.
+
+Dense layers are counted by `torch.utils.flop_counter.FlopCounterMode` on the ops they run; sparse blocks
+analytically from the active sites they actually process (2 * kernel-map pairs * C_in * C_out / groups per
+conv), since their gather/GEMM/scatter kernels are not seen by the counter. A multiply-add counts 2 FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# YOLOv8 layer groups (indices of Ultralytics' yolov8.yaml, kept by SparseYOLO's YAMLs)
+GROUPS = (("stem 0-4", range(0, 5)), ("backbone 5-9", range(5, 10)), ("neck 10-21", range(10, 22)))
+
+
+def group_of(i: int, n_layers: int) -> str:
+    if i == n_layers - 1:
+        return "head"
+    for name, rng in GROUPS:
+        if i in rng:
+            return name
+    return "other"
+
+
+def _conv_flops(conv, mask: Tensor) -> tuple[float, Tensor]:
+    """Executed FLOPs of one sparse conv (`SConv`-like: k, s, p, d, g, c1, c2) on active `mask (B, H, W)`."""
+    m = mask[:, None].float()
+    k, s, p, d, g = conv.k, conv.s, conv.p, conv.d, conv.g
+    if k == 1 and s == 1:
+        pairs, out = m.sum(), mask
+    elif s == 1:  # submanifold: pairs between active sites only
+        cnt = F.conv2d(m, torch.ones(1, 1, k, k), padding=p, dilation=d)
+        pairs, out = (cnt * m).sum(), mask
+    else:  # strided: every output whose window holds an active input
+        cnt = F.conv2d(m, torch.ones(1, 1, k, k), stride=s, padding=p, dilation=d)
+        pairs, out = cnt.sum(), cnt[:, 0] > 0
+    return 2.0 * float(pairs) * conv.c1 * conv.c2 / g, out
+
+
+def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
+    """Executed FLOPs of a sparse block and its output active mask, from its input active `mask (B, H, W)`."""
+    from sparseyolo.nn import SC2f, SConv
+
+    if isinstance(block, SC2f):
+        f, mask = _conv_flops(block.cv1, mask)
+        for b in block.m:
+            f1, mask = _conv_flops(b.cv1, mask)
+            f2, mask = _conv_flops(b.cv2, mask)
+            f += f1 + f2
+        f2, mask = _conv_flops(block.cv2, mask)
+        return f + f2, mask
+    if isinstance(block, SConv):
+        return _conv_flops(block, mask)
+    raise TypeError(f"no FLOP rule for sparse block {type(block).__name__}")
+
+
+@torch.no_grad()
+def executed_flops(model, x: Tensor) -> dict:
+    """Executed FLOPs of `model` (an Ultralytics DetectionModel, eval mode) on `x (B, 3, H, W)`.
+
+    Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None}`;
+    `active` is the stem's kept fraction of input pixels (None for a dense model). Sparse blocks must form a
+    chain starting at a `SparseStem` (as in SparseYOLO's YAMLs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sparseyolo.nn import SparseBlock, SparseStem
+
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"executed_flops expects an input batch Tensor[B, C, H, W], got {getattr(x, 'shape', x)}")
+    layers, y, mask, active = {}, [], None, None
+    n = len(model.model)
+    for m in model.model:
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        if isinstance(m, SparseStem):
+            mask = m.sparsify(x)[0]
+            active = float(mask.float().mean())
+            layers[m.i], mask = sparse_block_flops(m, mask)
+            x = m(x)
+        elif isinstance(m, SparseBlock):
+            if mask is None or m.f != -1:
+                raise ValueError(f"layer {m.i}: sparse blocks must follow a SparseStem in a chain")
+            layers[m.i], mask = sparse_block_flops(m, mask)
+            x = m(x)
+        else:
+            with FlopCounterMode(display=False) as fc:
+                x = m(x)
+            layers[m.i] = float(fc.get_total_flops())
+        y.append(x if m.i in model.save else None)
+    groups: dict[str, float] = {}
+    for i, f in layers.items():
+        g = group_of(i, n)
+        groups[g] = groups.get(g, 0.0) + f
+    return {"total": sum(layers.values()), "groups": groups, "layers": layers, "active": active}
