@@ -9,6 +9,7 @@ from ultralytics import YOLO as _UltralyticsYOLO
 from sparseyolo import __version__
 from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
 from sparseyolo.yolo.model import SparseDetectionModel
+from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files
 from sparseyolo.yolo.train import SparseDetectionTrainer
 
 
@@ -30,6 +31,10 @@ class YOLO(_UltralyticsYOLO):
         sparsify: str | dict | None = None,
     ):
         sparsify = parse_sparsify(sparsify)
+        reference = None
+        if isinstance(model, (str, Path)) and is_reference_name(str(model)):
+            reference = str(model)  # a shipped reference model: its YAML, then its weights (below)
+            model = str(reference_files(reference)[0])
         if isinstance(model, (str, Path)):
             model = str(model)
             suffix = Path(model).suffix.lower()
@@ -64,13 +69,44 @@ class YOLO(_UltralyticsYOLO):
                     "retrain/convert from its YAML."
                 ) from e
             raise
-        if sparsify and not str(getattr(self, "cfg", "") or "").endswith((".yaml", ".yml")):
+        if reference is not None:
+            self._load_reference(reference)
+        if sparsify and (reference is not None or not str(getattr(self, "cfg", "") or "").endswith((".yaml", ".yml"))):
             configure_sparsify(self.model, sparsify)
         saved = getattr(self.model, "sparseyolo_version", None)
         if saved is not None and saved != __version__:
             from ultralytics.utils import LOGGER
 
             LOGGER.warning(f"checkpoint was written by sparseyolo {saved}, this is {__version__}")
+
+    def _load_reference(self, name: str) -> None:
+        """Replace the freshly built model by the shipped reference model `name` (weights, class names)."""
+        ref = load_reference_model(name)
+        ref.args = self.model.args
+        ref.task = "detect"
+        self.model = ref
+        self.ckpt = {"model": ref}  # so that `train()` fine-tunes from these weights
+        self.model_name = name
+        self.reference = name
+
+    def export(self, stem: str = "dense", **kwargs):
+        """Ultralytics' `export`, with sparse blocks run as their dense masked equivalent (the same numbers in
+        a graph that ONNX/TorchScript can trace). `stem="sparse"` is refused for models with sparse blocks."""
+        from sparseyolo.nn import SparseBlock, set_export_dense
+
+        if stem not in ("dense", "sparse"):
+            raise ValueError(f"stem must be 'dense' or 'sparse', got {stem!r}")
+        has_sparse = any(isinstance(m, SparseBlock) for m in self.model.modules())
+        if stem == "sparse" and has_sparse:
+            raise ValueError(
+                "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
+                "use stem='dense', which exports the same computation as dense masked convolutions"
+            )
+        set_export_dense(self.model, True)
+        try:
+            return super().export(**kwargs)
+        finally:
+            set_export_dense(self.model, False)
 
     @property
     def task_map(self):
@@ -104,7 +140,7 @@ def configure_sparsify(model, sparsify: dict) -> None:
         raise ValueError("sparsify settings given, but the model has no SparseStem layer")
     for m in stems:
         old = m.sparsify
-        kw = {k: getattr(old, k) for k in ("method", "threshold", "keep", "max_active", "dilate")}
+        kw = {k: getattr(old, k) for k in ("method", "threshold", "keep", "max_active", "dilate", "target")}
         kw.update(sparsify)
         new = Sparsifier(m.c1, **kw).to(next(m.parameters()).device)
         if new.head is not None and old.head is not None:

@@ -2,7 +2,8 @@
 
 The sparse engine's gather/scatter kernels do not export; the dense masked path computes the same numbers with
 `conv2d`/`max_pool2d`/`topk` (inactive sites zero, budgets and dilation included), so the exported graph
-reproduces the sparse model's outputs at dense cost.
+reproduces the sparse model's outputs at dense cost. `sparseyolo.YOLO.export` does this itself; this function
+serves the CLI and any Ultralytics `Model`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from sparseyolo.nn import SparseBlock, set_export_dense
 
 def export(model, stem: str = "dense", **kwargs):
     """`model.export(**kwargs)` with every sparse block in dense masked mode; returns the exported file path."""
-    if stem != "dense":
-        if any(isinstance(m, SparseBlock) for m in model.model.modules()):
-            raise ValueError(
-                "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
-                "use stem=dense, which exports the same computation as dense masked convolutions"
-            )
+    from sparseyolo.yolo.api import YOLO
+
+    if isinstance(model, YOLO):
+        return model.export(stem=stem, **kwargs)
+    if stem != "dense" and any(isinstance(m, SparseBlock) for m in model.model.modules()):
+        raise ValueError(
+            "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
+            "use stem=dense, which exports the same computation as dense masked convolutions"
+        )
     set_export_dense(model.model, True)
     try:
         return model.export(**kwargs)

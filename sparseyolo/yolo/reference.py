@@ -1,0 +1,213 @@
+"""Reference models: one training recipe for every variant, and the shipped checkpoints it produced.
+
+The recipe (`sparseyolo demo --train`) trains each variant from scratch on the deepforest aerial tiles with an
+identical budget and fixed seeds. Its results ship inside the package as `<name>.yaml` (the model YAML) +
+`<name>.safetensors` (fp16 weights: plain tensors, no pickled classes, so a newer SparseYOLO or Ultralytics
+still loads them) + `<name>.json` (recipe command, seed, epochs, measured metrics). `YOLO("yolov8n-aerial")`
+resolves such a name to those files, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A reference model: its shipped name and the model YAML it is trained from."""
+
+    name: str
+    cfg: str
+    note: str = ""
+    seed: int = 0  # replaces the recipe's seed (a second seed of a variant measures the seed-to-seed spread)
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("yolov8n-aerial", "yolov8n.yaml", "stock Ultralytics YOLOv8n"),
+        Variant("yolov8n-aerial-seed1", "yolov8n.yaml", "yolov8n-aerial with seed 1: the seed-to-seed spread", 1),
+        Variant(
+            "yolov8n-sparse-aerial",
+            "yolov8n-sparse-budget.yaml",
+            "sparse stem, learned sparsifier trained to a target active fraction",
+        ),
+    )
+}
+
+
+@dataclass
+class Recipe:
+    """The training budget shared by every variant (Ultralytics train arguments)."""
+
+    epochs: int = 200
+    imgsz: int = 320
+    batch: int = 8
+    nbs: int = 8  # one optimizer step per batch (Ultralytics' default 64 would step every 8 batches)
+    seed: int = 0  # each variant's own `seed` replaces it
+    tile: int = 320
+    overlap: float = 0.2
+    extra: dict = field(default_factory=lambda: {"close_mosaic": 10, "patience": 0, "cache": "ram"})
+
+    def train_args(self) -> dict:
+        return {
+            "epochs": self.epochs,
+            "imgsz": self.imgsz,
+            "batch": self.batch,
+            "nbs": self.nbs,
+            "seed": self.seed,
+            "deterministic": True,
+            "device": "cpu",
+            "workers": 0,
+            "amp": False,
+            **self.extra,
+        }
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def is_reference_name(name: str) -> bool:
+    """True for a shipped reference model name such as `yolov8n-aerial` (no suffix, no path)."""
+    return "/" not in name and "\\" not in name and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
+
+
+def reference_files(name: str) -> tuple[Path, Path, Path]:
+    """`(yaml, safetensors, json)` of a shipped reference model; a clear error naming the shipped ones."""
+    files = tuple(WEIGHTS_DIR / f"{name}{ext}" for ext in (".yaml", ".safetensors", ".json"))
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"reference model {name!r} is not shipped (missing {missing}); shipped: {shipped_names() or 'none'}. "
+            "Train them with `sparseyolo demo --train`."
+        )
+    return files
+
+
+def reference_info(name: str) -> dict:
+    return json.loads(reference_files(name)[2].read_text())
+
+
+def save_reference(model, name: str, info: dict, out_dir: Path = WEIGHTS_DIR) -> Path:
+    """Write `model` (a DetectionModel) as `<name>.yaml` + fp16 `<name>.safetensors` + `<name>.json`."""
+    import yaml
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in model.yaml.items() if k not in ("yaml_file", "channels")}
+    cfg["nc"] = int(model.nc) if hasattr(model, "nc") else cfg.get("nc")
+    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        sd[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    save_file(sd, str(out_dir / f"{name}.safetensors"))
+    (out_dir / f"{name}.safetensors").chmod(0o644)
+    info = {**info, "names": {int(k): v for k, v in dict(getattr(model, "names", {}) or {}).items()}}
+    (out_dir / f"{name}.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return out_dir / f"{name}.safetensors"
+
+
+def load_reference_model(name: str):
+    """Build the shipped reference model `name` as a `SparseDetectionModel` (fp32, eval mode)."""
+    from safetensors.torch import load_file
+
+    from sparseyolo.yolo.model import SparseDetectionModel
+
+    cfg, weights, meta = reference_files(name)
+    info = json.loads(meta.read_text())
+    model = SparseDetectionModel(str(cfg), verbose=False)
+    sd = load_file(str(weights))
+    own = model.state_dict()
+    bad = sorted(k for k in own if k not in sd) + sorted(k for k in sd if k not in own)
+    if bad:
+        raise RuntimeError(f"reference weights {weights.name} do not match {cfg.name}: {bad[:5]} ...")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+    model.names = {int(k): v for k, v in info.get("names", {}).items()} or {0: "item0"}
+    model.args = {"imgsz": info.get("recipe", {}).get("imgsz", 640), "task": "detect"}
+    model.stride = model.stride if hasattr(model, "stride") else None
+    return model.eval()
+
+
+# --- the recipe --------------------------------------------------------------------------------------------
+
+
+def recipe_command(recipe: Recipe, variants: list[str]) -> str:
+    default = Recipe()
+    parts = ["sparseyolo", "demo", "--train"]
+    if variants != list(VARIANTS):
+        parts += ["--variants", ",".join(variants)]
+    if recipe.epochs != default.epochs:
+        parts += ["--epochs", str(recipe.epochs)]
+    return shlex.join(parts)
+
+
+def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, threads: int = 2, log=print):
+    """Train (or resume) one variant under `project/<name>`; returns the path of its best checkpoint."""
+    import dataclasses
+
+    import torch
+
+    from sparseyolo.yolo.api import YOLO
+
+    torch.set_num_threads(threads)
+    recipe = dataclasses.replace(recipe, seed=variant.seed)
+    name = variant.name
+    run_dir = project / name
+    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
+    done = run_dir / "finished.json"
+    if done.is_file() and json.loads(done.read_text()).get("recipe") == asdict(recipe) and best.is_file():
+        log(f"{variant.name}: already trained ({run_dir}), reused")
+        return best
+    t0 = time.time()
+    if last.is_file():
+        log(f"{variant.name}: resuming from {last}")
+        model = YOLO(str(last))
+        model.train(resume=True)
+    else:
+        log(f"{name}: training {variant.cfg} for {recipe.epochs} epochs, seed {recipe.seed} ({run_dir})")
+        model = YOLO(variant.cfg)
+        model.train(data=str(data_yaml), project=str(project), name=name, exist_ok=True, **recipe.train_args())
+    done.write_text(json.dumps({"recipe": asdict(recipe), "seconds": time.time() - t0}))
+    return best
+
+
+def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, metrics: dict | None = None) -> Path:
+    """Save the final (EMA) weights of a trained run as the shipped reference files of `variant`.
+
+    The last epoch is shipped, not Ultralytics' `best.pt`: the validation tiles come from the held-out region
+    that the evaluation measures, so choosing an epoch on them would tune the model to the test region."""
+    import csv
+    import dataclasses
+
+    import torch
+
+    recipe = dataclasses.replace(recipe, seed=variant.seed)
+    last = run_dir / "weights" / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"no trained weights for {variant.name}: {last} is missing")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt["model"]).float()
+    rows = list(csv.DictReader(open(run_dir / "results.csv"))) if (run_dir / "results.csv").is_file() else []
+    final = {k.strip(): float(v) for k, v in rows[-1].items()} if rows else {}
+    info = {
+        "name": variant.name,
+        "cfg": variant.cfg,
+        "note": variant.note,
+        "command": command,
+        "recipe": asdict(recipe),
+        "epochs_trained": len(rows),
+        "train_seconds": final.get("time"),
+        "final_epoch_val_tiles": {k: v for k, v in final.items() if k.startswith(("metrics/", "val/"))},
+        "metrics": metrics or {},
+        "python": sys.version.split()[0],
+    }
+    return save_reference(model, variant.name, info)
