@@ -10,6 +10,9 @@ import sys
 USAGE = """usage: sparseyolo COMMAND [ARGS]
 
 commands:
+  demo [--train]              the main job: shipped reference detectors on held-out aerial data, side by side
+  eval model=... data=...     COCO metrics, executed GFLOPs, latency and memory of models x inference methods
+  data aerial|synth|fetch     build datasets (deepforest aerial tiles, synthetic scenes), fetch sample data
   bench NAME [options]        run a benchmark (`sparseyolo bench --help` lists them)
   train|val|predict|export    Ultralytics modes with SparseYOLO modules registered: key=value arguments
   convert                     turn the first stages of a dense YOLOv8 checkpoint into sparse blocks
@@ -28,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         from sparseyolo.bench import main as bench_main
 
         return bench_main(rest)
+    if command == "demo":
+        from sparseyolo.demo import main as demo_main
+
+        return demo_main(rest)
+    if command == "eval":
+        from sparseyolo.eval.cli import main as eval_main
+
+        return eval_main(rest)
+    if command == "data":
+        from sparseyolo.data.cli import main as data_main
+
+        return data_main(rest)
     if command in YOLO_COMMANDS:
         from sparseyolo.yolo.cli import main as yolo_main
 
