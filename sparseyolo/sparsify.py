@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 METHODS = ("nonzero", "threshold", "gradient", "learned")
+# The sparsify settings, in the order of `SparseStem`'s YAML args after (c2, k, s) (its signature is the one
+# source of those positions); `Sparsifier` takes the ones after `threshold` by name only.
+SETTINGS = ("method", "threshold", "keep", "dilate", "max_active", "target")
 
 
 def score_nonzero(x: Tensor) -> Tensor:
@@ -135,8 +138,7 @@ class Sparsifier(nn.Module):
 
     `forward(x: Tensor[B, C, H, W]) -> (mask: bool[B, H, W], gate: Tensor[B, 1, H, W] | None)`; `gate` is the
     straight-through factor of the `learned` method (1.0 forward, soft-mask gradient backward): multiply it
-    into
-    the kept features so the detection loss trains the head. For the other methods it is None.
+    into the kept features so the detection loss trains the head. For the other methods it is None.
     """
 
     target: float | None = None  # class default: checkpoints pickled before `target` existed load unchanged
@@ -146,11 +148,12 @@ class Sparsifier(nn.Module):
         c1: int = 3,
         method: str = "nonzero",
         threshold: float = 0.0,
+        *,
         keep: float = 1.0,
-        max_active: int | None = None,
         dilate: int = 0,
-        head_stride: int = 4,
+        max_active: int | None = None,
         target: float | None = None,
+        head_stride: int = 4,
     ):
         super().__init__()
         if method not in METHODS:
@@ -172,6 +175,11 @@ class Sparsifier(nn.Module):
         self.keep, self.max_active, self.dilate = float(keep), max_active, int(dilate)
         self.head = MaskHead(c1, stride=head_stride) if method == "learned" else None
         self._aux = None  # (logits, mask) of the last forward; never saved (see __getstate__)
+
+    @property
+    def no_budget(self) -> bool:
+        """`nonzero` without a keep ratio or cap: the mask is every pixel with a non-zero channel (then dilated)."""
+        return self.method == "nonzero" and self.keep >= 1.0 and self.max_active is None
 
     def extra_repr(self) -> str:
         return (
@@ -200,7 +208,7 @@ class Sparsifier(nn.Module):
     def forward(self, x: Tensor):
         if x.dim() != 4 or x.shape[1] != self.c1:
             raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
-        if self.method == "nonzero" and self.keep >= 1.0 and self.max_active is None:
+        if self.no_budget:
             mask = any_nonzero(x)  # no budget: the score is not needed (cheaper than |x|.sum)
             s, logits = None, None
         else:

@@ -242,9 +242,9 @@ class SC2f(SparseBlock):
 class SparseStem(SConv):
     """Dense image in -> sparsify -> strided sparse conv (conv -> BN -> SiLU) -> sparse out (or dense).
 
-    `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None)`;
-    `conv`/`bn`
-    have the shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
+    `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None)`
+    (the YAML args; `sparseyolo.yolo.cfg` reads their positions from this signature). `conv`/`bn` have the
+    shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
     See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
     """
 
@@ -252,7 +252,8 @@ class SparseStem(SConv):
         self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None
     ):
         super().__init__(c1, c2, k, s)
-        self.sparsify = Sparsifier(c1, method, threshold, keep, max_active, dilate, target=target)
+        settings = dict(keep=keep, dilate=dilate, max_active=max_active, target=target)
+        self.sparsify = Sparsifier(c1, method, threshold, **settings)
 
     def forward(self, x):
         if not isinstance(x, Tensor) or x.dim() != 4:
@@ -269,7 +270,7 @@ class SparseStem(SConv):
             m = mask.unsqueeze(1).to(x.dtype)
             return self.finish(self.forward_masked(DenseMasked(x * m, m)))
         sp = self.sparsify
-        exact = sp.method == "nonzero" and sp.keep >= 1.0 and sp.max_active is None and sp.dilate == 0
+        exact = sp.no_budget and sp.dilate == 0
         return self.finish(self.forward_from_dense(x, mask, zero_outside=exact))
 
     # aux protocol: forwarded to the sparsifier

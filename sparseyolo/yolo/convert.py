@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sparseyolo import __version__
+from sparseyolo.yolo.cfg import stem_args
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
 
@@ -51,7 +52,8 @@ def sparse_yaml(
             c2, k, s = (list(args) + [1, 1])[:3]
             if len(args) > 3:
                 raise ValueError(f"layer 0 Conv args {args}: only (c2, k, s) are supported by SparseStem")
-            rows[i] = [f, n, "SparseStem", [c2, k, s, method, threshold, keep, dilate, max_active]]
+            settings = dict(method=method, threshold=threshold, keep=keep, dilate=dilate, max_active=max_active)
+            rows[i] = [f, n, "SparseStem", stem_args(c2, k, s, **settings)]
         else:
             rows[i] = [f, n, DENSE_TO_SPARSE[name], list(args)]
     d.pop("yaml_file", None)

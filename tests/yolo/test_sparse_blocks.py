@@ -178,3 +178,22 @@ def test_sparse_chain_passes_sparse_tensors():
     h = stem(x)
     assert isinstance(h, SparseConvTensor) and 0 < h.num_active < h.batch_size * h.spatial_shape[0] * h.spatial_shape[1]
     assert c(h).shape == (2, 16, 10, 13)
+
+
+def test_sparsify_settings_have_one_order():
+    """SparseStem's signature is the one source of its YAML arg positions; Sparsifier takes settings by name."""
+    import inspect
+
+    from sparseyolo.sparsify import SETTINGS
+    from sparseyolo.yolo.cfg import stem_args, stem_params
+
+    names, defaults = stem_params()
+    assert names == ["c2", "k", "s", *SETTINGS] == list(inspect.signature(SparseStem).parameters)[1:]
+    assert defaults[:5] == [None, 3, 2, "nonzero", 0.0]
+    assert stem_args(16, 3, 2, method="nonzero", max_active=9) == [16, 3, 2, "nonzero", 0.0, 1.0, 0, 9]
+    with pytest.raises(TypeError):
+        Sparsifier(3, "nonzero", 0.0, 0.5)  # keep and later settings are keyword-only: no silent reordering
+    stem = SparseStem(3, 8, 3, 2, "nonzero", 0.0, 1.0, 2, 100)
+    assert (stem.sparsify.dilate, stem.sparsify.max_active) == (2, 100)
+    assert Sparsifier(3, "nonzero").no_budget and not Sparsifier(3, "nonzero", keep=0.5).no_budget
+    assert not Sparsifier(3, "threshold").no_budget and not Sparsifier(3, "nonzero", max_active=5).no_budget

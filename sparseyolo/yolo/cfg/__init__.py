@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sparseyolo.sparsify import SETTINGS
+
 CFG_DIR = Path(__file__).parent
 
 
@@ -30,9 +32,30 @@ def list_cfgs() -> list[str]:
     return sorted(p.name for p in CFG_DIR.glob("*.yaml"))
 
 
-SPARSIFY_KEYS = ("method", "threshold", "keep", "dilate", "max_active", "target")
-_STEM_ARG_INDEX = {"method": 3, "threshold": 4, "keep": 5, "dilate": 6, "max_active": 7, "target": 8}
-_STEM_DEFAULTS = [None, 3, 2, "nonzero", 0.0, 1.0, 0, None, None]
+SPARSIFY_KEYS = SETTINGS  # the sparsify settings of a SparseStem, in YAML order
+
+
+def stem_params() -> tuple[list[str], list]:
+    """Names and defaults of `SparseStem`'s YAML args `(c2, k, s, *SPARSIFY_KEYS)`, read from its signature."""
+    import inspect
+
+    from sparseyolo.nn import SparseStem
+
+    params = list(inspect.signature(SparseStem).parameters.values())[1:]  # after c1 (given by the parser)
+    return [p.name for p in params], [None if p.default is p.empty else p.default for p in params]
+
+
+def stem_args(c2, k, s, **settings) -> list:
+    """`SparseStem` YAML args for `settings` (names in SPARSIFY_KEYS), up to the last one given."""
+    names, defaults = stem_params()
+    bad = sorted(set(settings) - set(names[3:]))
+    if bad:
+        raise ValueError(f"unknown sparsify setting(s) {bad}; expected {', '.join(SPARSIFY_KEYS)}")
+    given = [i for i, name in enumerate(names) if name in settings]
+    args = [c2, k, s] + defaults[3:]
+    for i in given:
+        args[i] = settings[names[i]]
+    return args[: max(given, default=2) + 1]
 
 
 def parse_sparsify(spec) -> dict:
@@ -62,9 +85,10 @@ def customize_yaml(d: dict, sparsify: dict) -> dict:
     for row in list(d.get("backbone") or []) + list(d.get("head") or []):
         if row[2] == "SparseStem":
             found = True
-            args = list(row[3]) + _STEM_DEFAULTS[len(row[3]) :]
+            names, defaults = stem_params()
+            args = list(row[3]) + defaults[len(row[3]) :]
             for k, v in sparsify.items():
-                args[_STEM_ARG_INDEX[k]] = v
+                args[names.index(k)] = v
             row[3] = args
     if not found:
         raise ValueError("sparsify settings given, but the model has no SparseStem layer")
