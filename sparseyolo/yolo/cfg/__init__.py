@@ -8,6 +8,14 @@ from pathlib import Path
 from sparseyolo.sparsify import SETTINGS
 
 CFG_DIR = Path(__file__).parent
+# The scale letter after the version in a model name (yolov8n-sparse.yaml: n), as Ultralytics reads it.
+SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")
+
+
+def unscaled_name(name: str) -> str:
+    """`yolov8n-sparse.yaml` -> `yolov8-sparse.yaml`: the file Ultralytics loads for every scale of a model."""
+    p = Path(name)
+    return SCALE_IN_NAME.sub(r"\1\3", p.stem) + p.suffix
 
 
 def resolve_cfg(name: str) -> str:
@@ -15,14 +23,12 @@ def resolve_cfg(name: str) -> str:
 
     An existing file is returned as is. Otherwise `yolov8n-sparse.yaml` resolves to
     `<cfg dir>/yolov8n-sparse.yaml`: Ultralytics then reads `yolov8-sparse.yaml` and takes scale `n` from the
-    name.
-    Anything else (e.g. Ultralytics' own `yolov8n.yaml`) is returned unchanged.
+    name. Anything else (e.g. Ultralytics' own `yolov8n.yaml`) is returned unchanged.
     """
     p = Path(name)
     if p.exists() or p.suffix.lower() not in (".yaml", ".yml"):
         return str(name)
-    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", p.stem) + p.suffix
-    for candidate in (p.name, unified):
+    for candidate in (p.name, unscaled_name(p.name)):
         if (CFG_DIR / candidate).is_file():
             return str(CFG_DIR / p.name)
     return str(name)
