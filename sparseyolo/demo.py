@@ -110,14 +110,20 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
         {k: v for k, v in tiles["per_image_gflops"].items()}, out / "tiles_gflops.png", "executed GFLOPs per val tile"
     )
     img = read_image(full_image)
-    gt_boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                         for a in gt_full["annotations"]]).reshape(-1, 4)
+    gt_boxes = np.array(
+        [
+            [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+            for a in gt_full["annotations"]
+        ]
+    ).reshape(-1, 4)
     panels = []
     for name, dets in full["detections"].items():
         if name.startswith(DENSE_SEED1):
             continue
         kept = [d["bbox"] for d in dets if d["score"] >= 0.25]
-        panels.append((f"{name} (conf >= 0.25)", np.array([[x, y, x + w, y + h] for x, y, w, h in kept]).reshape(-1, 4)))
+        panels.append(
+            (f"{name} (conf >= 0.25)", np.array([[x, y, x + w, y + h] for x, y, w, h in kept]).reshape(-1, 4))
+        )
     plot_boxes_grid(img, gt_boxes, panels, out / "val_scene_boxes.png")
     tgt = targets(full["rows"])
     lines = [
@@ -234,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.train:
             run_training(a.epochs, variants, a.threads, a.project)
-        run_demo(a.out, a.repeats, a.force, a.threads, command=" ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)]))
+        run_demo(
+            a.out,
+            a.repeats,
+            a.force,
+            a.threads,
+            command=" ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)]),
+        )
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sparseyolo demo: error: {e}", file=sys.stderr)
         return 1

@@ -83,10 +83,11 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
 def topk_mask(score: Tensor, fraction: float) -> Tensor:
     """`bool[B, H, W]`: the `round(fraction * H * W)` highest-scoring pixels of each image of `score (B, H, W)`."""
     B, H, W = score.shape
-    k = min(H * W, max(1, round(fraction * H * W)))
+    k = min(int(H * W), max(1, int(fraction * H * W + 0.5)))  # int(): a constant when traced for export
     idx = score.reshape(B, -1).topk(k, dim=1).indices
-    out = torch.zeros(B, H * W, dtype=torch.bool, device=score.device)
-    return out.scatter(1, idx, True).view(B, H, W)
+    ones = torch.ones(idx.shape, dtype=torch.float32, device=score.device)  # float scatter: traceable to ONNX
+    out = torch.zeros(B, H * W, dtype=torch.float32, device=score.device).scatter(1, idx, ones)
+    return (out > 0).view(B, H, W)
 
 
 def dilate_mask(mask: Tensor, r: int) -> Tensor:

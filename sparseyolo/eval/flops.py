@@ -39,9 +39,24 @@ def _conv_flops(conv, mask: Tensor) -> tuple[float, Tensor]:
     return 2.0 * float(pairs) * conv.c1 * conv.c2 / g, out
 
 
+def _stem_flops(stem, mask: Tensor) -> tuple[float, Tensor]:
+    """The stem's first conv reads the dense image at its output sites (`conv2d_at_sites`): every in-bounds
+    tap of every output site whose window holds an active pixel is multiplied, active or not."""
+    m = mask[:, None].float()
+    k, s, p, d = stem.k, stem.s, stem.p, stem.d
+    ones = torch.ones(1, 1, k, k)
+    out = F.conv2d(m, ones, stride=s, padding=p, dilation=d)[:, 0] > 0
+    taps = F.conv2d(torch.ones_like(m[:1]), ones, stride=s, padding=p, dilation=d)[:, 0]  # in-bounds taps
+    pairs = (taps * out.float()).sum()
+    return 2.0 * float(pairs) * stem.c1 * stem.c2 / stem.g, out
+
+
 def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
     """Executed FLOPs of a sparse block and its output active mask, from its input active `mask (B, H, W)`."""
-    from sparseyolo.nn import SC2f, SConv
+    from sparseyolo.nn import SC2f, SConv, SparseStem
+
+    if isinstance(block, SparseStem):
+        return _stem_flops(block, mask)
 
     if isinstance(block, SC2f):
         f, mask = _conv_flops(block.cv1, mask)

@@ -100,7 +100,7 @@ class YOLO(_UltralyticsYOLO):
         if stem == "sparse" and has_sparse:
             raise ValueError(
                 "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
-                "use stem='dense', which exports the same computation as dense masked convolutions"
+                "use stem=dense, which exports the same computation as dense masked convolutions"
             )
         set_export_dense(self.model, True)
         try:

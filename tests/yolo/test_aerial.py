@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparseyolo.data.aerial import SCENES, build_aerial_dataset, load_scene
+from sparseyolo.data.aerial import SCENES, VAL_SCENES, build_aerial_dataset, load_scene
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,14 @@ def test_scenes_match_published_counts(scenes):
 def test_build_yolo_tiles(scenes, tmp_path):
     yaml = build_aerial_dataset(tmp_path / "aer", tile=320, overlap=0)
     assert yaml.is_file() and "0: tree" in yaml.read_text()
-    val = list((tmp_path / "aer" / "labels" / "val").glob("*.txt"))
-    assert len(val) == 1
-    rows = np.loadtxt(val[0], ndmin=2)
-    assert len(rows) == 61 and np.all((rows[:, 1:] > 0) & (rows[:, 1:] <= 1))
-    train = list((tmp_path / "aer" / "images" / "train").glob("*.png"))
-    assert len(train) == 8 * 8 + 4 * 4 + 2 * 2  # 2472x2299 -> 8x8 tiles of 320, 1035x1249 -> 4x4, 400 -> 2x2
-    n_boxes = sum(
-        len(np.loadtxt(p, ndmin=2)) for p in (tmp_path / "aer" / "labels" / "train").glob("*.txt") if p.stat().st_size
-    )
-    assert 574 + 279 + 37 <= n_boxes <= 1.3 * (574 + 279 + 37)  # boxes cut by tile borders may count twice
+    root = tmp_path / "aer"
+    full = list((root / "labels" / "full").glob("*.txt"))
+    assert [p.stem for p in full] == [VAL_SCENES[0]]  # the held-out region, whole
+    rows = np.loadtxt(full[0], ndmin=2)
+    assert len(rows) == 279 and np.all((rows[:, 1:] > 0) & (rows[:, 1:] <= 1))
+    assert len(list((root / "images" / "val").glob("*.png"))) == 4 * 4  # 1035x1249 -> 4x4 tiles of 320
+    train = list((root / "images" / "train").glob("*.png"))
+    assert len(train) == 8 * 8 + 2 * 2 + 2 * 2  # 2472x2299 -> 8x8 tiles of 320, 400 -> 2x2
+    assert not any(VAL_SCENES[0] in p.name for p in train)  # split by region
+    n_boxes = sum(len(np.loadtxt(p, ndmin=2)) for p in (root / "labels" / "train").glob("*.txt") if p.stat().st_size)
+    assert 574 + 61 + 37 <= n_boxes <= 1.3 * (574 + 61 + 37)  # boxes cut by tile borders may count twice

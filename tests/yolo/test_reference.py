@@ -1,0 +1,152 @@
+"""Reference models: learned sparsifier with a target active fraction, shipped weights loaded by name without
+pickle, Python export of sparse models, the demo's target logic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparseyolo import YOLO
+from sparseyolo.sparsify import Sparsifier, calibrate_threshold
+from sparseyolo.yolo import reference
+from sparseyolo.yolo.reference import VARIANTS, load_reference_model, save_reference, shipped_names
+
+
+def test_target_keeps_a_fixed_share_per_image():
+    torch.manual_seed(0)
+    s = Sparsifier(3, "learned", target=0.25)
+    x = torch.rand(3, 3, 40, 48)
+    for mode in (s.train, s.eval):
+        mode()
+        mask, gate = s(x)
+        assert mask.shape == (3, 40, 48)
+        torch.testing.assert_close(mask.float().mean(dim=(1, 2)), torch.full((3,), 0.25))
+    # the kept pixels are the highest-scoring ones
+    score, _ = s.score(x)
+    for b in range(3):
+        assert score[b][mask[b]].min() >= score[b][~mask[b]].max()
+    assert s.aux_names == (["mask_loss"], ["active"])
+    with pytest.raises(ValueError, match="needs method='learned'"):
+        Sparsifier(3, "nonzero", target=0.3)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        Sparsifier(3, "learned", target=1.5)
+
+
+def test_calibrate_threshold_meets_the_target_and_follows_content():
+    torch.manual_seed(0)
+    s = Sparsifier(3, "learned", dilate=1, target=0.25).eval()
+    with torch.no_grad():  # a head whose logit is the mean intensity - 0.5: bright pixels are foreground
+        s.head.conv1.weight.zero_(), s.head.conv1.bias.fill_(0.0), s.head.conv2.weight.zero_()
+        s.head.conv1.weight[0, :, 1, 1] = 1.0 / 3
+        s.head.conv2.weight[0, 0, 1, 1] = 1.0
+        s.head.conv2.bias.fill_(-0.5)
+        s.head.conv1.bias.fill_(1.0)  # SiLU is ~linear above 1; keep it monotonic
+    dark, bright = torch.rand(1, 3, 64, 64) * 0.3, torch.rand(1, 3, 64, 64)
+    got = calibrate_threshold(s, [torch.cat([dark, bright])], active=0.3)
+    assert got == pytest.approx(0.3, abs=0.03)
+    assert s.target is None
+    m = s(torch.cat([dark, bright]))[0].float().mean(dim=(1, 2))
+    assert m[1] > m[0]  # the busier image keeps more
+    with pytest.raises(ValueError, match="learned"):
+        calibrate_threshold(Sparsifier(3, "nonzero"), [dark], 0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        calibrate_threshold(s, [dark], 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_threshold(s, [], 0.5)
+
+
+def test_budget_yaml_trains_with_fixed_share(tiny_data, runs_dir):
+    m = YOLO("yolov8n-sparse-budget.yaml")
+    m.train(
+        data=str(tiny_data),
+        project=str(runs_dir),
+        name="budget",
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        plots=False,
+        amp=False,
+        exist_ok=True,
+    )
+    assert m.trainer.loss_names == ("box_loss", "cls_loss", "dfl_loss", "mask_loss", "active")
+    active = float(m.trainer.tloss["active"])
+    assert 0.25 <= active < 0.9  # 25% kept, grown by the 2 px dilation
+
+
+def test_reference_roundtrip_without_pickle(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(0)
+    src = YOLO("yolov8n-sparse-budget.yaml")
+    src.model.names = {0: "tree"}
+    save_reference(src.model, "tiny-ref", {"command": "test"}, out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-ref.json", "tiny-ref.safetensors", "tiny-ref.yaml"]
+    assert shipped_names() == ["tiny-ref"]
+    from safetensors.torch import load_file
+
+    sd = load_file(str(tmp_path / "tiny-ref.safetensors"))  # plain tensors: no class is unpickled
+    assert all(v.dtype in (torch.float16, torch.int64, torch.long) for v in sd.values())
+    loaded = YOLO("tiny-ref")
+    assert loaded.model.names == {0: "tree"} and loaded.reference == "tiny-ref"
+    x = torch.rand(1, 3, 64, 64)
+    src.model.eval().half().float()  # the reference is stored in fp16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x)[0], src.model(x)[0], rtol=1e-3, atol=1e-3)
+    assert load_reference_model("tiny-ref").model[0].sparsify.target == 0.25
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        reference.reference_files("nope")
+    (tmp_path / "tiny-ref.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tiny-ref.json"):
+        YOLO("tiny-ref")
+
+
+@pytest.mark.parametrize("name", shipped_names())
+def test_shipped_reference_models(name, tiny_data):
+    info = json.loads((reference.WEIGHTS_DIR / f"{name}.json").read_text())
+    assert name in VARIANTS and info["command"].startswith("sparseyolo demo --train")
+    assert info["recipe"]["epochs"] >= 1 and info["names"] == {"0": "tree"}
+    m = YOLO(name)
+    assert m.model.names == {0: "tree"}
+    img = np.zeros((96, 128, 3), np.uint8)
+    res = m.predict(img, imgsz=128, device="cpu", verbose=False)
+    assert len(res) == 1
+
+
+def test_python_export_of_a_sparse_model_matches(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = YOLO("yolov8n-sparse-budget.yaml")
+    m.model.names = {0: "tree"}
+    path = m.export(format="onnx", imgsz=64, device="cpu", simplify=False)  # the Python API, as the CLI
+    x = torch.rand(1, 3, 64, 64)
+    m.model.eval()
+    with torch.no_grad():
+        ref = m.model(x)[0].numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="stem=dense"):
+        m.export(stem="sparse", format="onnx")
+
+
+def test_demo_targets():
+    from sparseyolo.demo import DENSE, DENSE_SEED1, SPARSE, targets
+
+    def row(model, method, ap, ms):
+        return {"model": model, "method": method, "ap_small": ap, "p50_ms": ms}
+
+    rows = [
+        row(DENSE, "native", 0.10, 900),
+        row(DENSE_SEED1, "native", 0.08, 950),
+        row(DENSE, "sahi", 0.09, 1500),
+        row(SPARSE, "native", 0.09, 500),
+    ]
+    t = {a: m for a, _, _, m in targets(rows)}
+    assert list(t.values()) == [True, True, True]
+    rows[-1] = row(SPARSE, "native", 0.07, 700)
+    t = {a: m for a, _, _, m in targets(rows)}
+    assert list(t.values()) == [False, False, False]
