@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/sparseyolo bench sparse-conv
+	$(VENV)/bin/sparseyolo demo
 
 test: setup
 	$(PY) -m pytest -q
