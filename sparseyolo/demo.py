@@ -166,7 +166,9 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
     return path
 
 
-def run_demo(out: Path, repeats: int = 5, force: bool = False, threads: int = 2, command: str = "sparseyolo demo"):
+def run_demo(
+    out: Path, repeats: int = 5, force: bool = False, threads: int = 2, command: str = "sparseyolo demo", memory=True
+):
     import platform
 
     import torch
@@ -190,7 +192,7 @@ def run_demo(out: Path, repeats: int = 5, force: bool = False, threads: int = 2,
         cache, "tiles", models, tile_imgs, tile_gt, [(n, "native") for n in models], 1, False, force
     )
     full_imgs, full_gt, _ = load_split(data.parent / "full.yaml", "val")
-    full = _evaluate_cached(cache, "full", models, full_imgs, full_gt, FULL_PLAN, repeats, True, force)
+    full = _evaluate_cached(cache, "full", models, full_imgs, full_gt, FULL_PLAN, repeats, memory, force)
     info = {"command": command, "seconds": time.time() - t0, "machine": f"{platform.machine()}, {threads} threads"}
     report = write_report(out, tiles, full, full_gt, full_imgs[0], info)
     print("\nWhole held-out scene (1249x1035) at native resolution:\n" + rows_table(full["rows"], markdown=False))

@@ -133,8 +133,9 @@ def yolo_lines(boxes: np.ndarray, w: int, h: int, cls: int = 0) -> list[str]:
     ]
 
 
-def coco_ground_truth(items: list[tuple[str, int, int, np.ndarray]]) -> dict:
-    """COCO detection ground truth from `(file_name, width, height, boxes xyxy)` items (image ids from 1)."""
+def coco_ground_truth(items: list[tuple[str, int, int, np.ndarray]], names: dict | None = None) -> dict:
+    """COCO detection ground truth from `(file_name, width, height, boxes xyxy)` items (image ids from 1);
+    every box has category 0; `names` (default: the aerial `{0: "tree"}`) gives the categories."""
     images, anns = [], []
     for i, (name, w, h, boxes) in enumerate(items, start=1):
         images.append({"id": i, "file_name": name, "width": int(w), "height": int(h)})
@@ -150,7 +151,7 @@ def coco_ground_truth(items: list[tuple[str, int, int, np.ndarray]]) -> dict:
                     "iscrowd": 0,
                 }
             )
-    cats = [{"id": k, "name": v} for k, v in NAMES.items()]
+    cats = [{"id": int(k), "name": v} for k, v in (names or NAMES).items()]
     return {"images": images, "annotations": anns, "categories": cats}
 
 

@@ -389,8 +389,7 @@ def build_synth_dataset(
         report["fg"] = {"mean": float(np.mean(fgs)), "min": float(np.min(fgs)), "max": float(np.max(fgs))}
         names = "".join(f"  {k}: {v}\n" for k, v in NAMES.items())
         (tmp / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
-        gt = coco_ground_truth(coco)
-        gt["categories"] = [{"id": k, "name": v} for k, v in NAMES.items()]
+        gt = coco_ground_truth(coco, NAMES)
         (tmp / "annotations").mkdir()
         (tmp / "annotations" / "val.json").write_text(json.dumps(gt))
         (tmp / "build.json").write_text(json.dumps(report, indent=1))  # last: marks the build complete

@@ -51,6 +51,13 @@ class YOLO(_UltralyticsYOLO):
 
                     d = customize_yaml(yaml_model_load(model), sparsify)
                     model = write_custom_yaml(d, model)
+            elif not suffix and not Path(model).exists() and "://" not in model:
+                from sparseyolo.yolo.reference import shipped_names
+
+                raise FileNotFoundError(
+                    f"model {model!r} is neither a file nor a shipped reference model "
+                    f"(shipped: {', '.join(shipped_names()) or 'none'}); or pass a model YAML or a .pt checkpoint"
+                )
             elif suffix == ".pt" and not Path(model).is_file():
                 raise FileNotFoundError(
                     f"checkpoint {model!r} not found. SparseYOLO runs offline: hub weights"

@@ -150,3 +150,22 @@ def test_demo_targets():
     rows[-1] = row(SPARSE, "native", 0.07, 700)
     t = {a: m for a, _, _, m in targets(rows)}
     assert list(t.values()) == [False, False, False]
+
+
+@pytest.mark.skipif(len(shipped_names()) < 3, reason="reference models not shipped")
+def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
+    from sparseyolo.demo import run_demo
+
+    try:
+        tiles, full = run_demo(tmp_path / "demo", repeats=0, memory=False)
+    except RuntimeError as e:
+        pytest.skip(f"deepforest data unavailable: {e}")
+    for f in ("report.md", "full.csv", "tiles.csv", "accuracy_vs_gflops.png", "val_scene_boxes.png"):
+        assert (tmp_path / "demo" / f).is_file(), f
+    rows = {(r["model"], r["method"]): r for r in full["rows"]}
+    assert rows["yolov8n-sparse-aerial", "native"]["active"] < 0.8  # the sparse reference is actually sparse
+    assert rows["yolov8n-aerial", "sahi"]["gflops"] > rows["yolov8n-aerial", "native"]["gflops"]
+    assert all(0.0 <= r["map50"] <= 1.0 for r in full["rows"] + tiles["rows"])
+    capsys.readouterr()
+    run_demo(tmp_path / "demo", repeats=0, memory=False)
+    assert capsys.readouterr().out.count("cached results reused") == 2
