@@ -71,7 +71,7 @@ def read_voc_boxes(xml_path: str | Path) -> np.ndarray:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """RGB `uint8 (H, W, 3)`; a clear error for a missing or undecodable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -79,8 +79,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"corrupt or unreadable image {path}: {e}") from e
+    except Exception as e:  # PIL raises OSError/SyntaxError/ValueError; plugins (e.g. HEIF openers) more
+        raise ValueError(f"corrupt or unreadable image {path}: {type(e).__name__}: {e}") from e
 
 
 def load_scene(name: str = SCENES[0]) -> tuple[np.ndarray, np.ndarray]:

@@ -125,11 +125,10 @@ class YOLO(_UltralyticsYOLO):
 def _ultralytics_has_cfg(name: str) -> bool:
     from ultralytics.utils.checks import check_yaml
 
-    try:
-        import re
+    from sparseyolo.yolo.cfg import unscaled_name
 
-        unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)
-        return bool(check_yaml(name, hard=False) or check_yaml(unified, hard=False))
+    try:
+        return bool(check_yaml(name, hard=False) or check_yaml(unscaled_name(name), hard=False))
     except Exception:
         return False
 
