@@ -105,7 +105,7 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
     write_rows(tiles["rows"], out / "tiles")
     write_rows(full["rows"], out / "full")
     plot_accuracy_vs_flops(full["rows"], out / "accuracy_vs_gflops.png", "map50")
-    plot_latency(full["rows"], out / "latency.png")
+    latency_png = plot_latency(full["rows"], out / "latency.png")
     plot_per_image_flops(
         {k: v for k, v in tiles["per_image_gflops"].items()}, out / "tiles_gflops.png", "executed GFLOPs per val tile"
     )
@@ -154,8 +154,7 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
         "",
         "![accuracy vs GFLOPs](accuracy_vs_gflops.png)",
         "",
-        "![latency](latency.png)",
-        "",
+        *(["![latency](latency.png)", ""] if latency_png else []),
         "![per-tile GFLOPs](tiles_gflops.png)",
         "",
         "![val scene](val_scene_boxes.png)",
@@ -204,6 +203,21 @@ def run_demo(
     return tiles, full
 
 
+def record_metrics(tiles: dict, full: dict, command: str) -> None:
+    """Write the demo's measured figures of each shipped model into its JSON (`metrics`)."""
+    from sparseyolo.yolo.reference import reference_files
+
+    for name in (DENSE, DENSE_SEED1, SPARSE):
+        meta = reference_files(name)[2]
+        info = json.loads(meta.read_text())
+        info["metrics"] = {
+            "measured_by": command,
+            "val_tiles": next((r for r in tiles["rows"] if r["model"] == name), None),
+            "val_scene_native": next((r for r in full["rows"] if r["model"] == name and r["method"] == "native"), None),
+        }
+        meta.write_text(json.dumps(info, indent=1) + "\n")
+
+
 def run_training(epochs: int | None, variants: list[str], threads: int, project: Path) -> None:
     from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.yolo.reference import VARIANTS, Recipe, recipe_command, ship_variant, train_variant
@@ -240,15 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
 
     try:
+        command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
             run_training(a.epochs, variants, a.threads, a.project)
-        run_demo(
-            a.out,
-            a.repeats,
-            a.force,
-            a.threads,
-            command=" ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)]),
-        )
+        tiles, full = run_demo(a.out, a.repeats, a.force, a.threads, command=command)
+        if a.train:
+            record_metrics(tiles, full, command)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sparseyolo demo: error: {e}", file=sys.stderr)
         return 1

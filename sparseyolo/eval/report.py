@@ -78,6 +78,7 @@ def plot_accuracy_vs_flops(rows: list[dict], path: Path, metric: str = "map50") 
             continue
         ax.scatter(r["gflops"], r[metric], s=60)
         ax.annotate(label(r), (r["gflops"], r[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.margins(x=0.3, y=0.15)  # room for the labels
     ax.set_xlabel("executed GFLOPs per image")
     ax.set_ylabel(metric)
     ax.set_title("Accuracy vs executed compute (full-resolution val scene)")
@@ -88,10 +89,13 @@ def plot_accuracy_vs_flops(rows: list[dict], path: Path, metric: str = "map50") 
     return path
 
 
-def plot_latency(rows: list[dict], path: Path) -> Path:
-    plt = _plt()
+def plot_latency(rows: list[dict], path: Path) -> Path | None:
+    """Horizontal p50 bars with p90 whiskers; None (nothing drawn) when no row was timed."""
     rows = [r for r in rows if r.get("p50_ms") is not None]
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(rows)))
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, max(2.0, 0.8 + 0.45 * len(rows))))
     y = np.arange(len(rows))
     p50 = [r["p50_ms"] for r in rows]
     p90 = [r["p90_ms"] for r in rows]

@@ -13,9 +13,9 @@ SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")
 
 
 def unscaled_name(name: str) -> str:
-    """`yolov8n-sparse.yaml` -> `yolov8-sparse.yaml`: the file Ultralytics loads for every scale of a model."""
+    """`yolov8n-sparse.yaml` -> `yolov8-sparse.yaml` (folder kept): the file Ultralytics loads for every scale."""
     p = Path(name)
-    return SCALE_IN_NAME.sub(r"\1\3", p.stem) + p.suffix
+    return str(p.with_name(SCALE_IN_NAME.sub(r"\1\3", p.stem) + p.suffix))
 
 
 def resolve_cfg(name: str) -> str:
