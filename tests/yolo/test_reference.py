@@ -160,7 +160,7 @@ def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
         tiles, full = run_demo(tmp_path / "demo", repeats=0, memory=False)
     except RuntimeError as e:
         pytest.skip(f"deepforest data unavailable: {e}")
-    for f in ("report.md", "full.csv", "tiles.csv", "accuracy_vs_gflops.png", "val_scene_boxes.png"):
+    for f in ("report.md", "full.csv", "tiles.csv", "accuracy_vs_gflops.png", "val_scene_boxes.jpg"):
         assert (tmp_path / "demo" / f).is_file(), f
     rows = {(r["model"], r["method"]): r for r in full["rows"]}
     assert rows["yolov8n-sparse-aerial", "native"]["active"] < 0.8  # the sparse reference is actually sparse
