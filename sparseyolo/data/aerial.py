@@ -13,14 +13,13 @@ Yellowstone scene), so no validation pixel is ever seen in training. Validation 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sparseyolo.data.build import atomic_build, data_yaml, prepare_out
 from sparseyolo.data.registry import cache_dir, fetch_member_files
 
 DEEPFOREST_REQUIREMENT = "deepforest==2.1.0"
@@ -227,24 +226,11 @@ def build_aerial_dataset(
         "val_scenes": list(val_scenes),
     }
     out = Path(out) if out is not None else cache_dir() / f"aerial-yolo-{tile}"
-    manifest = out / "build.json"
-    if out.exists():
-        try:
-            old = json.loads(manifest.read_text()).get("params") if manifest.is_file() else None
-        except (ValueError, AttributeError):  # an unreadable build.json: a damaged build, replaced with force
-            old = None
-        if old == params and not force:
-            return out / "data.yaml"
-        if not manifest.is_file() and (not out.is_dir() or any(out.iterdir())):  # never delete what we did not build
-            raise FileExistsError(f"{out} exists and is not a dataset build (no build.json); choose another --out")
-        if not force and manifest.is_file():
-            why = "was built with other parameters" if old else "holds a damaged build (unreadable build.json)"
-            raise FileExistsError(f"{out} {why}; choose another --out or pass force=True (--force) to replace it")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if prepare_out(out, params, force, "aerial"):
+        return out / "data.yaml"
     report = BuildReport(params=params)
     coco: dict[str, list] = {"val": [], "full": []}
-    try:
+    with atomic_build(out) as tmp:
         for split in ("train", "val", "full"):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -272,18 +258,12 @@ def build_aerial_dataset(
                     report.empty_tiles += int(len(cut.boxes) == 0 and split != "full")
                     if split in coco:
                         coco[split].append((f"{name}.png", tw, th, cut.boxes))
-        names = "".join(f"  {k}: {v}\n" for k, v in NAMES.items())
-        (tmp / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
-        (tmp / "full.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/full\nnames:\n{names}")
+        (tmp / "data.yaml").write_text(data_yaml(out, NAMES))
+        (tmp / "full.yaml").write_text(data_yaml(out, NAMES, val="images/full"))
         (tmp / "annotations").mkdir()
         for split, items in coco.items():
             (tmp / "annotations" / f"{split}.json").write_text(json.dumps(coco_ground_truth(items)))
         (tmp / "build.json").write_text(json.dumps(asdict(report), indent=1))  # last: marks the build complete
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"aerial dataset in {out}\n{report.summary()}")
     return out / "data.yaml"

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sparseyolo.data.aerial import coco_ground_truth, yolo_lines
+from sparseyolo.data.build import atomic_build, data_yaml, prepare_out
 
 NAMES = {0: "object"}
 SHAPES = ("rect", "ellipse")
@@ -279,34 +278,6 @@ def _scene_seeds(seed: int, n: int) -> list[int]:
     return [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(seed).spawn(n)]
 
 
-def _prepare_out(out: Path, params: dict, force: bool, what: str) -> bool:
-    """True when `out` holds a complete build with `params` (reuse it); raise when it holds anything else that
-    must not be replaced. Only an empty folder or a dataset build (with `build.json`) is ever replaced."""
-    if not out.exists():
-        return False
-    manifest = out / "build.json"
-    if not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another output folder")
-    old = None
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text()).get("params")
-        except (json.JSONDecodeError, AttributeError, OSError):
-            old = None
-    if old == params and not force:
-        return True
-    if not manifest.is_file() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and is not a dataset build (no build.json); not replacing it")
-    if not force and manifest.is_file():
-        if isinstance(old, dict) and old.get("dataset") == params["dataset"]:
-            diff = ", ".join(f"{k} {old.get(k)!r} there, {v!r} here" for k, v in params.items() if old.get(k) != v)
-            why = f"holds a {what} build with other parameters ({diff})"
-        else:
-            why = "holds another dataset build"
-        raise FileExistsError(f"{out} {why}; choose another output folder or pass force=True (--force) to replace it")
-    return False
-
-
 def build_synth_dataset(
     out: str | Path,
     n_images: int = 8,
@@ -354,13 +325,11 @@ def build_synth_dataset(
         "val_fraction": float(val_fraction),
     }
     out = Path(out)
-    if _prepare_out(out, params, force, "synthetic"):
+    if prepare_out(out, params, force, "synthetic"):
         return out / "data.yaml"
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     report = {"params": params, "images": {}, "boxes": {}, "per_image": []}
     coco = []
-    try:
+    with atomic_build(out) as tmp:
         for split in ("train", "val"):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -387,17 +356,11 @@ def build_synth_dataset(
                 coco.append((f"{name}.png", width, height, s.boxes))
         fgs = [p["fg"] for p in report["per_image"]]
         report["fg"] = {"mean": float(np.mean(fgs)), "min": float(np.min(fgs)), "max": float(np.max(fgs))}
-        names = "".join(f"  {k}: {v}\n" for k, v in NAMES.items())
-        (tmp / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+        (tmp / "data.yaml").write_text(data_yaml(out, NAMES))
         gt = coco_ground_truth(coco, NAMES)
         (tmp / "annotations").mkdir()
         (tmp / "annotations" / "val.json").write_text(json.dumps(gt))
         (tmp / "build.json").write_text(json.dumps(report, indent=1))  # last: marks the build complete
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"synthetic dataset in {out}\n{summary(report)}")
     return out / "data.yaml"
