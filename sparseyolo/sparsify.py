@@ -90,12 +90,28 @@ def topk_mask(score: Tensor, fraction: float) -> Tensor:
     return (out > 0).view(B, H, W)
 
 
+def expand_mask(mask: Tensor, stride: int, shape: tuple[int, int]) -> Tensor:
+    """`bool[B, h, w]` on a grid of `stride`-pixel blocks -> `bool[B, H, W]` (blocks repeated, cropped to `shape`)."""
+    if stride == 1:
+        return mask[:, : shape[0], : shape[1]]
+    up = F.interpolate(mask[:, None].float(), scale_factor=stride, mode="nearest")  # float: traceable to ONNX
+    return up[:, 0, : shape[0], : shape[1]] > 0.5
+
+
 def dilate_mask(mask: Tensor, r: int) -> Tensor:
-    """Grow a boolean `(B, H, W)` mask by `r` pixels (square neighbourhood)."""
+    """Grow a boolean `(B, H, W)` mask by `r` pixels (square neighbourhood): a separable OR of shifted copies,
+    ~50x faster than a (2r+1)^2 max-pool on CPU at full resolution."""
     if r <= 0:
         return mask
-    m = F.max_pool2d(mask.unsqueeze(1).float(), 2 * r + 1, 1, r)
-    return m.squeeze(1) > 0
+    B, H, W = mask.shape
+    padded = F.pad(mask.view(B, 1, H, W).to(torch.uint8), (r, r, r, r)).view(B, H + 2 * r, W + 2 * r).bool()
+    rows = padded[:, :, 0:W]
+    for k in range(1, 2 * r + 1):
+        rows = rows | padded[:, :, k : k + W]  # out of place: ONNX has no in-place OR
+    out = rows[:, 0:H]
+    for k in range(1, 2 * r + 1):
+        out = out | rows[:, k : k + H]
+    return out
 
 
 def boxes_to_mask(
@@ -209,29 +225,37 @@ class Sparsifier(nn.Module):
     def forward(self, x: Tensor):
         if x.dim() != 4 or x.shape[1] != self.c1:
             raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
+        if self.method == "learned":
+            return self._forward_learned(x)
         if self.no_budget:
             mask = any_nonzero(x)  # no budget: the score is not needed (cheaper than |x|.sum)
-            s, logits = None, None
         else:
-            s, logits = self.score(x)
-        if s is None:
-            pass
-        elif self.method == "nonzero":
-            mask = s > 0
-        elif self.target is not None:  # learned, fixed share per image
-            mask = topk_mask(s, self.target)
-        else:
-            mask = s > self.threshold
-        if s is not None:
+            s, _ = self.score(x)
+            mask = s > (0 if self.method == "nonzero" else self.threshold)
+            mask = apply_budget(mask, s, self.keep, self.max_active)
+        mask = dilate_mask(mask, self.dilate)
+        self._aux = (None, mask.detach())
+        return mask, None
+
+    def _forward_learned(self, x: Tensor):
+        """The head's logits are constant over each stride x stride block, so the decision is taken on the head's
+        grid and expanded to pixels; full-resolution scores are made only for a budget or the training gate."""
+        H, W = x.shape[-2:]
+        logits = self.head(x)  # (B, 1, h, w)
+        lo = topk_mask(logits[:, 0], self.target) if self.target is not None else logits[:, 0] > self.threshold
+        mask = expand_mask(lo, self.head.stride, (H, W))
+        budget = self.keep < 1.0 or self.max_active is not None
+        s = None
+        if budget or torch.is_grad_enabled():
+            s = F.interpolate(logits, scale_factor=self.head.stride, mode="nearest")[..., :H, :W].squeeze(1)
+        if budget:
             mask = apply_budget(mask, s, self.keep, self.max_active)
         mask = dilate_mask(mask, self.dilate)
         gate = None
-        if logits is not None:
+        if torch.is_grad_enabled():
             p = torch.sigmoid(s).unsqueeze(1)
             gate = (1.0 - p).detach() + p  # value 1, gradient dp (straight-through)
-            self._aux = (logits, mask.detach())
-        else:
-            self._aux = (None, mask.detach())
+        self._aux = (logits, mask.detach())
         return mask, gate
 
     # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) -------------------------------

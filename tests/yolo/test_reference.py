@@ -169,3 +169,39 @@ def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
     capsys.readouterr()
     run_demo(tmp_path / "demo", repeats=0, memory=False)
     assert capsys.readouterr().out.count("cached results reused") == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 5, 7), (3, 64, 33)])
+@pytest.mark.parametrize("r", [0, 1, 2, 5])
+def test_dilate_mask_equals_max_pool(shape, r):
+    import torch.nn.functional as F
+
+    from sparseyolo.sparsify import dilate_mask
+
+    m = torch.rand(*shape, generator=torch.Generator().manual_seed(r)) > 0.8
+    ref = F.max_pool2d(m.unsqueeze(1).float(), 2 * r + 1, 1, r).squeeze(1) > 0 if r else m
+    assert torch.equal(dilate_mask(m, r), ref)
+
+
+def test_learned_decision_on_the_head_grid_equals_full_resolution():
+    """The learned mask is taken on the head's grid and expanded; the full-resolution rule gives the same mask."""
+    import torch.nn.functional as F
+
+    from sparseyolo.sparsify import apply_budget, dilate_mask, topk_mask
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 37, 50)  # not a multiple of the head stride: partial border blocks
+    for kw in ({"threshold": 0.1}, {"threshold": -0.2, "keep": 0.3}):
+        s = Sparsifier(3, "learned", dilate=1, **kw).eval()
+        with torch.no_grad():
+            mask, gate = s(x)
+            score = F.interpolate(s.head(x), scale_factor=4, mode="nearest")[:, 0, :37, :50]
+        ref = apply_budget(score > s.threshold, score, s.keep, s.max_active)
+        assert gate is None and torch.equal(mask, dilate_mask(ref, 1))
+    s = Sparsifier(3, "learned", target=0.25).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        mask, _ = s(x)
+        blocks = topk_mask(s.head(x)[:, 0], 0.25)  # (1, 16, 16): a quarter of the blocks
+    assert torch.equal(mask, blocks.repeat_interleave(4, 1).repeat_interleave(4, 2))
+    assert mask.float().mean() == 0.25
