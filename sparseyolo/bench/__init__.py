@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "sparse conv engine vs dense F.conv2d/conv3d and spconv: time, speed-up, GFLOP/s, memory",
     ),
     "stem": ("sparseyolo.bench.stem", "hybrid sparse YOLOv8 stem vs the dense stem"),
+    "aerial": ("sparseyolo.bench.aerial", "reference detectors on the held-out aerial scene: where the time goes"),
 }
 
 

@@ -205,3 +205,18 @@ def test_learned_decision_on_the_head_grid_equals_full_resolution():
         blocks = topk_mask(s.head(x)[:, 0], 0.25)  # (1, 16, 16): a quarter of the blocks
     assert torch.equal(mask, blocks.repeat_interleave(4, 1).repeat_interleave(4, 2))
     assert mask.float().mean() == 0.25
+
+
+@pytest.mark.skipif(len(shipped_names()) < 3, reason="reference models not shipped")
+def test_bench_aerial_smoke(tmp_path, capsys):
+    from sparseyolo.bench import main
+
+    try:
+        rc = main(["aerial", "--repeats", "1", "--targets", "0.1", "--out", str(tmp_path)])
+    except RuntimeError as e:
+        pytest.skip(f"deepforest data unavailable: {e}")
+    out = capsys.readouterr().out
+    assert rc == 0 and "free-stem bound" in out and "sparsifier" in out
+    assert (tmp_path / "aerial.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["aerial", "--repeats", "0"])
