@@ -13,9 +13,8 @@ Strategies (`method`):
   turns that into a content-adaptive threshold whose mean active fraction on given images meets a target.
 
 All strategies then apply a budget, keep at most `keep * H * W` (ratio) and at most `max_active` pixels per
-image,
-the highest-scoring first, and finally dilate the mask by `dilate` pixels (a (2r+1)^2 max filter) for context;
-dilation happens after the budget, so it can grow the active set by up to (2r+1)^2 times.
+image, the highest-scoring first, and finally dilate the mask by `dilate` pixels (a square (2r+1)^2 window) for
+context; dilation happens after the budget, so it can grow the active set by up to (2r+1)^2 times.
 
 Everything is plain differentiable tensor code (also traceable to ONNX: `Sparsifier.forward` never branches on
 data).

@@ -17,9 +17,10 @@ class YOLO(_UltralyticsYOLO):
     """Drop-in for `ultralytics.YOLO`.
 
     - model YAML names resolve to SparseYOLO's shipped configs too (`yolov8n-sparse.yaml`);
-    - detection models are built as `SparseDetectionModel` and trained by `SparseDetectionTrainer`, also when
-      a
+    - detection models are built as `SparseDetectionModel` and trained by `SparseDetectionTrainer`, also when a
       checkpoint is loaded (`YOLO('best.pt').train(...)`, `resume=True`), so extra losses and stats stay;
+    - shipped reference model names resolve to their files (`YOLO("yolov8n-sparse-aerial")`);
+    - `export` runs sparse blocks as their dense masked equivalent (ONNX-traceable);
     - a checkpoint that needs a class this SparseYOLO version lacks raises a `RuntimeError` naming it.
     """
 

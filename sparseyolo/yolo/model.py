@@ -30,11 +30,9 @@ class SparseDetectionModel(DetectionModel):
 
     Blocks take part through two duck-typed members (no Ultralytics imports on their side):
     `aux_names -> tuple[list[str], list[str]]` (loss names, stat names) and
-    `pop_aux(targets: dict) -> (dict[str, Tensor], dict[str, Tensor])`, with `targets` holding `batch_idx
-    (N,)`,
-    `bboxes (N, 4)` normalised xywh, `imgsz (H, W)` and `batch_size`. Loss values are means over the batch;
-    they
-    are scaled by the batch size like Ultralytics' own loss components.
+    `pop_aux(targets: dict) -> (dict[str, Tensor], dict[str, Tensor])`, with `targets` holding
+    `batch_idx (N,)`, `bboxes (N, 4)` normalised xywh, `imgsz (H, W)` and `batch_size`. Loss values are means
+    over the batch; they are scaled by the batch size like Ultralytics' own loss components.
     """
 
     def __init__(self, cfg="yolov8n-sparse.yaml", ch=3, nc=None, verbose=True):
