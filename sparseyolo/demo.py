@@ -26,7 +26,7 @@ FULL_PLAN = [
     (SPARSE_LOW, "native"),
     (DENSE_SEED1, "native"),
 ]
-CACHE_VERSION = 2  # bump when what is measured changes (cached results are then remeasured)
+CACHE_VERSION = 3  # bump when what is measured changes (cached results are then remeasured)
 
 
 def _key(*parts) -> str:
@@ -53,6 +53,7 @@ def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repea
     results = evaluate({m: models[m] for m in {m for m, _ in plan}}, images, gt, plan, repeats=repeats, memory=memory)
     out = {
         "rows": [r.summary() for r in results],
+        "per_image": [row for r in results for row in r.per_image(gt)],
         "per_image_gflops": {f"{r.model} · {r.method}": r.gflops for r in results},
         "per_image_active": {f"{r.model} · {r.method}": r.active for r in results},
         "detections": {f"{r.model} · {r.method}": r.detections for r in results},
@@ -112,6 +113,7 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
     out.mkdir(parents=True, exist_ok=True)
     write_rows(tiles["rows"], out / "tiles")
     write_rows(full["rows"], out / "full")
+    write_rows(tiles["per_image"], out / "tiles_per_image")
     plot_accuracy_vs_flops(full["rows"], out / "accuracy_vs_gflops.png", "map50")
     latency_png = plot_latency(full["rows"], out / "latency.png")
     plot_per_image_flops(

@@ -13,7 +13,7 @@ HELP = """usage: sparseyolo eval model=NAME_OR_PATH[,...] data=DATA [key=value .
   methods=  native,640,sahi (default: native): native resolution, downscaled to 640, SAHI slices
   repeats=  timing rounds (default 3; 0: no timing)
   memory=   True|False: peak-memory probe per model and method (default True)
-  out=      report folder (default runs/eval): eval.md, eval.csv, eval.json
+  out=      report folder (default runs/eval): eval.{md,csv,json}, per image eval_per_image.{csv,json}
 """
 
 KEYS = ("model", "data", "split", "methods", "repeats", "memory", "out")
@@ -70,7 +70,11 @@ def run(args: dict) -> int:
     rows = [r.summary() for r in results]
     out = Path(args.get("out", "runs/eval"))
     write_rows(rows, out / "eval")
+    write_rows([row for r in results for row in r.per_image(gt)], out / "eval_per_image")
     (out / "eval.md").write_text(rows_table(rows) + "\n")
     print(rows_table(rows, markdown=False))
-    print(f"\n{len(images)} images, {len(gt['annotations'])} objects; written to {out}/eval.{{md,csv,json}}")
+    print(
+        f"\n{len(images)} images, {len(gt['annotations'])} objects; written to {out}/eval.{{md,csv,json}} and "
+        f"per image to {out}/eval_per_image.{{csv,json}}"
+    )
     return 0

@@ -123,6 +123,23 @@ class Result:
     peak_mib: float | None = None
     detections: list = field(default_factory=list)  # COCO rows (eval conf)
 
+    def per_image(self, gt: dict) -> list[dict]:
+        """One row per image: its COCO metrics, executed GFLOPs and active fraction."""
+        rows = []
+        for k, im in enumerate(gt["images"]):
+            m = self.metrics.get("per_image", {}).get(im["id"], {})
+            rows.append(
+                {
+                    "model": self.model,
+                    "method": self.method,
+                    "image": im["file_name"],
+                    **{key: m.get(key) for key in ("map", "map50", "ap_small", "ap_medium", "ap_large")},
+                    "gflops": self.gflops[k] if k < len(self.gflops) else None,
+                    "active": self.active[k] if k < len(self.active) else None,
+                }
+            )
+        return rows
+
     def summary(self) -> dict:
         lat = sorted(self.latency)
         act = [a for a in self.active if a is not None]

@@ -164,6 +164,8 @@ def test_eval_cli(tiny_data, tmp_path, capsys):
         ["eval", "model=yolov8n.yaml", f"data={tiny_data}", "methods=native", "repeats=1", "memory=False", f"out={out}"]
     )
     assert rc == 0 and (out / "eval.csv").is_file() and (out / "eval.md").is_file()
+    per_image = json.loads((out / "eval_per_image.json").read_text())
+    assert len(per_image) == 4 and all(r["gflops"] > 0 and 0 <= r["map50"] <= 1 for r in per_image)
     assert "mAP50" in capsys.readouterr().out
     assert main(["eval", "model=yolov8n.yaml", f"data={tiny_data}", "methods=tiles"]) == 1
     assert main(["eval", "model=yolov8n.yaml", f"data={tmp_path / 'missing.yaml'}"]) == 1
