@@ -113,75 +113,18 @@ def run_layers(model, x, layers=None):
     return x
 
 
-def dense_flops_by_group(model, x, upto: int | None = None) -> dict[str, float]:
-    """Executed FLOPs per layer group of the dense layers (FlopCounterMode, one layer at a time)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def flops_by_layer(model, x, upto: int | None = None) -> dict[int, float]:
+    """Executed FLOPs per layer (`sparseyolo.eval.flops`: FlopCounterMode for dense layers, analytic for sparse)."""
+    from sparseyolo.eval.flops import executed_flops
 
-    from sparseyolo.nn import SparseBlock
-
-    per_layer = {}
-    y = []
-    with torch.no_grad():
-        for m in model.model:
-            if upto is not None and m.i >= upto:
-                break
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            if isinstance(m, SparseBlock):
-                x = m(x)
-                per_layer[m.i] = None
-            else:
-                with FlopCounterMode(display=False) as fc:
-                    x = m(x)
-                per_layer[m.i] = float(fc.get_total_flops())
-            y.append(x if m.i in model.save else None)
-    return per_layer
+    return executed_flops(model, x, upto=upto)["layers"]
 
 
 def sparse_flops(model, image) -> dict[int, float]:
-    """Analytic executed FLOPs of the sparse layers 0-4, from the active-site masks (2 * pairs * Cin * Cout/g)."""
-    import torch
-    import torch.nn.functional as F
+    """Executed FLOPs of the sparse layers 0-4 (`sparseyolo.eval.flops`: analytic, at the active sites)."""
+    from sparseyolo.eval.flops import executed_flops
 
-    from sparseyolo.nn import SBottleneck, SC2f, SConv, SparseStem
-
-    def conv_flops(conv: SConv, mask):
-        m = mask[None, None].float()
-        k, s, p, d, g = conv.k, conv.s, conv.p, conv.d, conv.g
-        cin, cout = conv.c1, conv.c2
-        if k == 1 and s == 1:
-            pairs, out = m.sum(), mask
-        elif s == 1:
-            cnt = F.conv2d(m, torch.ones(1, 1, k, k), padding=p, dilation=d)
-            pairs, out = (cnt * m).sum(), mask
-        else:
-            cnt = F.conv2d(m, torch.ones(1, 1, k, k), stride=s, padding=p, dilation=d)
-            pairs, out = cnt.sum(), cnt[0, 0] > 0
-        return 2.0 * float(pairs) * cin * cout / g, out
-
-    def bottleneck(b: SBottleneck, mask):
-        f1, mask = conv_flops(b.cv1, mask)
-        f2, mask = conv_flops(b.cv2, mask)
-        return f1 + f2, mask
-
-    flops = {}
-    with torch.no_grad():
-        mask = model.model[0].sparsify(image)[0][0]
-        for layer in model.model[:5]:
-            if isinstance(layer, (SparseStem, SConv)):
-                f, mask = conv_flops(layer, mask)
-            elif isinstance(layer, SC2f):
-                f, mask = conv_flops(layer.cv1, mask)
-                for b in layer.m:
-                    fb, mask = bottleneck(b, mask)
-                    f += fb
-                f2, mask = conv_flops(layer.cv2, mask)
-                f += f2
-            else:
-                raise TypeError(f"layer {layer.i} is not sparse: {type(layer).__name__}")
-            flops[layer.i] = f
-    return flops
+    return executed_flops(model, image, upto=5)["layers"]
 
 
 def group_sum(per_layer: dict[int, float]) -> dict[str, float]:
@@ -433,7 +376,7 @@ def stem_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
         }
         flops = {
             HYBRID_STEM: sum(sparse_flops(sparse, img).values()),
-            DENSE_STEM: sum(v for v in dense_flops_by_group(dense, img, upto=5).values() if v),
+            DENSE_STEM: sum(flops_by_layer(dense, img, upto=5).values()),
         }
         res = _timing(fns, a)
         for name, fn in fns.items():
@@ -462,9 +405,7 @@ def e2e_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
         variants = dict(zip(E2E_VARIANTS, ((sparse, img), (dense, img), (dense, small))))
         res = _timing({name: (lambda model=model, x=x: model(x)) for name, (model, x) in variants.items()}, a)
         for name, (model, x) in variants.items():
-            per = dense_flops_by_group(model, x)
-            if model is sparse:
-                per.update(sparse_flops(sparse, x))
+            per = flops_by_layer(model, x)
             groups = group_sum(per)
             rows.append(
                 {

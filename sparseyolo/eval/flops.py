@@ -72,8 +72,9 @@ def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
 
 
 @torch.no_grad()
-def executed_flops(model, x: Tensor) -> dict:
-    """Executed FLOPs of `model` (an Ultralytics DetectionModel, eval mode) on `x (B, 3, H, W)`.
+def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
+    """Executed FLOPs of `model` (an Ultralytics DetectionModel, eval mode) on `x (B, 3, H, W)`, over its layers
+    `0 .. upto-1` (default: all).
 
     Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None}`;
     `active` is the stem's kept fraction of input pixels (None for a dense model). Sparse blocks must form a
@@ -87,6 +88,8 @@ def executed_flops(model, x: Tensor) -> dict:
     layers, y, mask, active = {}, [], None, None
     n = len(model.model)
     for m in model.model:
+        if upto is not None and m.i >= upto:
+            break
         if m.f != -1:
             x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
         if isinstance(m, SparseStem):

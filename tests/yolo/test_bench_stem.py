@@ -13,7 +13,7 @@ from sparseyolo.bench import stem as bench
 def test_analytic_sparse_flops_match_flop_counter_on_full_input():
     dense, sparse = bench.build_models()
     x = torch.rand(1, 3, 64, 96) + 0.1  # every pixel active
-    counted = sum(v for v in bench.dense_flops_by_group(dense, x, upto=5).values() if v)
+    counted = sum(v for v in bench.flops_by_layer(dense, x, upto=5).values() if v)
     analytic = sum(bench.sparse_flops(sparse, x).values())
     # the counter also counts multiply-adds with zero padding at the borders; the analytic count skips them
     assert 0.85 * counted < analytic <= counted
