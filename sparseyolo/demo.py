@@ -116,9 +116,7 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
     write_rows(tiles["per_image"], out / "tiles_per_image")
     plot_accuracy_vs_flops(full["rows"], out / "accuracy_vs_gflops.png", "map50")
     latency_png = plot_latency(full["rows"], out / "latency.png")
-    plot_per_image_flops(
-        {k: v for k, v in tiles["per_image_gflops"].items()}, out / "tiles_gflops.png", "executed GFLOPs per val tile"
-    )
+    plot_per_image_flops(tiles["per_image_gflops"], out / "tiles_gflops.png", "executed GFLOPs per val tile")
     img = read_image(full_image)
     gt_boxes = np.array(
         [

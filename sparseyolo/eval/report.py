@@ -66,6 +66,17 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    """Lay out, write (a `.jpg` path as JPEG: ~10x smaller than PNG for photos) and close `fig`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    fig.savefig(path, dpi=dpi, **({"pil_kwargs": {"quality": 85}} if jpeg else {}))
+    plt.close(fig)
+    return path
+
+
 def label(r: dict) -> str:
     return f"{r['model']} · {r['method']}"
 
@@ -83,10 +94,7 @@ def plot_accuracy_vs_flops(rows: list[dict], path: Path, metric: str = "map50") 
     ax.set_ylabel(metric)
     ax.set_title("Accuracy vs executed compute (full-resolution val scene)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latency(rows: list[dict], path: Path) -> Path | None:
@@ -105,10 +113,7 @@ def plot_latency(rows: list[dict], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("batch-1 latency per image, ms (2 CPU threads)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_image_flops(per_image: dict[str, list[float]], path: Path, title: str) -> Path:
@@ -125,10 +130,7 @@ def plot_per_image_flops(per_image: dict[str, list[float]], path: Path, title: s
     ax.set_xticks(np.arange(n) + width * (len(names) - 1) / 2, [str(i) for i in range(n)], fontsize=7)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(names), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_boxes_grid(image: np.ndarray, gt_boxes: np.ndarray, panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
@@ -148,8 +150,4 @@ def plot_boxes_grid(image: np.ndarray, gt_boxes: np.ndarray, panels: list[tuple[
         for b in np.asarray(boxes).reshape(-1, 4):
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=0.7, ec=color))
         ax.set_title(f"{title} ({len(np.asarray(boxes).reshape(-1, 4))} boxes)", fontsize=9)
-    fig.tight_layout()
-    jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")  # photos: a JPEG is ~10x smaller than a PNG
-    fig.savefig(path, dpi=110, **({"pil_kwargs": {"quality": 85}} if jpeg else {}))
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)

@@ -133,7 +133,6 @@ def load_reference_model(name: str):
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
     model.names = {int(k): v for k, v in info.get("names", {}).items()} or {0: "item0"}
     model.args = {"imgsz": info.get("recipe", {}).get("imgsz", 640), "task": "detect"}
-    model.stride = model.stride if hasattr(model, "stride") else None
     return model.eval()
 
 
