@@ -89,10 +89,11 @@ class Runner:
         from sahi.models.ultralytics import UltralyticsDetectionModel
         from sahi.predict import get_sliced_prediction
 
-        if self._sahi is None or self._sahi.confidence_threshold != conf:
+        if self._sahi is None:
             self._sahi = UltralyticsDetectionModel(
                 model=self.yolo, confidence_threshold=conf, device="cpu", image_size=self.imgsz or SAHI_SLICE
             )
+        self._sahi.confidence_threshold = conf  # one wrapper for every call: nothing built inside a timed call
         res = get_sliced_prediction(
             image,
             self._sahi,
