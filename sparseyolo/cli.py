@@ -16,9 +16,10 @@ commands:
   bench NAME [options]        run a benchmark (`sparseyolo bench --help` lists them)
   train|val|predict|export    Ultralytics modes with SparseYOLO modules registered: key=value arguments
   convert                     turn the first stages of a dense YOLOv8 checkpoint into sparse blocks
+  calibrate model=... data=... budget=0.7   fit a DFF neck's gate threshold to a neck FLOP budget
 """
 
-YOLO_COMMANDS = ("train", "val", "predict", "export", "convert")
+YOLO_COMMANDS = ("train", "val", "predict", "export", "convert", "calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ Nothing here imports Ultralytics; `sparseyolo.yolo` registers every class in `__
 
 from sparseyolo.nn.base import Channels, YamlBlock, YamlContext, make_divisible
 from sparseyolo.nn.common import Chunk, FuseAdd, Pick
+from sparseyolo.nn.dff import DFFNeck, dff_necks, set_neck_mode
 from sparseyolo.nn.sparse_blocks import SBottleneck, SC2f, SConv, SparseBlock, SparseStem, set_export_dense
 
 __all__ = [  # fmt: skip
@@ -15,6 +16,9 @@ __all__ = [  # fmt: skip
     "Chunk",
     "FuseAdd",
     "Pick",
+    "DFFNeck",
+    "dff_necks",
+    "set_neck_mode",
     "SparseBlock",
     "SparseStem",
     "SConv",
@@ -25,7 +29,7 @@ __all__ = [  # fmt: skip
 ]
 
 # Block classes usable by name in model YAMLs (the parser registry reads this).
-YAML_MODULES = ["Chunk", "FuseAdd", "Pick", "SparseStem", "SConv", "SBottleneck", "SC2f"]
+YAML_MODULES = ["Chunk", "FuseAdd", "Pick", "DFFNeck", "SparseStem", "SConv", "SBottleneck", "SC2f"]
 
 
 def link_sparse_outputs(layers, froms) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import torch
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
@@ -97,10 +99,76 @@ class YOLO(_UltralyticsYOLO):
         self.model_name = name
         self.reference = name
 
+    def train(self, trainer=None, **kwargs):
+        """Ultralytics' `train`; `dff_*` keywords set the DFF curriculum (`sparseyolo.yolo.curriculum`)."""
+        from sparseyolo.yolo.curriculum import Curriculum, add_curriculum
+
+        curriculum = Curriculum.pop_from(kwargs)
+        add_curriculum(self.callbacks, curriculum)
+        return super().train(trainer=trainer, **kwargs)
+
+    # --- DFF compute control --------------------------------------------------------------------------------
+    def calibrate(self, source, budget: float = 0.7, imgsz: int = 640, progress: bool = True) -> dict:
+        """Choose the DFF neck's gate threshold so the mean executed neck FLOPs on the images of `source` (an
+        image, a folder, a data.yaml's val split, a list of files) is within `budget` (a fraction of all-on).
+        Stored in the model (saved by `save()` and in checkpoints); returns a report with the whole curve."""
+        from sparseyolo.yolo.budget import calibrate
+
+        report = calibrate(self.model, source, budget, imgsz=imgsz, progress=progress)
+        self.predictor = None  # the predictor's model copy predates the calibration
+        return report
+
+    def _all_necks(self) -> list:
+        """DFF necks of the model and of the predictor's model copy (Ultralytics' AutoBackend copies it)."""
+        from sparseyolo.nn import dff_necks
+
+        backend = getattr(getattr(self, "predictor", None), "model", None)
+        models = [self.model, backend, getattr(backend, "model", None)]
+        necks = {id(n): n for m in models if isinstance(m, torch.nn.Module) for n in dff_necks(m)}
+        return list(necks.values())
+
+    @contextlib.contextmanager
+    def _at_budget(self, budget: float | None):
+        """Within the block every DFF neck runs at its calibrated threshold for `budget` (None: unchanged)."""
+        if budget is None:
+            yield
+            return
+        from sparseyolo.nn import dff_necks
+        from sparseyolo.yolo.budget import budget_threshold
+
+        thr = budget_threshold(self.model, budget)
+        before = [float(n.threshold) for n in dff_necks(self.model)]
+        for n in self._all_necks():
+            n.threshold.fill_(thr)
+        try:
+            yield
+        finally:  # a predictor created inside the block copied the budget's threshold: restore it too
+            for n in self._all_necks():
+                n.threshold.fill_(before[0])
+
+    def predict(self, source=None, stream: bool = False, predictor=None, budget: float | None = None, **kwargs):
+        """Ultralytics' `predict`; `budget=` runs DFF necks at their calibrated threshold for that budget."""
+        if budget is None:
+            return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+        if stream:
+            return self._stream_at(budget, source, predictor, kwargs)
+        with self._at_budget(budget):
+            return super().predict(source=source, stream=False, predictor=predictor, **kwargs)
+
+    def _stream_at(self, budget, source, predictor, kwargs):
+        with self._at_budget(budget):
+            yield from super().predict(source=source, stream=True, predictor=predictor, **kwargs)
+
+    def val(self, validator=None, budget: float | None = None, **kwargs):
+        """Ultralytics' `val`; `budget=` runs DFF necks at their calibrated threshold for that budget."""
+        with self._at_budget(budget):
+            return super().val(validator=validator, **kwargs)
+
     def export(self, stem: str = "dense", **kwargs):
         """Ultralytics' `export`, with sparse blocks run as their dense masked equivalent (the same numbers in
-        a graph that ONNX/TorchScript can trace). `stem="sparse"` is refused for models with sparse blocks."""
-        from sparseyolo.nn import SparseBlock, set_export_dense
+        a graph that ONNX/TorchScript can trace) and DFF necks in their static all-on configuration (no
+        data-dependent control flow). `stem="sparse"` is refused for models with sparse blocks."""
+        from sparseyolo.nn import SparseBlock, dff_necks, set_export_dense
 
         if stem not in ("dense", "sparse"):
             raise ValueError(f"stem must be 'dense' or 'sparse', got {stem!r}")
@@ -110,11 +178,16 @@ class YOLO(_UltralyticsYOLO):
                 "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
                 "use stem=dense, which exports the same computation as dense masked convolutions"
             )
+        from sparseyolo.nn import set_neck_mode
+
         set_export_dense(self.model, True)
+        modes = set_neck_mode(self.model, "static")
         try:
             return super().export(**kwargs)
         finally:
             set_export_dense(self.model, False)
+            for n, m in zip(dff_necks(self.model), modes, strict=True):
+                n.mode = m
 
     @property
     def task_map(self):

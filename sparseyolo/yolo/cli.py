@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-MODES = ("train", "val", "predict", "export", "convert")
+MODES = ("train", "val", "predict", "export", "convert", "calibrate")
 
 HELP = """usage: sparseyolo MODE [key=value ...]
 
@@ -18,6 +18,10 @@ modes:
   predict   model=best.pt source=image.jpg
   export    model=best.pt format=onnx [stem=dense]   (stem=dense: export sparse stems as dense layers)
   convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0]
+  calibrate model=best.pt data=data.yaml budget=0.7 [imgsz=640 out=calibrated.pt]
+            (DFF neck: the gate threshold whose mean executed neck FLOPs on the images is within budget)
+DFF necks: predict/val budget=0.7 (needs a calibration); train dff_warmup=0.3 dff_finetune=0.15
+  dff_t_start=1.0 dff_t_end=0.2 dff_budget=0.6 dff_eff_weight=2.0 (curriculum)
 sparse stem settings (train/val/predict/export): sparsify=nonzero|threshold|gradient|learned
   sparsify_threshold=0.1 sparsify_keep=0.25 sparsify_dilate=2 sparsify_max_active=200000
 All Ultralytics arguments pass through (see `yolo cfg`). Model YAMLs shipped: {cfgs}
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         from sparseyolo.yolo.convert import cli_main
 
         return cli_main(overrides)
+    if mode == "calibrate":
+        return calibrate_main(overrides)
     return run_mode(mode, overrides)
 
 
@@ -101,6 +107,9 @@ def run_mode(mode: str, overrides: dict) -> int:
     if stem not in (None, "dense", "sparse"):
         print(f"sparseyolo export: stem must be 'dense' or 'sparse', got {stem!r}", file=sys.stderr)
         return 2
+    dff = {k: overrides.pop(k) for k in list(overrides) if k.startswith("dff_")} if mode == "train" else {}
+    if mode in ("predict", "val") and "budget" in overrides:
+        dff["budget"] = overrides.pop("budget")
     bad = unknown_keys(overrides)
     if bad:
         print(f"sparseyolo {mode}: " + "; ".join(bad), file=sys.stderr)
@@ -117,8 +126,42 @@ def run_mode(mode: str, overrides: dict) -> int:
             out = export(model, stem=stem or "dense", **overrides)
             print(out)
             return 0
-        getattr(model, mode)(**overrides)
+        getattr(model, mode)(**overrides, **dff)
     except (FileNotFoundError, ValueError, RuntimeError, TypeError, SyntaxError) as e:
         print(f"sparseyolo {mode}: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def calibrate_main(overrides: dict) -> int:
+    """`sparseyolo calibrate model=... data=... budget=0.7 [imgsz=640 out=...]`: calibrate and save."""
+    from pathlib import Path
+
+    allowed = {"model", "data", "source", "budget", "imgsz", "out"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        print(f"sparseyolo calibrate: unknown argument(s) {bad}; expected {sorted(allowed)}", file=sys.stderr)
+        return 2
+    source = overrides.get("source") or overrides.get("data")
+    if "model" not in overrides or source is None or "budget" not in overrides:
+        print("sparseyolo calibrate: needs model=..., data=... (or source=...) and budget=...", file=sys.stderr)
+        return 2
+    from sparseyolo.yolo import YOLO
+
+    name = str(overrides["model"])
+    try:
+        model = YOLO(name)
+        report = model.calibrate(source, budget=float(overrides["budget"]), imgsz=int(overrides.get("imgsz", 640)))
+        out = Path(overrides.get("out") or Path("runs/calibrate") / f"{Path(name).stem}-budget{report['budget']}.pt")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(str(out))
+    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
+        print(f"sparseyolo calibrate: error: {e}", file=sys.stderr)
+        return 1
+    print(f"threshold -> mean neck FLOP ratio on {report['images']} images (imgsz {report['imgsz']}):")
+    for i, r in enumerate(report["curve"]):
+        t = i * 0.99 / (len(report["curve"]) - 1)
+        mark = "  <- chosen" if abs(t - report["threshold"]) < 1e-6 else ""
+        print(f"  {t:.3f}  {r:.3f}{mark}")
+    print(f"budget {report['budget']}: threshold {report['threshold']:.3f}, ratio {report['ratio']:.3f}; saved {out}")
     return 0

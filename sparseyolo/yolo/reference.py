@@ -39,6 +39,8 @@ VARIANTS = {
             "yolov8n-sparse-budget.yaml",
             "sparse stem, learned sparsifier trained to a target active fraction",
         ),
+        Variant("yolov8n-dff-aerial", "yolov8n-dff.yaml", "YOLOv8n backbone + Dynamic Feature Fusion neck"),
+        Variant("yolov8n-dff-aerial-seed1", "yolov8n-dff.yaml", "yolov8n-dff-aerial with seed 1: the spread", 1),
     )
 }
 

@@ -12,7 +12,14 @@ from ultralytics.utils import RANK  # isort: skip
 
 
 class SparseDetectionTrainer(DetectionTrainer):
-    """Trains `SparseDetectionModel`; loss columns include our aux losses/stats ."""
+    """Trains `SparseDetectionModel`; loss columns include our aux losses/stats. Models with a DFF neck follow
+    the DFF curriculum (`sparseyolo.yolo.curriculum`; default settings unless one was registered)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from sparseyolo.yolo.curriculum import add_curriculum
+
+        add_curriculum(self.callbacks)
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         model = self.set_model_names_for_load(

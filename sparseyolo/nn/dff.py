@@ -1,0 +1,606 @@
+"""Dynamic Feature Fusion neck (`DFFNeck`): per-image routing, gating and fusion depth, executed as a real skip.
+
+Takes the backbone's P3/P4/P5 maps (`Tensor[B, c1_l, H_l, W_l]`, finest first) and returns one
+`Tensor[B, c, H_l, W_l]` per level for Detect (select them with `Pick` in the YAML). Per image:
+
+1. lateral 1x1 ConvBN to the common width `c`; descriptors `d_l = mean_HW(lat_l)`;
+2. complexity in (0, 1): `learned` (MLP on the descriptors) or `stats` (edge density and channel diversity of
+   the finest input map, through a learned 1-parameter-pair squash);
+3. attention routing: `r_ij = sigmoid(q_i . k_j / sqrt(dk) + b_ij)` for levels i != j; a connection with
+   `r_ij <= route_threshold` is not computed; the context `ctx_i = sum_j r_ij align(lat_j)` (nearest upsampling
+   from coarser levels, average pooling from finer ones) is blended in by a channel gate from `[d_i, d(ctx_i)]`;
+4. per level, up to `d_max` residual fusion blocks (two 3x3 ConvBN). Block `d` runs when the depth controller's
+   gate is on, `d < ceil(complexity * d_max)`, the previous block ran and the quality estimate after it did not
+   call an early stop. On the `spatial` finest levels a per-pixel gate marks where the blocks run; at inference
+   they then run on the sparse engine (`conv2d_at_sites`) at those pixels only, exact against the dense block.
+   With `topk < 1` an importance predictor keeps each image's top channels of the blocks' hidden width.
+
+Training computes every path and scales it by its gate (`sparseyolo.nn.gates`: straight-through, Gumbel or
+ReTanH), so the multiplier is exactly 0 where inference skips. Inference groups the images of a batch by
+decision: a batch gives the same outputs and decisions as its images one by one.
+
+Modes: `dynamic` (default), `all_on` (every path, gates ignored: the curriculum's warm-up and the reference the
+FLOP ratio is taken against) and `static` (all-on without data-dependent control flow, for ONNX export).
+
+After each forward `last_stats` holds per-image tensors: `gflops (B,)` executed neck GFLOPs (convolutions,
+linear layers and the routing's matmul, 2 per multiply-add, as `torch.utils.flop_counter` counts them),
+`ratio (B,)` against all-on, `complexity (B,)`, `depth (B, L)` blocks run per level, `routes (B,)` connections
+computed, `spatial (B,)` share of gated pixels the blocks ran on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparseyolo.nn.base import Channels, YamlContext
+from sparseyolo.nn.gates import (
+    DEFAULT_THRESHOLD,
+    check_gate,
+    check_threshold,
+    gate_multiplier,
+    gate_probability,
+    straight_through,
+)
+from sparseyolo.sparse import functional as SF
+
+COMPLEXITY = ("learned", "stats")
+MODES = ("dynamic", "all_on", "static")
+ON_LOGIT = 3.0  # initial gate logit: every path starts on (sigmoid 0.95, tanh 0.995)
+CALIBRATION_POINTS = 33
+
+
+class ConvBN(nn.Module):
+    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, 1, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode weight `(c2, c1, k, k)` and bias `(c2,)` with BatchNorm folded in."""
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return self.conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return F.silu(self.bn(self.conv(x)))
+        w, b = self.folded()
+        return F.silu(F.conv2d(x, w, b, 1, self.conv.padding))
+
+
+class FusionBlock(nn.Module):
+    """The residual increment `cv2(cv1(x))` of one fusion step (3x3 ConvBN `c -> c_ -> c`); the neck adds it to
+    `x`, scaled by its gate. In eval mode it can run on a subset of hidden channels and at chosen pixels only."""
+
+    def __init__(self, c: int, e: float = 1.0):
+        super().__init__()
+        self.c, self.c_ = c, max(1, int(c * e))
+        self.cv1 = ConvBN(c, self.c_, 3)
+        self.cv2 = ConvBN(self.c_, c, 3)
+
+    def forward(self, x: Tensor, channel_mult: Tensor | None = None) -> Tensor:
+        """Training/dense: `x (B, c, H, W)`, optional `channel_mult (B, c_)` on the hidden channels."""
+        h = self.cv1(x)
+        if channel_mult is not None:
+            h = h * channel_mult[:, :, None, None]
+        return self.cv2(h)
+
+    def _weights(self, channels: Tensor | None):
+        w1, b1 = self.cv1.folded()
+        w2, b2 = self.cv2.folded()
+        if channels is not None:
+            w1, b1, w2 = w1[channels], b1[channels], w2[:, channels]
+        return w1, b1, w2, b2
+
+    def run_dense(self, x: Tensor, channels: Tensor | None = None) -> Tensor:
+        """Eval: the increment on `x (B, c, H, W)`, hidden channels restricted to `channels` (index tensor)."""
+        w1, b1, w2, b2 = self._weights(channels)
+        return F.silu(F.conv2d(F.silu(F.conv2d(x, w1, b1, 1, 1)), w2, b2, 1, 1))
+
+    def run_at(self, x: Tensor, mask: Tensor, channels: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """Eval: the increment at the pixels of `mask (B, H, W) bool` only, on the sparse engine.
+
+        The first conv runs at the mask dilated by one pixel (every pixel the second conv reads), reading `x`
+        densely; the second at the mask. Equals `run_dense` at those pixels. Returns `sites (N, 3) int32`,
+        `rows (N, c)` and the number of first-conv sites."""
+        w1, b1, w2, b2 = self._weights(channels)
+        near = F.max_pool2d(mask[:, None].to(x.dtype), 3, 1, 1)[:, 0] > 0
+        s1 = near.nonzero().to(torch.int32)
+        h = F.silu(SF.conv2d_at_sites(x, w1, s1, 1, 1) + b1)  # (N1, c_)
+        hd = x.new_zeros(x.shape[0], h.shape[1], x.shape[2], x.shape[3])
+        hd[s1[:, 0].long(), :, s1[:, 1].long(), s1[:, 2].long()] = h
+        s0 = mask.nonzero().to(torch.int32)
+        return s0, F.silu(SF.conv2d_at_sites(hd, w2, s0, 1, 1) + b2), int(s1.shape[0])
+
+    def flops(self, sites1: float | Tensor, sites0: float | Tensor, hidden: int) -> float | Tensor:
+        """FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""
+        return 2 * 9 * self.c * hidden * (sites1 + sites0)
+
+
+class DFFNeck(nn.Module):
+    """Dynamic Feature Fusion neck; see the module docstring.
+
+    Args:
+        c1s (list[int]): input channels per level, finest first (P3, P4, P5).
+        c (int): common width (the YAML's value is width-scaled like built-in blocks).
+        d_max (int): fusion blocks per level, 0..8.
+        complexity (str): `learned` or `stats`.
+        gate (str): `ste`, `gumbel` or `retanh` (see `sparseyolo.nn.gates`).
+        spatial (int): number of finest levels whose blocks are gated per pixel (and run sparsely).
+        topk (float): share of hidden channels each image keeps in its fusion blocks, (0, 1].
+        route_threshold (float): routing weights at or under it are not computed, [0, 1).
+        budget (float): training target of the expected executed FLOPs over all-on, (0, 1].
+        sparse_density (float): a gated map denser than this runs its blocks densely (masked) instead.
+    """
+
+    def __init__(
+        self,
+        c1s: list[int],
+        c: int = 64,
+        d_max: int = 2,
+        complexity: str = "learned",
+        gate: str = "ste",
+        spatial: int = 1,
+        topk: float = 1.0,
+        route_threshold: float = 0.1,
+        budget: float = 0.6,
+        sparse_density: float = 0.5,
+    ):
+        super().__init__()
+        c1s = [int(x) for x in c1s]
+        L = len(c1s)
+        if L < 2:
+            raise ValueError(f"DFFNeck needs at least 2 input levels (P3, P4, P5), got {L}")
+        if not 0 <= int(d_max) <= 8:
+            raise ValueError(f"DFFNeck d_max must be in 0..8, got {d_max}")
+        if complexity not in COMPLEXITY:
+            raise ValueError(f"DFFNeck complexity must be one of {COMPLEXITY}, got {complexity!r}")
+        if not 0 <= int(spatial) <= L:
+            raise ValueError(f"DFFNeck spatial must be in 0..{L} (levels with pixel gates), got {spatial}")
+        if not 0.0 < float(topk) <= 1.0:
+            raise ValueError(f"DFFNeck topk must be in (0, 1], got {topk}")
+        if not 0.0 <= float(route_threshold) < 1.0:
+            raise ValueError(f"DFFNeck route_threshold must be in [0, 1), got {route_threshold}")
+        if not 0.0 <= float(sparse_density) <= 1.0:
+            raise ValueError(f"DFFNeck sparse_density must be in [0, 1], got {sparse_density}")
+        self.c1s, self.c, self.L, self.d_max = c1s, int(c), L, int(d_max)
+        self.complexity, self.gate = complexity, check_gate(gate)
+        self.spatial, self.topk = int(spatial), float(topk)
+        self.route_threshold, self.sparse_density = float(route_threshold), float(sparse_density)
+        self.budget = check_budget(budget)
+        c, D = self.c, self.d_max
+        h = max(16, c // 4)
+        self.dk = dk = max(8, c // 4)
+        self.hidden = max(1, math.ceil(self.topk * c))  # kept hidden channels per block
+
+        self.lateral = nn.ModuleList(ConvBN(ci, c, 1) for ci in c1s)
+        if complexity == "learned":
+            self.complexity_head = nn.Sequential(nn.Linear(L * c, h), nn.SiLU(), nn.Linear(h, 1))
+        else:
+            self.complexity_head = nn.Linear(2, 1)
+        self.query, self.key = nn.Linear(c, dk), nn.Linear(c, dk)
+        self.route_bias = nn.Parameter(torch.full((L, L), 2.0))
+        self.feature_gate = nn.Linear(2 * c, c)
+        self.controller = nn.Sequential(nn.Linear(L * c + 1, h), nn.SiLU(), nn.Linear(h, L * max(D, 1)))
+        self.quality = nn.ModuleList(nn.Linear(c, 1) for _ in range(L))  # early-stop logit after a block
+        self.spatial_gate = nn.ModuleList(nn.Conv2d(c, 1, 1) for _ in range(self.spatial))
+        self.importance = nn.ModuleList(nn.Linear(c, c) for _ in range(L)) if self.topk < 1 else None
+        self.blocks = nn.ModuleList(nn.ModuleList(FusionBlock(c) for _ in range(D)) for _ in range(L))
+        with torch.no_grad():
+            last = [m for m in self.complexity_head.modules() if isinstance(m, nn.Linear)][-1]
+            last.bias.fill_(ON_LOGIT)  # complexity starts high: the depth cap starts open
+            self.controller[-1].bias.fill_(ON_LOGIT)
+            for q in self.quality:
+                q.bias.fill_(-ON_LOGIT)
+            for g in self.spatial_gate:
+                g.bias.fill_(ON_LOGIT)
+        self.register_buffer("threshold", torch.tensor(DEFAULT_THRESHOLD[self.gate]))
+        # calibration curve (threshold -> mean FLOP ratio on the calibration images); valid once calibrated
+        self.register_buffer("calib_thresholds", torch.zeros(CALIBRATION_POINTS))
+        self.register_buffer("calib_ratios", torch.zeros(CALIBRATION_POINTS))
+        self.register_buffer("calib_valid", torch.tensor(False))
+        self.mode = "dynamic"
+        self.temperature = 1.0
+        self.efficiency_on = True  # the curriculum turns the efficiency/smoothness losses off in warm-up
+        self.loss_weights = {"eff_loss": 2.0, "route_loss": 0.01, "smooth_loss": 0.1}
+        self.last_stats: dict[str, Tensor] = {}
+        self._aux = None
+
+    # --- Ultralytics YAML protocol ------------------------------------------------------------------------
+    @classmethod
+    def yaml_args(cls, args, ctx: YamlContext):
+        c1s = ctx.c_in
+        if isinstance(c1s, int):
+            raise ValueError(f"DFFNeck takes the P3/P4/P5 layers as a list 'from', got from={ctx.f}")
+        if getattr(c1s, "parts", None) is not None or any(getattr(c, "parts", None) for c in c1s):
+            raise ValueError(f"DFFNeck inputs must be single maps, got channels {c1s}")
+        if not args:
+            raise ValueError("DFFNeck needs its width: [c, d_max, complexity, gate, spatial, ...]")
+        c = ctx.width_scaled(args[0])
+        L = len(c1s)
+        return [list(c1s), c, *args[1:]], Channels([c] * L), 1
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_aux"], state["last_stats"] = None, {}
+        return state
+
+    def extra_repr(self) -> str:
+        return (
+            f"c1s={self.c1s}, c={self.c}, d_max={self.d_max}, complexity={self.complexity!r}, gate={self.gate!r}, "
+            f"spatial={self.spatial}, topk={self.topk}, route_threshold={self.route_threshold}, "
+            f"budget={self.budget}, mode={self.mode!r}"
+        )
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The decision-making parameters (frozen in the curriculum's fine-tuning phase)."""
+        mods = [self.complexity_head, self.query, self.key, self.controller, self.quality, self.spatial_gate]
+        if self.importance is not None:
+            mods.append(self.importance)
+        return [self.route_bias] + [p for m in mods for p in m.parameters()]
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold.fill_(check_threshold(threshold))
+
+    # --- FLOP accounting (per image) ------------------------------------------------------------------------
+    def fixed_flops(self, sizes: list[tuple[int, int]], mode: str) -> float:
+        """FLOPs every image pays in `mode`: laterals, complexity, routing, feature gate (+ controller, pixel
+        gates and channel importance in `dynamic`)."""
+        c, L, D = self.c, self.L, self.d_max
+        f = sum(2 * h * w * ci * c for (h, w), ci in zip(sizes, self.c1s, strict=True))
+        f += 2 * sum(m.in_features * m.out_features for m in self.complexity_head.modules() if isinstance(m, nn.Linear))
+        f += 2 * 2 * L * c * self.dk + 2 * L * L * self.dk  # q, k projections; q k^T
+        f += 2 * L * 2 * c * c  # feature gate
+        if mode == "dynamic" and D > 0:
+            f += 2 * sum(m.in_features * m.out_features for m in self.controller.modules() if isinstance(m, nn.Linear))
+            f += sum(2 * h * w * c for h, w in sizes[: self.spatial])
+            if self.importance is not None:
+                f += 2 * L * c * c
+        return float(f)
+
+    def all_on_flops(self, sizes: list[tuple[int, int]]) -> float:
+        """FLOPs of one image in `all_on` mode: the reference of `ratio` and of the training budget."""
+        blocks = sum(self.d_max * 2 * 9 * self.c * self.c * 2 * h * w for h, w in sizes)
+        return self.fixed_flops(sizes, "all_on") + float(blocks)
+
+    # --- forward --------------------------------------------------------------------------------------------
+    def _check_inputs(self, xs) -> list[Tensor]:
+        if not isinstance(xs, (list, tuple)) or len(xs) != self.L:
+            n = len(xs) if isinstance(xs, (list, tuple)) else type(xs).__name__
+            raise ValueError(f"DFFNeck expects a list of {self.L} maps (finest first), got {n}")
+        B = None
+        for i, (x, ci) in enumerate(zip(xs, self.c1s, strict=True)):
+            if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != ci:
+                got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"DFFNeck input {i} must be Tensor[B, {ci}, H, W], got {got}")
+            if B is not None and x.shape[0] != B:
+                raise ValueError(f"DFFNeck inputs have different batch sizes: {[t.shape[0] for t in xs]}")
+            B = x.shape[0]
+        return list(xs)
+
+    def _complexity(self, xs: list[Tensor], desc: Tensor) -> Tensor:
+        if self.complexity == "learned":
+            return torch.sigmoid(self.complexity_head(desc.flatten(1)))[:, 0]
+        g = xs[0].float().mean(1)  # (B, H, W)
+        scale = g.abs().mean((1, 2)) + 1e-6
+        edges = ((g[:, 1:] - g[:, :-1]).abs().mean((1, 2)) + (g[:, :, 1:] - g[:, :, :-1]).abs().mean((1, 2))) / scale
+        diversity = xs[0].float().std(1).mean((1, 2)) / (xs[0].float().abs().mean((1, 2, 3)) + 1e-6)
+        stats = torch.stack([edges, diversity], 1).to(desc.dtype)
+        return torch.sigmoid(self.complexity_head(stats))[:, 0]
+
+    @staticmethod
+    def _align(t: Tensor, size: tuple[int, int]) -> Tensor:
+        """Resize `t (B, c, h, w)` to `size`: nearest upsampling or average pooling (YOLO's levels differ by
+        powers of two)."""
+        h = int(t.shape[-2])
+        if (h, int(t.shape[-1])) == tuple(size):
+            return t
+        if h < size[0]:
+            return F.interpolate(t, size=size, mode="nearest")
+        f = -(-h // size[0])
+        return F.avg_pool2d(t, f, f, ceil_mode=True)[..., : size[0], : size[1]]
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        xs = self._check_inputs(xs)
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        mode = "static" if tracing else self.mode
+        if mode not in MODES:
+            raise ValueError(f"DFFNeck mode must be one of {MODES}, got {mode!r}")
+        B, L, D = xs[0].shape[0], self.L, self.d_max
+        sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
+        dynamic = mode == "dynamic"
+        soft = self.training  # training: every path computed, scaled by its gate
+        thr = float(self.threshold) if dynamic else 0.0
+
+        lat = [m(x) for m, x in zip(self.lateral, xs, strict=True)]
+        desc = torch.stack([t.mean((2, 3)) for t in lat], 1)  # (B, L, c)
+        cx = self._complexity(xs, desc)  # (B,)
+
+        # routing: r (B, L, L), diagonal excluded; weights at or under the threshold are not computed
+        q, k = self.query(desc), self.key(desc)
+        r = torch.sigmoid(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.dk) + self.route_bias)
+        r = r * (1 - torch.eye(L, dtype=r.dtype, device=r.device))
+        if mode == "static":
+            w = r
+        else:
+            keep = r > self.route_threshold
+            w = torch.where(keep, r, r - r.detach())  # forward: 0 where dropped; gradient everywhere
+        dctx = (w[..., None] * desc[:, None]).sum(2)  # (B, L, c): descriptor of each context
+        g = torch.sigmoid(self.feature_gate(torch.cat([desc, dctx], 2)))  # (B, L, c)
+        feats = []
+        for i in range(L):
+            ctx = None
+            for j in range(L):
+                if i == j:
+                    continue
+                wij = w[:, i, j]
+                if soft or mode == "static":
+                    part = wij[:, None, None, None] * self._align(lat[j], sizes[i])
+                    ctx = part if ctx is None else ctx + part
+                    continue
+                idx = (wij != 0).nonzero()[:, 0]
+                if idx.numel() == 0:
+                    continue
+                src = lat[j] if idx.numel() == B else lat[j].index_select(0, idx)
+                part = wij.index_select(0, idx)[:, None, None, None] * self._align(src, sizes[i])
+                if ctx is None:
+                    ctx = lat[i].new_zeros(lat[i].shape)
+                ctx.index_add_(0, idx, part)
+            feats.append(lat[i] if ctx is None else lat[i] + g[:, i, :, None, None] * ctx)
+
+        flops = torch.full((B,), self.fixed_flops(sizes, "dynamic" if dynamic else "all_on"), dtype=torch.float64)
+        depth_run = torch.zeros(B, L, dtype=torch.long)
+        spatial_share = torch.zeros(B, dtype=torch.float64)
+        expected = torch.zeros(B, dtype=desc.dtype, device=desc.device)  # training: expected block FLOPs
+        decisions = []  # soft decision probabilities (B, .) for the smoothness loss
+        if dynamic and D > 0:
+            logits = self.controller(torch.cat([desc.flatten(1), cx[:, None]], 1)).view(B, L, D)
+            p_depth = gate_probability(logits, self.gate, self.temperature, noise=soft)
+            m_depth = gate_multiplier(p_depth, self.gate, thr)
+            steps = torch.arange(D, dtype=cx.dtype, device=cx.device)
+            cap_soft = (cx[:, None] * D - steps).clamp(0, 1)  # (B, D): soft "d < complexity * d_max"
+            cap = straight_through((cx[:, None] * D > steps).to(cx.dtype), cap_soft)
+            decisions += [p_depth.flatten(1), cx[:, None]]
+
+        outs = []
+        for lvl in range(L):
+            x = feats[lvl]
+            hw = sizes[lvl][0] * sizes[lvl][1]
+            blocks = self.blocks[lvl]
+            if not dynamic or D == 0:
+                for blk in blocks:
+                    x = x + (blk(x) if soft or mode == "static" else blk.run_dense(x))
+                if mode != "static":
+                    flops += D * float(blocks[0].flops(hw, hw, self.c)) if D else 0.0
+                    depth_run[:, lvl] = D
+                outs.append(x)
+                continue
+            ms = ps = None
+            if lvl < self.spatial:
+                ps = gate_probability(self.spatial_gate[lvl](x), self.gate, self.temperature, noise=soft)
+                ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
+                decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
+                spatial_share += (ms.detach() != 0).double().mean((1, 2, 3)).cpu() / self.spatial
+            channels = cmult = None
+            if self.importance is not None:
+                imp = torch.sigmoid(self.importance[lvl](desc[:, lvl]))  # (B, c)
+                channels = imp.topk(self.hidden, 1).indices  # (B, hidden)
+                cmult = straight_through(torch.zeros_like(imp).scatter_(1, channels, 1.0), imp)
+            chain = torch.ones(B, dtype=x.dtype, device=x.device)
+            p_chain = torch.ones_like(chain)
+            for d, blk in enumerate(blocks):
+                e = chain * m_depth[:, lvl, d] * cap[:, d]
+                p_chain = p_chain * p_depth[:, lvl, d] * cap_soft[:, d]
+                if soft:
+                    inc = blk(x, cmult)
+                    if ms is not None:
+                        inc = inc * ms
+                    x = x + e[:, None, None, None] * inc
+                    share = ps.mean((1, 2, 3)) if ps is not None else 1.0
+                    expected = expected + p_chain * float(blk.flops(hw, hw, self.hidden)) * share
+                    ran = e.detach() != 0
+                    flops += ran.double().cpu() * self._gated_flops(blk, ms, hw)
+                else:
+                    x, ran = self._run_block(blk, x, e, ms, channels, flops, hw)
+                depth_run[:, lvl] += ran.long().cpu()
+                if d < D - 1:
+                    idx = ran.nonzero()[:, 0]
+                    if soft or idx.numel() == B:
+                        stop = self.quality[lvl](x.mean((2, 3)))[:, 0]
+                    else:
+                        stop = x.new_full((B,), -ON_LOGIT)
+                        if idx.numel():
+                            stop[idx] = self.quality[lvl](x.index_select(0, idx).mean((2, 3)))[:, 0]
+                    flops += ran.double().cpu() * (2 * self.c)
+                    p_cont = gate_probability(-stop, self.gate, self.temperature, noise=soft)
+                    chain = e * gate_multiplier(p_cont, self.gate, thr)
+                    p_chain = p_chain * p_cont
+            outs.append(x)
+
+        if tracing:
+            return outs
+        all_on = self.all_on_flops(sizes)
+        routes = (w.detach() != 0).sum((1, 2)).cpu()
+        self.last_stats = {
+            "gflops": flops / 1e9,
+            "ratio": flops / all_on,
+            "complexity": cx.detach().cpu(),
+            "depth": depth_run,
+            "routes": routes,
+            "spatial": spatial_share,
+        }
+        if soft:
+            self._aux = {"r": r, "expected": (self.fixed_flops(sizes, "dynamic") + expected) / all_on}
+            self._aux["decisions"] = torch.cat(decisions, 1) if decisions else None
+            self._aux["desc"] = desc.detach().flatten(1)
+        return outs
+
+    def _gated_flops(self, blk, ms: Tensor | None, hw: int) -> Tensor | float:
+        """Per-image FLOPs inference spends on `blk` under pixel gates `ms (B, 1, H, W)` (dense when none)."""
+        dense = float(blk.flops(hw, hw, self.hidden))
+        if ms is None:
+            return dense
+        mask = (ms.detach() != 0).to(torch.float32)
+        n0 = mask.sum((1, 2, 3)).double().cpu()
+        n1 = (F.max_pool2d(mask, 3, 1, 1) > 0).sum((1, 2, 3)).double().cpu()
+        sparse = blk.flops(n1, n0, self.hidden)
+        return torch.where(n0 > self.sparse_density * hw, torch.full_like(n0, dense), sparse)
+
+    def _run_block(self, blk, x, e, ms, channels, flops, hw):
+        """Eval: run `blk` for the images whose multiplier `e (B,)` is non-zero, at gated pixels where a pixel
+        gate `ms (B, 1, H, W)` exists (sparse under `sparse_density`), on their top channels if `channels`."""
+        ran = e != 0
+        idx = ran.nonzero()[:, 0]
+        B = x.shape[0]
+        if idx.numel() == 0:
+            return x, ran
+        if ms is None and channels is None:
+            xs = x if idx.numel() == B else x.index_select(0, idx)
+            inc = blk.run_dense(xs) * e.index_select(0, idx)[:, None, None, None]
+            flops += ran.double().cpu() * float(blk.flops(hw, hw, self.hidden))
+            return (x + inc if idx.numel() == B else x.index_add(0, idx, inc)), ran
+        x = x.clone()
+        for b in idx.tolist():
+            ch = channels[b] if channels is not None else None
+            xb = x[b : b + 1]
+            if ms is None:
+                x[b] += e[b] * blk.run_dense(xb, ch)[0]
+                flops[b] += float(blk.flops(hw, hw, self.hidden))
+                continue
+            gate = ms[b, 0]
+            mask = gate != 0
+            n0 = int(mask.sum())
+            if n0 == 0:
+                continue
+            if n0 > self.sparse_density * hw:
+                x[b] += e[b] * gate * blk.run_dense(xb, ch)[0]
+                flops[b] += float(blk.flops(hw, hw, self.hidden))
+                continue
+            sites, rows, n1 = blk.run_at(xb, mask[None], ch)
+            ys, xs_ = sites[:, 1].long(), sites[:, 2].long()
+            scale = e[b] * gate[ys, xs_]
+            flat = x[b].view(self.c, -1)
+            flat.index_add_(1, ys * x.shape[3] + xs_, (rows * scale[:, None]).t())
+            flops[b] += float(blk.flops(n1, n0, self.hidden))
+        return x, ran
+
+    # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) ---------------------------------------
+    @property
+    def aux_names(self):
+        return list(self.loss_weights), ["neck_ratio"]
+
+    def pop_aux(self, targets: dict):
+        aux, self._aux = self._aux, None
+        stats = {"neck_ratio": self.last_stats["ratio"].float().mean()} if self.last_stats else {}
+        if aux is None:
+            return {}, stats
+        r, expected, dec = aux["r"], aux["expected"], aux["decisions"]
+        L = self.L
+        off = r.sum((1, 2)) / max(L * (L - 1), 1)
+        zero = r.new_zeros(())
+        losses = {"route_loss": self.loss_weights["route_loss"] * off.mean()}
+        if self.mode == "dynamic" and self.efficiency_on and self.d_max > 0:
+            losses["eff_loss"] = self.loss_weights["eff_loss"] * ((expected - self.budget) ** 2).mean()
+            losses["smooth_loss"] = self.loss_weights["smooth_loss"] * smoothness(aux["desc"], dec)
+        else:
+            losses["eff_loss"] = losses["smooth_loss"] = zero
+        return {k: losses[k] for k in self.loss_weights}, stats
+
+
+def smoothness(desc: Tensor, decisions: Tensor | None) -> Tensor:
+    """Similar images -> similar decisions: the mean squared decision difference over image pairs, weighted by
+    the positive cosine similarity of their descriptors `desc (B, F)`. `decisions (B, K)` soft probabilities."""
+    if decisions is None or desc.shape[0] < 2:
+        return desc.new_zeros(())
+    z = F.normalize(desc, dim=1)
+    sim = (z @ z.t()).clamp_min(0)
+    sim = sim - torch.diag_embed(torch.diagonal(sim))
+    diff = torch.cdist(decisions, decisions) ** 2 / decisions.shape[1]
+    return (sim * diff).sum() / sim.sum().clamp_min(1e-6)
+
+
+def check_budget(budget: float) -> float:
+    b = float(budget)
+    if not 0.0 < b <= 1.0:
+        raise ValueError(f"budget must be a fraction of the all-on neck FLOPs in (0, 1], got {budget}")
+    return b
+
+
+def dff_necks(model: nn.Module) -> list[DFFNeck]:
+    return [m for m in model.modules() if isinstance(m, DFFNeck)]
+
+
+def set_neck_mode(model: nn.Module, mode: str) -> list[str]:
+    """Set every DFFNeck of `model` to `mode` (`dynamic`, `all_on`, `static`); returns the previous modes."""
+    if mode not in MODES:
+        raise ValueError(f"neck mode must be one of {MODES}, got {mode!r}")
+    old = []
+    for m in dff_necks(model):
+        old.append(m.mode)
+        m.mode = mode
+    return old
+
+
+@torch.no_grad()
+def ratio_curve(neck: DFFNeck, inputs: list[list[Tensor]], thresholds: Tensor) -> Tensor:
+    """Mean executed FLOP ratio of `neck` over `inputs` (each the neck's list of maps for one batch) at each of
+    `thresholds (K,)`; the neck's own threshold and mode are restored. Returns `Tensor[K]`."""
+    if not inputs:
+        raise ValueError("ratio_curve needs at least one input batch")
+    old_thr, old_mode, was_training = float(neck.threshold), neck.mode, neck.training
+    neck.eval()
+    neck.mode = "dynamic"
+    out = []
+    try:
+        for t in thresholds.tolist():
+            neck.threshold.fill_(t)
+            ratios = []
+            for xs in inputs:
+                neck(xs)
+                ratios.append(neck.last_stats["ratio"])
+            out.append(torch.cat(ratios).mean())
+    finally:
+        neck.threshold.fill_(old_thr)
+        neck.mode = old_mode
+        neck.train(was_training)
+    return torch.stack(out).float()
+
+
+def calibrate_neck(neck: DFFNeck, inputs: list[list[Tensor]], budget: float) -> dict:
+    """Choose the smallest gate threshold whose mean executed FLOP ratio on `inputs` is within `budget` (the most
+    compute the budget allows); store it, with the whole threshold -> ratio curve, in the neck's buffers.
+
+    Raises `ValueError` when even the highest threshold stays above the budget."""
+    budget = check_budget(budget)
+    grid = torch.linspace(0.0, 0.99, CALIBRATION_POINTS)
+    curve = ratio_curve(neck, inputs, grid)
+    ok = (curve <= budget + 1e-9).nonzero()[:, 0]
+    if ok.numel() == 0:
+        raise ValueError(
+            f"budget {budget} is out of reach on these images: the lowest mean neck FLOP ratio is "
+            f"{float(curve.min()):.3f} (every gated path off); use a budget >= {float(curve.min()):.3f}"
+        )
+    i = int(ok[0])
+    neck.calib_thresholds.copy_(grid)
+    neck.calib_ratios.copy_(curve)
+    neck.calib_valid.fill_(True)
+    neck.set_threshold(float(grid[i]))
+    return {"budget": budget, "threshold": float(grid[i]), "ratio": float(curve[i]), "curve": curve.tolist()}
+
+
+def threshold_for_budget(neck: DFFNeck, budget: float) -> float:
+    """The stored calibration's threshold for `budget` (smallest threshold whose ratio is within it)."""
+    budget = check_budget(budget)
+    if not bool(neck.calib_valid):
+        raise ValueError("budget= needs a calibrated model: run `YOLO(...).calibrate(source=..., budget=...)` first")
+    ok = (neck.calib_ratios <= budget + 1e-9).nonzero()[:, 0]
+    if ok.numel() == 0:
+        lo = float(neck.calib_ratios.min())
+        raise ValueError(f"budget {budget} is below the lowest calibrated neck FLOP ratio {lo:.3f}")
+    return float(neck.calib_thresholds[int(ok[0])])

@@ -1,0 +1,107 @@
+"""The DFF training curriculum, as an Ultralytics `on_train_epoch_start` callback.
+
+Three phases over the run's epochs:
+
+1. warm-up (`warmup` share of the epochs): every path on (`DFFNeck.mode = "all_on"`), no efficiency loss;
+2. dynamic: gates decide, the relaxation temperature anneals from `t_start` to `t_end`, the efficiency and
+   smoothness losses are on;
+3. fine-tuning (`finetune` share, at the end): the policy (gates, routing, controller, complexity) is frozen,
+   the rest of the model adapts to its decisions.
+
+Settings: `sparseyolo train ... dff_warmup=0.3 dff_finetune=0.15 dff_t_start=1.0 dff_t_end=0.2 dff_budget=0.6
+dff_eff_weight=1.0`, or the same keywords (without `dff_`) in `sparseyolo.YOLO(...).train(dff_warmup=...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from sparseyolo.nn import dff_necks
+from sparseyolo.nn.dff import check_budget
+
+PREFIX = "dff_"
+
+
+@dataclass
+class Curriculum:
+    warmup: float = 0.3
+    finetune: float = 0.15
+    t_start: float = 1.0
+    t_end: float = 0.2
+    budget: float | None = None  # None: each neck's own (from its YAML)
+    eff_weight: float | None = None  # None: each neck's own
+
+    def __post_init__(self):
+        for name in ("warmup", "finetune"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"dff_{name} is a share of the epochs in [0, 1], got {v}")
+        if self.warmup + self.finetune > 1.0:
+            raise ValueError(f"dff_warmup + dff_finetune must not exceed 1, got {self.warmup} + {self.finetune}")
+        if not (self.t_start > 0 and self.t_end > 0):
+            raise ValueError(f"dff temperatures must be > 0, got t_start={self.t_start}, t_end={self.t_end}")
+        if self.budget is not None:
+            self.budget = check_budget(self.budget)
+        if self.eff_weight is not None and float(self.eff_weight) < 0:
+            raise ValueError(f"dff_eff_weight must be >= 0, got {self.eff_weight}")
+
+    @classmethod
+    def pop_from(cls, overrides: dict) -> Curriculum:
+        """Take the `dff_*` keys out of `overrides` (CLI/train keywords); unknown `dff_` keys raise."""
+        names = {f.name for f in fields(cls)}
+        kw = {}
+        for key in [k for k in overrides if k.startswith(PREFIX)]:
+            name = key[len(PREFIX) :]
+            if name not in names:
+                raise ValueError(f"unknown curriculum setting {key!r}; expected {', '.join(PREFIX + n for n in names)}")
+            kw[name] = overrides.pop(key)
+        return cls(**kw)
+
+    def phase(self, epoch: int, epochs: int) -> tuple[str, float]:
+        """(`warmup` | `dynamic` | `finetune`, temperature) at 0-based `epoch` of `epochs`."""
+        start = round(self.warmup * epochs)
+        end = epochs - round(self.finetune * epochs)
+        if epoch < start:
+            return "warmup", self.t_start
+        if epoch >= end:
+            return "finetune", self.t_end
+        span = max(end - start - 1, 1)
+        a = (epoch - start) / span
+        return "dynamic", self.t_start * (self.t_end / self.t_start) ** a  # geometric annealing
+
+    def apply(self, models, epoch: int, epochs: int) -> str:
+        """Set every DFF neck of `models` (the trained model and its EMA) to the phase of `epoch`."""
+        phase, temperature = self.phase(epoch, epochs)
+        for model in models:
+            if model is None:
+                continue
+            for neck in dff_necks(model):
+                neck.mode = "all_on" if phase == "warmup" else "dynamic"
+                neck.temperature = temperature
+                neck.efficiency_on = phase == "dynamic"
+                if self.budget is not None:
+                    neck.budget = self.budget
+                if self.eff_weight is not None:
+                    neck.loss_weights["eff_loss"] = float(self.eff_weight)
+                for p in neck.policy_parameters():
+                    p.requires_grad_(phase != "finetune")
+        return phase
+
+    def on_train_epoch_start(self, trainer) -> None:
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        ema = getattr(trainer, "ema", None)
+        phase = self.apply([unwrap_model(trainer.model), ema.ema if ema else None], trainer.epoch, trainer.epochs)
+        trainer.dff_phase = phase
+
+
+def add_curriculum(callbacks: dict, curriculum: Curriculum | None = None) -> None:
+    """Register `curriculum` in Ultralytics `callbacks`, replacing a registered one; with None, register the
+    default settings unless a curriculum is registered already."""
+    hooks = callbacks.setdefault("on_train_epoch_start", [])
+    registered = [h for h in hooks if isinstance(getattr(h, "__self__", None), Curriculum)]
+    if registered and curriculum is None:
+        return
+    for h in registered:
+        hooks.remove(h)
+    hooks.append((curriculum or Curriculum()).on_train_epoch_start)

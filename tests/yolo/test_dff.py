@@ -1,0 +1,227 @@
+"""DFFNeck: executed FLOPs vs torch's FLOP counter, batch = one by one, sparse pixel gates = dense, gradients,
+modes, gates, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sparseyolo.nn.dff import DFFNeck, calibrate_neck, ratio_curve, smoothness, threshold_for_budget
+from sparseyolo.nn.gates import gate_multiplier, gate_probability
+from sparseyolo.sparse import _ext
+
+C1S = [16, 24, 32]
+SIZES = [(24, 20), (12, 10), (6, 5)]
+
+
+def inputs(b=3, seed=0, blank=()):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(b, c, h, w, generator=g) for c, (h, w) in zip(C1S, SIZES, strict=True)]
+    for i in blank:
+        for x in xs:
+            x[i] = 0
+    return xs
+
+
+def trained_like(seed=0, **kw):
+    """A neck whose BatchNorm statistics and gate logits vary, so decisions differ between images."""
+    torch.manual_seed(seed)
+    neck = DFFNeck(C1S, **{"c": 16, "d_max": 2, **kw})
+    with torch.no_grad():
+        for p in neck.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        for m in neck.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        neck.controller[-1].bias.copy_(torch.tensor([4.0, -0.2, 0.1, 4.0, 0.3, -4.0]))
+        neck.spatial_gate[0].weight.mul_(8)  # pixel gates: a mix of on and off
+        neck.spatial_gate[0].bias.fill_(0.0)
+    return neck.eval()
+
+
+def counted_flops(neck, xs):
+    with FlopCounterMode(display=False) as fc:
+        neck(xs)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("kw", [{}, {"topk": 0.5}, {"complexity": "stats", "gate": "retanh"}, {"spatial": 2}])
+@pytest.mark.parametrize("sparse_density", [1.0, 0.0])
+def test_gflops_match_flop_counter(kw, sparse_density):
+    """`last_stats['gflops']` (analytic, from the decisions) = what torch's FLOP counter sees executed, per
+    image and summed over a batch; the sparse pixel-gate path is counted on the engine's GEMM path."""
+    neck = trained_like(**kw, sparse_density=sparse_density)
+    xs = inputs()
+    with _ext.disabled(), torch.no_grad():
+        total = counted_flops(neck, xs)
+        batch_gflops = neck.last_stats["gflops"].clone()
+        depth = neck.last_stats["depth"].clone()
+        assert total == pytest.approx(float(batch_gflops.sum()) * 1e9, rel=1e-9)
+        for b in range(3):
+            one = counted_flops(neck, [x[b : b + 1] for x in xs])
+            assert one == pytest.approx(float(neck.last_stats["gflops"][0]) * 1e9, rel=1e-9)
+            assert float(neck.last_stats["gflops"][0]) == pytest.approx(float(batch_gflops[b]), rel=1e-9)
+    assert depth.shape == (3, 3) and int(depth.min()) >= 0 and int(depth.max()) <= 2
+    if sparse_density == 1.0:  # pixel gates differ per image
+        assert len(set(batch_gflops.tolist())) > 1, "executed FLOPs should differ between these images"
+
+
+@pytest.mark.parametrize("kw", [{}, {"topk": 0.5}, {"gate": "retanh"}])
+def test_batch_equals_one_by_one(kw):
+    neck = trained_like(**kw)
+    xs = inputs(4, seed=1, blank=(2,))
+    with torch.no_grad():
+        outs = neck(xs)
+        stats = {k: v.clone() for k, v in neck.last_stats.items()}
+        for b in range(4):
+            single = neck([x[b : b + 1] for x in xs])
+            for o, s in zip(outs, single, strict=True):
+                torch.testing.assert_close(o[b : b + 1], s, rtol=1e-4, atol=1e-4)
+            for k, v in neck.last_stats.items():
+                torch.testing.assert_close(v[0].double(), stats[k][b].double(), rtol=1e-6, atol=1e-9)
+
+
+def test_sparse_pixel_gates_equal_dense_execution():
+    """Blocks run on the sparse engine at gated pixels give the dense block's numbers there."""
+    xs = inputs(2, seed=2)
+    sparse, dense = trained_like(sparse_density=1.0), trained_like(sparse_density=0.0)
+    with torch.no_grad():
+        a, b = sparse(xs), dense(xs)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    assert 0.0 < float(sparse.last_stats["spatial"].mean()) < 1.0
+    assert (sparse.last_stats["gflops"] < dense.last_stats["gflops"]).all()
+
+
+def test_eval_matches_training_formula():
+    """Inference (real skips) computes what training's gated dense formula computes, BatchNorm aside: with
+    BatchNorm layers in eval mode, a `train()` forward equals the `eval()` forward."""
+    neck = trained_like(gate="ste")
+    xs = inputs(3, seed=3)
+    with torch.no_grad():
+        ref = neck(xs)
+        neck.train()
+        for m in neck.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        soft = neck(xs)
+    for a, b in zip(ref, soft, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_all_gates_open_equals_all_on():
+    """A fresh neck starts with every path on: at threshold 0 it computes exactly the all-on neck."""
+    torch.manual_seed(0)
+    neck = DFFNeck(C1S, c=16, d_max=2).eval()
+    xs = inputs(2)
+    with torch.no_grad():
+        neck.set_threshold(0.0)
+        dyn = neck(xs)
+        assert (neck.last_stats["depth"] == 2).all() and (neck.last_stats["ratio"] > 1).all()
+        neck.mode = "all_on"
+        on = neck(xs)
+        assert torch.allclose(neck.last_stats["ratio"], torch.ones(2, dtype=torch.float64))
+    for a, b in zip(dyn, on, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_every_level_skipped_and_blank_image():
+    neck = trained_like()
+    neck.set_threshold(0.999)
+    xs = inputs(2, blank=(0,))
+    with torch.no_grad():
+        outs = neck(xs)
+    assert [tuple(o.shape) for o in outs] == [(2, 16, h, w) for h, w in SIZES]
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert (neck.last_stats["depth"] == 0).all()
+    assert (neck.last_stats["ratio"] < 0.5).all()
+
+
+@pytest.mark.parametrize("gate", ["ste", "gumbel", "retanh"])
+def test_every_parameter_gets_a_gradient(gate):
+    torch.manual_seed(0)
+    neck = DFFNeck(C1S, c=16, d_max=2, gate=gate, topk=0.5, spatial=1).train()
+    xs = inputs(3)
+    outs = neck(xs)
+    losses, stats = neck.pop_aux({})
+    assert set(losses) == {"eff_loss", "route_loss", "smooth_loss"} and "neck_ratio" in stats
+    (sum(o.square().mean() for o in outs) + sum(losses.values())).backward()
+    missing = [n for n, p in neck.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+def test_efficiency_loss_lowers_expected_flops():
+    """A few steps on the efficiency loss alone push the expected FLOP ratio down towards the budget."""
+    torch.manual_seed(0)
+    neck = DFFNeck(C1S, c=16, d_max=2, budget=0.3).train()
+    opt = torch.optim.Adam(neck.policy_parameters(), lr=0.05)
+    xs = inputs(4)
+    first = None
+    for _ in range(30):
+        neck(xs)
+        losses, _ = neck.pop_aux({})
+        first = first if first is not None else float(losses["eff_loss"].detach())
+        opt.zero_grad()
+        losses["eff_loss"].backward()
+        opt.step()
+    assert float(losses["eff_loss"]) < 0.5 * first
+
+
+def test_gates():
+    logits = torch.tensor([-2.0, 0.0, 0.3, 3.0], requires_grad=True)
+    p = gate_probability(logits, "retanh")
+    m = gate_multiplier(p, "retanh", 0.0)
+    assert m[0] == 0 and m[1] == 0 and m[2] > 0  # exact zeros without sampling
+    p = gate_probability(logits, "ste", temperature=0.5)
+    m = gate_multiplier(p, "ste", 0.5)
+    assert m.tolist() == [0.0, 0.0, 1.0, 1.0]
+    m.sum().backward()
+    assert (logits.grad != 0).all()  # straight-through
+    torch.manual_seed(0)
+    noisy = gate_probability(torch.zeros(1000), "gumbel", noise=True)
+    assert 0.3 < float(noisy.mean()) < 0.7 and float(noisy.std()) > 0.1
+    assert torch.equal(gate_probability(torch.zeros(3), "gumbel"), torch.full((3,), 0.5))
+
+
+def test_smoothness_is_zero_for_equal_decisions_and_grows_with_differences():
+    desc = torch.ones(3, 4)
+    assert float(smoothness(desc, torch.full((3, 5), 0.7))) == 0.0
+    assert float(smoothness(desc, torch.rand(3, 5))) > 0.0
+    assert float(smoothness(torch.eye(3), torch.rand(3, 5))) == 0.0  # dissimilar images: no constraint
+
+
+def test_calibration_meets_budget_and_is_stored():
+    neck = trained_like(seed=1)
+    batches = [inputs(2, seed=s) for s in range(3)]
+    report = calibrate_neck(neck, batches, 0.7)
+    curve = ratio_curve(neck, batches, neck.calib_thresholds)
+    assert report["ratio"] <= 0.7 and float(curve[neck.calib_thresholds == neck.threshold][0]) <= 0.7
+    assert bool(neck.calib_valid) and "calib_ratios" in neck.state_dict()
+    assert threshold_for_budget(neck, 0.7) == pytest.approx(float(neck.threshold))
+    assert threshold_for_budget(neck, 1.0) <= float(neck.threshold)
+    with pytest.raises(ValueError, match="out of reach"):
+        calibrate_neck(neck, batches, 0.01)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        calibrate_neck(neck, batches, 1.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="budget"):
+        DFFNeck(C1S, budget=0)
+    with pytest.raises(ValueError, match="topk"):
+        DFFNeck(C1S, topk=0)
+    with pytest.raises(ValueError, match="gate"):
+        DFFNeck(C1S, gate="sigmoid")
+    with pytest.raises(ValueError, match="2 input levels"):
+        DFFNeck([16])
+    neck = DFFNeck(C1S, c=16)
+    with pytest.raises(ValueError, match="disable every gated path"):
+        neck.set_threshold(1.0)
+    with pytest.raises(ValueError, match=r"input 1 must be Tensor\[B, 24"):
+        neck(inputs()[:1] + [torch.zeros(1, 8, 4, 4), torch.zeros(1, 32, 2, 2)])
+    with pytest.raises(ValueError, match="list of 3 maps"):
+        neck(inputs()[:2])
+    with pytest.raises(ValueError, match="needs a calibrated model"):
+        threshold_for_budget(neck, 0.7)
