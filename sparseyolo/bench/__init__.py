@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "stem": ("sparseyolo.bench.stem", "hybrid sparse YOLOv8 stem vs the dense stem"),
     "aerial": ("sparseyolo.bench.aerial", "reference detectors on the held-out aerial scene: where the time goes"),
+    "neck": ("sparseyolo.bench.neck", "DFF neck vs stock PAN: accuracy, executed neck FLOPs, latency, budgets"),
 }
 
 

@@ -159,9 +159,9 @@ class Result:
 
 def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | None]:
     """Executed GFLOPs (total, by group) and active fraction of recorded forward inputs (dense ones cached by shape)."""
-    from sparseyolo.nn import SparseBlock
+    from sparseyolo.nn import DFFNeck, SparseBlock
 
-    sparse = any(isinstance(m, SparseBlock) for m in model.modules())
+    sparse = any(isinstance(m, (SparseBlock, DFFNeck)) for m in model.modules())  # FLOPs vary per image
     total, groups, actives = 0.0, {}, []
     for x in inputs:
         key = tuple(x.shape)

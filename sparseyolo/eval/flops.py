@@ -2,7 +2,8 @@
 
 Dense layers are counted by `torch.utils.flop_counter.FlopCounterMode` on the ops they run; sparse blocks
 analytically from the active sites they actually process (2 * kernel-map pairs * C_in * C_out / groups per
-conv), since their gather/GEMM/scatter kernels are not seen by the counter. A multiply-add counts 2 FLOPs.
+conv), since their gather/GEMM/scatter kernels are not seen by the counter; a DFF neck by its own per-image
+count (`DFFNeck.last_stats["gflops"]`, tested against the counter). A multiply-add counts 2 FLOPs.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     chain starting at a `SparseStem` (as in SparseYOLO's YAMLs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sparseyolo.nn import SparseBlock, SparseStem
+    from sparseyolo.nn import DFFNeck, SparseBlock, SparseStem
 
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"executed_flops expects an input batch Tensor[B, C, H, W], got {getattr(x, 'shape', x)}")
@@ -102,6 +103,9 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
                 raise ValueError(f"layer {m.i}: sparse blocks must follow a SparseStem in a chain")
             layers[m.i], mask = sparse_block_flops(m, mask)
             x = m(x)
+        elif isinstance(m, DFFNeck):  # its pixel-gated blocks run on the sparse engine: its own exact count
+            x = m(x)
+            layers[m.i] = float(m.last_stats["gflops"].sum()) * 1e9
         else:
             with FlopCounterMode(display=False) as fc:
                 x = m(x)

@@ -49,6 +49,7 @@ from sparseyolo.sparse import functional as SF
 
 COMPLEXITY = ("learned", "stats")
 MODES = ("dynamic", "all_on", "static")
+PARTS = ("routing", "depth", "pixel")  # what `DFFNeck.disabled` can switch off (ablations)
 ON_LOGIT = 3.0  # initial gate logit: every path starts on (sigmoid 0.95, tanh 0.995)
 CALIBRATION_POINTS = 33
 
@@ -126,6 +127,10 @@ class FusionBlock(nn.Module):
 class DFFNeck(nn.Module):
     """Dynamic Feature Fusion neck; see the module docstring.
 
+    Runtime settings (plain attributes, saved with a pickled checkpoint): `mode`, `disabled` (parts switched off
+    in `dynamic` mode, a subset of `PARTS`), `temperature`, `efficiency_on`, `loss_weights`; the gate
+    `threshold` and the calibration curve are buffers.
+
     Args:
         c1s (list[int]): input channels per level, finest first (P3, P4, P5).
         c (int): common width (the YAML's value is width-scaled like built-in blocks).
@@ -138,6 +143,11 @@ class DFFNeck(nn.Module):
         budget (float): training target of the expected executed FLOPs over all-on, (0, 1].
         sparse_density (float): a gated map denser than this runs its blocks densely (masked) instead.
     """
+
+    # class defaults, so checkpoints pickled before these attributes existed still load
+    disabled: frozenset = frozenset()
+    max_routes: int | None = None  # hardware cap: incoming connections computed per level (None: no cap)
+    max_depth: int | None = None  # hardware cap: fusion blocks per level (None: d_max)
 
     def __init__(
         self,
@@ -206,6 +216,7 @@ class DFFNeck(nn.Module):
         self.register_buffer("calib_ratios", torch.zeros(CALIBRATION_POINTS))
         self.register_buffer("calib_valid", torch.tensor(False))
         self.mode = "dynamic"
+        self.disabled: frozenset[str] = frozenset()  # parts switched off in `dynamic` mode (ablations), see PARTS
         self.temperature = 1.0
         self.efficiency_on = True  # the curriculum turns the efficiency/smoothness losses off in warm-up
         self.loss_weights = {"eff_loss": 2.0, "route_loss": 0.01, "smooth_loss": 0.1}
@@ -249,17 +260,21 @@ class DFFNeck(nn.Module):
         self.threshold.fill_(check_threshold(threshold))
 
     # --- FLOP accounting (per image) ------------------------------------------------------------------------
-    def fixed_flops(self, sizes: list[tuple[int, int]], mode: str) -> float:
+    def fixed_flops(self, sizes: list[tuple[int, int]], mode: str, disabled=frozenset()) -> float:
         """FLOPs every image pays in `mode`: laterals, complexity, routing, feature gate (+ controller, pixel
-        gates and channel importance in `dynamic`)."""
+        gates and channel importance in `dynamic`), less the `disabled` parts."""
         c, L, D = self.c, self.L, self.d_max
         f = sum(2 * h * w * ci * c for (h, w), ci in zip(sizes, self.c1s, strict=True))
         f += 2 * sum(m.in_features * m.out_features for m in self.complexity_head.modules() if isinstance(m, nn.Linear))
-        f += 2 * 2 * L * c * self.dk + 2 * L * L * self.dk  # q, k projections; q k^T
-        f += 2 * L * 2 * c * c  # feature gate
+        if "routing" not in disabled:
+            f += 2 * 2 * L * c * self.dk + 2 * L * L * self.dk  # q, k projections; q k^T
+            f += 2 * L * 2 * c * c  # feature gate
         if mode == "dynamic" and D > 0:
-            f += 2 * sum(m.in_features * m.out_features for m in self.controller.modules() if isinstance(m, nn.Linear))
-            f += sum(2 * h * w * c for h, w in sizes[: self.spatial])
+            if "depth" not in disabled:
+                lin = [m for m in self.controller.modules() if isinstance(m, nn.Linear)]
+                f += 2 * sum(m.in_features * m.out_features for m in lin)
+            if "pixel" not in disabled:
+                f += sum(2 * h * w * c for h, w in sizes[: self.spatial])
             if self.importance is not None:
                 f += 2 * L * c * c
         return float(f)
@@ -312,15 +327,20 @@ class DFFNeck(nn.Module):
         mode = "static" if tracing else self.mode
         if mode not in MODES:
             raise ValueError(f"DFFNeck mode must be one of {MODES}, got {mode!r}")
-        B, L, D = xs[0].shape[0], self.L, self.d_max
+        B, L = xs[0].shape[0], self.L
         sizes = [tuple(int(v) for v in x.shape[-2:]) for x in xs]
         dynamic = mode == "dynamic"
         soft = self.training  # training: every path computed, scaled by its gate
-        thr = float(self.threshold) if dynamic else 0.0
 
         lat = [m(x) for m, x in zip(self.lateral, xs, strict=True)]
         desc = torch.stack([t.mean((2, 3)) for t in lat], 1)  # (B, L, c)
         cx = self._complexity(xs, desc)  # (B,)
+
+        off = self.disabled if dynamic else frozenset()
+        if not off <= set(PARTS):
+            raise ValueError(f"DFFNeck.disabled must be a subset of {PARTS}, got {sorted(off)}")
+        if "routing" in off:
+            return self._levels(xs, lat, lat, desc, cx, sizes, mode, off, None, None)
 
         # routing: r (B, L, L), diagonal excluded; weights at or under the threshold are not computed
         q, k = self.query(desc), self.key(desc)
@@ -330,6 +350,10 @@ class DFFNeck(nn.Module):
             w = r
         else:
             keep = r > self.route_threshold
+            if self.max_routes is not None and not soft and int(self.max_routes) < L - 1:
+                k = max(int(self.max_routes), 0)  # the strongest k incoming routes per level (diagonal r = 0)
+                top = torch.zeros_like(keep).scatter_(2, r.topk(k, dim=2).indices, True) if k else keep & False
+                keep = keep & top
             w = torch.where(keep, r, r - r.detach())  # forward: 0 where dropped; gradient everywhere
         dctx = (w[..., None] * desc[:, None]).sum(2)  # (B, L, c): descriptor of each context
         g = torch.sigmoid(self.feature_gate(torch.cat([desc, dctx], 2)))  # (B, L, c)
@@ -353,13 +377,26 @@ class DFFNeck(nn.Module):
                     ctx = lat[i].new_zeros(lat[i].shape)
                 ctx.index_add_(0, idx, part)
             feats.append(lat[i] if ctx is None else lat[i] + g[:, i, :, None, None] * ctx)
+        return self._levels(xs, lat, feats, desc, cx, sizes, mode, off, r, w)
 
-        flops = torch.full((B,), self.fixed_flops(sizes, "dynamic" if dynamic else "all_on"), dtype=torch.float64)
+    def _levels(self, xs, lat, feats, desc, cx, sizes, mode, off, r, w):
+        """The per-level fusion blocks on the routed maps `feats`; records `last_stats` (and the aux losses'
+        inputs in training)."""
+        B, L, D = xs[0].shape[0], self.L, self.d_max
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        dynamic = mode == "dynamic"
+        soft = self.training
+        thr = float(self.threshold) if dynamic else 0.0
+        fixed = self.fixed_flops(sizes, mode if dynamic else "all_on", off)
+        flops = torch.full((B,), fixed, dtype=torch.float64)
         depth_run = torch.zeros(B, L, dtype=torch.long)
         spatial_share = torch.zeros(B, dtype=torch.float64)
         expected = torch.zeros(B, dtype=desc.dtype, device=desc.device)  # training: expected block FLOPs
         decisions = []  # soft decision probabilities (B, .) for the smoothness loss
-        if dynamic and D > 0:
+        if dynamic and D > 0 and "depth" in off:  # ablation: every block runs (no controller, cap, early stop)
+            p_depth = m_depth = desc.new_ones(B, L, D)
+            cap = cap_soft = desc.new_ones(B, D)
+        elif dynamic and D > 0:
             logits = self.controller(torch.cat([desc.flatten(1), cx[:, None]], 1)).view(B, L, D)
             p_depth = gate_probability(logits, self.gate, self.temperature, noise=soft)
             m_depth = gate_multiplier(p_depth, self.gate, thr)
@@ -367,6 +404,8 @@ class DFFNeck(nn.Module):
             cap_soft = (cx[:, None] * D - steps).clamp(0, 1)  # (B, D): soft "d < complexity * d_max"
             cap = straight_through((cx[:, None] * D > steps).to(cx.dtype), cap_soft)
             decisions += [p_depth.flatten(1), cx[:, None]]
+            if self.max_depth is not None and not soft:
+                cap = cap * (steps < int(self.max_depth)).to(cap.dtype)
 
         outs = []
         for lvl in range(L):
@@ -382,7 +421,7 @@ class DFFNeck(nn.Module):
                 outs.append(x)
                 continue
             ms = ps = None
-            if lvl < self.spatial:
+            if lvl < self.spatial and "pixel" not in off:
                 ps = gate_probability(self.spatial_gate[lvl](x), self.gate, self.temperature, noise=soft)
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
                 decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
@@ -409,7 +448,7 @@ class DFFNeck(nn.Module):
                 else:
                     x, ran = self._run_block(blk, x, e, ms, channels, flops, hw)
                 depth_run[:, lvl] += ran.long().cpu()
-                if d < D - 1:
+                if d < D - 1 and "depth" not in off:
                     idx = ran.nonzero()[:, 0]
                     if soft or idx.numel() == B:
                         stop = self.quality[lvl](x.mean((2, 3)))[:, 0]
@@ -426,7 +465,7 @@ class DFFNeck(nn.Module):
         if tracing:
             return outs
         all_on = self.all_on_flops(sizes)
-        routes = (w.detach() != 0).sum((1, 2)).cpu()
+        routes = (w.detach() != 0).sum((1, 2)).cpu() if w is not None else torch.zeros(B, dtype=torch.long)
         self.last_stats = {
             "gflops": flops / 1e9,
             "ratio": flops / all_on,
@@ -436,6 +475,7 @@ class DFFNeck(nn.Module):
             "spatial": spatial_share,
         }
         if soft:
+            r = r if r is not None else desc.new_zeros(B, L, L)
             self._aux = {"r": r, "expected": (self.fixed_flops(sizes, "dynamic") + expected) / all_on}
             self._aux["decisions"] = torch.cat(decisions, 1) if decisions else None
             self._aux["desc"] = desc.detach().flatten(1)

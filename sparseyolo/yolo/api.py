@@ -128,40 +128,71 @@ class YOLO(_UltralyticsYOLO):
         return list(necks.values())
 
     @contextlib.contextmanager
-    def _at_budget(self, budget: float | None):
-        """Within the block every DFF neck runs at its calibrated threshold for `budget` (None: unchanged)."""
-        if budget is None:
+    def _dff_control(self, budget: float | None = None, target_fps: float | None = None, preset: str | None = None):
+        """Within the block DFF necks run at the calibrated threshold for `budget`, under the hardware `preset`
+        caps, and (with `target_fps`) a `FrameRateScheduler` moves the budget per frame (`self.scheduler`).
+        Everything is restored afterwards, also in the predictor's model copy."""
+        if budget is None and target_fps is None and preset is None:
             yield
             return
         from sparseyolo.nn import dff_necks
         from sparseyolo.yolo.budget import budget_threshold
+        from sparseyolo.yolo.scheduler import FrameRateScheduler, apply_preset
 
-        thr = budget_threshold(self.model, budget)
-        before = [float(n.threshold) for n in dff_necks(self.model)]
+        if not dff_necks(self.model):
+            raise ValueError("budget=, target_fps= and preset= apply to models with a DFF neck; this model has none")
+        thr = budget_threshold(self.model, budget) if budget is not None else None
+        sched = FrameRateScheduler(float(target_fps), budget=budget or 1.0) if target_fps is not None else None
+        first = dff_necks(self.model)[0]
+        before = (float(first.threshold), first.max_routes, first.max_depth)
+        apply_preset(self.model, preset)
         for n in self._all_necks():
-            n.threshold.fill_(thr)
+            if thr is not None:
+                n.threshold.fill_(thr)
+            n.max_routes, n.max_depth = first.max_routes, first.max_depth
+        hooks = []
+        if sched is not None:
+            self.scheduler = sched
+            hooks = [("on_predict_batch_start", sched.on_predict_batch_start)]
+            hooks.append(("on_predict_batch_end", sched.on_predict_batch_end))
+            for event, fn in hooks:
+                self.add_callback(event, fn)
         try:
             yield
-        finally:  # a predictor created inside the block copied the budget's threshold: restore it too
+        finally:  # a predictor created inside the block copied these settings: restore it too
+            for event, fn in hooks:
+                self.callbacks[event].remove(fn)
             for n in self._all_necks():
                 n.threshold.fill_(before[0])
+                n.max_routes, n.max_depth = before[1], before[2]
 
-    def predict(self, source=None, stream: bool = False, predictor=None, budget: float | None = None, **kwargs):
-        """Ultralytics' `predict`; `budget=` runs DFF necks at their calibrated threshold for that budget."""
-        if budget is None:
+    def predict(
+        self,
+        source=None,
+        stream: bool = False,
+        predictor=None,
+        budget: float | None = None,
+        target_fps: float | None = None,
+        preset: str | None = None,
+        **kwargs,
+    ):
+        """Ultralytics' `predict`. DFF necks: `budget=` runs at the calibrated threshold for that budget;
+        `target_fps=` adapts the budget per frame to hold that rate (`self.scheduler.history`); `preset=`
+        (`cpu`, `gpu`, `edge`) caps the paths run side by side."""
+        if budget is None and target_fps is None and preset is None:
             return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
         if stream:
-            return self._stream_at(budget, source, predictor, kwargs)
-        with self._at_budget(budget):
+            return self._stream_under(budget, target_fps, preset, source, predictor, kwargs)
+        with self._dff_control(budget, target_fps, preset):
             return super().predict(source=source, stream=False, predictor=predictor, **kwargs)
 
-    def _stream_at(self, budget, source, predictor, kwargs):
-        with self._at_budget(budget):
+    def _stream_under(self, budget, target_fps, preset, source, predictor, kwargs):
+        with self._dff_control(budget, target_fps, preset):
             yield from super().predict(source=source, stream=True, predictor=predictor, **kwargs)
 
     def val(self, validator=None, budget: float | None = None, **kwargs):
         """Ultralytics' `val`; `budget=` runs DFF necks at their calibrated threshold for that budget."""
-        with self._at_budget(budget):
+        with self._dff_control(budget):
             return super().val(validator=validator, **kwargs)
 
     def export(self, stem: str = "dense", **kwargs):

@@ -47,12 +47,24 @@ def counted_flops(neck, xs):
     return fc.get_total_flops()
 
 
-@pytest.mark.parametrize("kw", [{}, {"topk": 0.5}, {"complexity": "stats", "gate": "retanh"}, {"spatial": 2}])
+KW = [{}, {"topk": 0.5}, {"complexity": "stats", "gate": "retanh"}, {"spatial": 2}]
+KW += [{"disabled": d} for d in ({"routing"}, {"depth"}, {"pixel"}, {"routing", "depth", "pixel"})]
+KW += [{"max_routes": 1, "max_depth": 1}, {"max_routes": 0}]  # hardware presets' caps
+
+
+@pytest.mark.parametrize("kw", KW)
 @pytest.mark.parametrize("sparse_density", [1.0, 0.0])
 def test_gflops_match_flop_counter(kw, sparse_density):
     """`last_stats['gflops']` (analytic, from the decisions) = what torch's FLOP counter sees executed, per
-    image and summed over a batch; the sparse pixel-gate path is counted on the engine's GEMM path."""
+    image and summed over a batch; the sparse pixel-gate path is counted on the engine's GEMM path. Also with
+    parts switched off (the benchmark's ablations)."""
+    kw = dict(kw)
+    disabled = frozenset(kw.pop("disabled", ()))
+    caps = {k: kw.pop(k) for k in ("max_routes", "max_depth") if k in kw}
     neck = trained_like(**kw, sparse_density=sparse_density)
+    neck.disabled = disabled
+    for k, v in caps.items():
+        setattr(neck, k, v)
     xs = inputs()
     with _ext.disabled(), torch.no_grad():
         total = counted_flops(neck, xs)
@@ -64,8 +76,12 @@ def test_gflops_match_flop_counter(kw, sparse_density):
             assert one == pytest.approx(float(neck.last_stats["gflops"][0]) * 1e9, rel=1e-9)
             assert float(neck.last_stats["gflops"][0]) == pytest.approx(float(batch_gflops[b]), rel=1e-9)
     assert depth.shape == (3, 3) and int(depth.min()) >= 0 and int(depth.max()) <= 2
-    if sparse_density == 1.0:  # pixel gates differ per image
+    if sparse_density == 1.0 and "pixel" not in disabled:  # pixel gates differ per image
         assert len(set(batch_gflops.tolist())) > 1, "executed FLOPs should differ between these images"
+    if "max_depth" in caps:
+        assert int(depth.max()) <= caps["max_depth"]
+    if "max_routes" in caps:
+        assert int(neck.last_stats["routes"].max()) <= caps["max_routes"] * 3
 
 
 @pytest.mark.parametrize("kw", [{}, {"topk": 0.5}, {"gate": "retanh"}])

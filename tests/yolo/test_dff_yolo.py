@@ -148,3 +148,26 @@ def test_static_onnx_export_matches_all_on(tmp_path):
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_frame_rate_scheduler_and_presets(dff_run, tiny_data):
+    images = sorted((tiny_data.parent / "images" / "val").glob("*.png"))
+    neck = dff_necks(dff_run.model)[0]
+    before = float(neck.threshold)
+    # an unreachable frame rate: every frame is late, the budget falls step by step to its floor
+    folder = str(images[0].parent)  # a folder (like a video) is read one frame per batch
+    out = list(dff_run.predict(folder, stream=True, target_fps=1e6, preset="edge", imgsz=64, verbose=False))
+    hist = dff_run.scheduler.history
+    assert len(out) == len(images) == len(hist)
+    assert [round(b, 2) for _, b, _ in hist] == [round(1 - 0.05 * (i + 1), 2) for i in range(len(images))]
+    ran = dff_necks(dff_run.predictor.model.model)[0].last_stats  # the neck AutoBackend ran
+    assert int(ran["depth"].max()) <= 1 and int(ran["routes"].max()) <= 3  # edge caps
+    assert float(neck.threshold) == before and neck.max_depth is None and neck.max_routes is None  # restored
+    # a generous frame rate: the budget stays at 1
+    dff_run.predict(folder, target_fps=1e-3, imgsz=64, verbose=False)
+    assert [b for _, b, _ in dff_run.scheduler.history] == [1.0] * len(images)
+    with pytest.raises(ValueError, match="unknown hardware preset"):
+        dff_run.predict(images[0], preset="tpu", verbose=False)
+    with pytest.raises(ValueError, match="target_fps must be > 0"):
+        dff_run.predict(images[0], target_fps=0, verbose=False)
+    assert cli_main(["predict", "model=yolov8n.yaml", f"source={images[0]}", "preset=cpu", "imgsz=64"]) == 1

@@ -1,0 +1,397 @@
+"""DFF neck vs stock PAN on the aerial val tiles: accuracy, executed neck GFLOPs, latency, by complexity, ablation.
+
+`sparseyolo bench neck [--dff yolov8n-dff-aerial,yolov8n-dff-aerial-seed1] [--pan yolov8n-aerial,yolov8n-aerial-seed1]
+[--budgets 0.5,0.7,0.9] [--calib 48] [--repeats 5] [--threads 2] [--synth 6] [--out results/bench-neck]`
+
+Models (trained by one recipe, `sparseyolo demo --train`): the stock PAN neck and the DFF neck, two seeds each.
+Each DFF model runs all-on (every path) and at each budget: its gate threshold is calibrated on `--calib`
+training tiles (never on the evaluated tiles) so that the mean executed neck FLOPs is within the budget.
+
+Tables, on the 320-px val tiles of the held-out region (COCO metrics by pycocotools, executed GFLOPs counted
+per image, batch-1 CPU latency timed interleaved by the one harness):
+1. mAP50-95, mAP50, AP small/medium/large, mean neck GFLOPs and ratio to all-on, neck latency p50/p90 (the neck
+   layers alone on their recorded inputs; p50/p90 over images of each image's median), whole predict p50/p90;
+2. the same split by image complexity: terciles of the ground-truth object count (neck GFLOPs, mAP50-95 each,
+   and the neck's own complexity estimate);
+3. ablation on the first DFF model at the 0.7 budget's threshold, parts switched on one by one at inference
+   (no retraining): fusion blocks only, + routing, + adaptive depth (controller, complexity cap, early stop),
+   + pixel gates (the full neck);
+plus synthetic scenes of graded complexity (object count; FLOPs and latency only: the detectors were trained on
+trees), a histogram of per-image neck GFLOPs, and the issue's three targets at budget 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+NECK_GROUP = "neck 10-21"
+ABLATION = (
+    ("fusion blocks only", {"routing", "depth", "pixel"}),
+    ("+ routing", {"depth", "pixel"}),
+    ("+ adaptive depth", {"pixel"}),
+    ("+ pixel gates (full)", set()),
+)
+
+
+def neck_callable(model, x):
+    """`fn() -> None` running the neck layers (10 .. Detect-1) of DetectionModel `model` on the recorded outputs of
+    layers 0-9 for image `x (1, 3, H, W)`."""
+    import torch
+
+    layers = list(model.model)
+    y, out = [], x
+    with torch.no_grad():
+        for m in layers[:10]:
+            if m.f != -1:
+                out = y[m.f] if isinstance(m.f, int) else [out if j == -1 else y[j] for j in m.f]
+            out = m(out)
+            y.append(out)
+    neck = layers[10:-1]
+
+    def run():
+        ys, o = list(y), y[-1]
+        for m in neck:
+            if m.f != -1:
+                o = ys[m.f] if isinstance(m.f, int) else [o if j == -1 else ys[j] for j in m.f]
+            o = m(o)
+            ys.append(o)
+        return o
+
+    return run
+
+
+def configure(yolo, mode: str, threshold: float | None = None, disabled=frozenset()):
+    from sparseyolo.nn import dff_necks
+
+    for n in dff_necks(yolo.model):
+        n.mode = mode
+        n.disabled = frozenset(disabled)
+        if threshold is not None:
+            n.set_threshold(threshold)
+    return yolo
+
+
+def calibration_tiles(data_yaml: Path, n: int) -> list[Path]:
+    """`n` training tiles, evenly spaced over the sorted list (the evaluated val tiles are never used)."""
+    from sparseyolo.eval.data import load_split
+
+    tiles = load_split(data_yaml, "train")[0]
+    idx = np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)
+    return [tiles[i] for i in sorted(set(idx.tolist()))]
+
+
+def subset_map(gt: dict, dets: list[dict], ids: set) -> float:
+    from sparseyolo.eval.coco import coco_metrics
+
+    sub = {**gt, "images": [im for im in gt["images"] if im["id"] in ids]}
+    sub["annotations"] = [a for a in gt["annotations"] if a["image_id"] in ids]
+    return coco_metrics(sub, [d for d in dets if d["image_id"] in ids], per_image=False)["map"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sparseyolo bench neck", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dff", default="yolov8n-dff-aerial,yolov8n-dff-aerial-seed1", help="DFF models (seeds)")
+    ap.add_argument("--pan", default="yolov8n-aerial,yolov8n-aerial-seed1", help="stock PAN models (seeds)")
+    ap.add_argument("--budgets", default="0.5,0.7,0.9", help="neck FLOP budgets (fractions of all-on)")
+    ap.add_argument("--calib", type=int, default=48, help="training tiles to calibrate on (default 48)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--synth", type=int, default=6, help="synthetic scenes per complexity level (0: none)")
+    ap.add_argument("--out", type=Path, default=Path("results/bench-neck"))
+    a = ap.parse_args(argv)
+    if a.repeats < 1 or a.threads < 1 or a.calib < 1 or a.synth < 0:
+        ap.error("--repeats, --threads and --calib must be >= 1, --synth >= 0")
+    try:
+        budgets = [float(b) for b in a.budgets.split(",") if b]
+    except ValueError:
+        ap.error(f"--budgets must be comma-separated fractions, got {a.budgets!r}")
+    bad = [b for b in budgets if not 0 < b <= 1]
+    if bad:
+        ap.error(f"budgets must lie in (0, 1], got {bad}")
+    dffs = [m for m in a.dff.split(",") if m]
+    pans = [m for m in a.pan.split(",") if m]
+    if not dffs:
+        ap.error("--dff needs at least one model")
+    try:
+        return run(dffs, pans, budgets, a)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"sparseyolo bench neck: error: {e}")
+        return 1
+
+
+def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
+    import torch
+
+    import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
+    from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.eval.compare import evaluate
+    from sparseyolo.eval.data import load_split
+    from sparseyolo.nn import dff_necks
+    from sparseyolo.nn.dff import threshold_for_budget
+    from sparseyolo.yolo.api import YOLO
+    from sparseyolo.yolo.budget import calibrate, letterboxed
+    from sparseyolo.yolo.reference import Recipe
+
+    set_threads(a.threads)
+    recipe = Recipe()  # the tiles the reference models were trained and validated on
+    data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
+    images, gt, _ = load_split(data, "val")
+    imgsz = recipe.imgsz
+    calib = calibration_tiles(data, a.calib)
+
+    # --- configurations: name -> (YOLO, info) ---------------------------------------------------------------
+    configs: dict[str, tuple] = {}
+    for name in pans:
+        configs[f"PAN {name}"] = (YOLO(name), {"model": name, "neck": "PAN", "budget": None})
+    thresholds: dict[tuple[str, float], float | None] = {}
+    for k, name in enumerate(dffs):
+        probe = YOLO(name)
+        calibrate(probe.model, calib, 1.0, imgsz=imgsz, progress=False)  # the whole threshold -> ratio curve
+        curve_neck = dff_necks(probe.model)[0]
+        configs[f"DFF {name} all-on"] = (configure(YOLO(name), "all_on"), {"model": name, "neck": "DFF all-on"})
+        for b in budgets:
+            try:
+                thr = threshold_for_budget(curve_neck, b)
+            except ValueError as e:
+                print(f"{name}: budget {b}: {e}")
+                thr = None
+            thresholds[name, b] = thr
+            if thr is not None:
+                configs[f"DFF {name} b={b:g}"] = (
+                    configure(YOLO(name), "dynamic", thr),
+                    {"model": name, "neck": f"DFF budget {b:g}", "budget": b, "threshold": thr},
+                )
+        if k == 0 and thresholds.get((name, 0.7)) is not None:
+            for label, off in ABLATION[:-1]:
+                configs[f"ablation {label}"] = (
+                    configure(YOLO(name), "dynamic", thresholds[name, 0.7], off),
+                    {"model": name, "neck": f"ablation: {label}", "budget": 0.7},
+                )
+
+    # --- accuracy, executed FLOPs, whole-call latency ----------------------------------------------------
+    models = {n: y for n, (y, _) in configs.items()}
+    results = evaluate(models, images, gt, plan=[(n, "native") for n in models], repeats=a.repeats, memory=False)
+    res = {r.model: r for r in results}
+
+    # --- neck latency (batch 1, interleaved) and the neck's own per-image stats ---------------------------
+    tensors = [letterboxed(p, imgsz) for p in images]
+    fns, stats = {}, {}
+    for n, (y, _) in configs.items():
+        m = y.model.eval()
+        for i, x in enumerate(tensors):
+            fns[f"{n}|{i}"] = neck_callable(m, x)
+        necks = dff_necks(m)
+        if necks:
+            cx = []
+            with torch.no_grad():
+                for i in range(len(tensors)):
+                    fns[f"{n}|{i}"]()
+                    cx.append(float(necks[0].last_stats["complexity"][0]))
+            stats[n] = {"complexity": cx}
+    times = latency(fns, repeats=a.repeats, threads=a.threads)
+
+    rows = []
+    per_image = []
+    for n, (_, info) in configs.items():
+        r = res[n]
+        neck_g = [g.get(NECK_GROUP, 0.0) for g in r.gflops_groups]
+        img_ms = [times[f"{n}|{i}"]["p50_ms"] for i in range(len(tensors))]
+        s = r.summary()
+        rows.append(
+            {
+                "config": n,
+                "neck": info["neck"],
+                "model": info["model"],
+                "map": s["map"],
+                "map50": s["map50"],
+                "ap_small": s["ap_small"],
+                "ap_medium": s["ap_medium"],
+                "ap_large": s["ap_large"],
+                "neck_gflops": float(np.mean(neck_g)),
+                "neck_p50_ms": percentile(img_ms, 50),
+                "neck_p90_ms": percentile(img_ms, 90),
+                "predict_p50_ms": s["p50_ms"],
+                "predict_p90_ms": s["p90_ms"],
+                "threshold": info.get("threshold"),
+            }
+        )
+        for k, im in enumerate(gt["images"]):
+            per_image.append(
+                {
+                    "config": n,
+                    "image": im["file_name"],
+                    "objects": sum(1 for an in gt["annotations"] if an["image_id"] == im["id"]),
+                    "neck_gflops": neck_g[k],
+                    "neck_ms": img_ms[k],
+                    "complexity": stats.get(n, {}).get("complexity", [None] * len(images))[k],
+                    **{key: r.metrics["per_image"][im["id"]][key] for key in ("map", "map50")},
+                }
+            )
+    allon = {row["model"]: row for row in rows if row["neck"] == "DFF all-on"}
+    for row in rows:
+        ref = allon.get(row["model"])
+        row["neck_ratio"] = row["neck_gflops"] / ref["neck_gflops"] if ref and row["neck"] != "PAN" else None
+
+    text = [
+        f"# DFF neck benchmark\n\n{len(images)} val tiles (320 px) of the held-out region; {a.threads} threads, "
+        f"{a.repeats} interleaved timing rounds; thresholds calibrated on {len(calib)} training tiles.\n"
+    ]
+    text.append("## 1. Accuracy, executed neck FLOPs, latency\n")
+    head = ["config", "mAP50-95", "mAP50", "AP_s", "AP_m", "AP_l", "neck GFLOPs", "ratio", "neck p50 ms"]
+    head += ["neck p90 ms", "predict p50 ms", "predict p90 ms"]
+    main_rows = [r for r in rows if not r["config"].startswith("ablation")]
+    text.append(markdown_table(head, [_cells(r) for r in main_rows]))
+
+    # --- terciles of ground-truth object count --------------------------------------------------------
+    counts = {im["id"]: sum(1 for an in gt["annotations"] if an["image_id"] == im["id"]) for im in gt["images"]}
+    order = sorted(counts, key=counts.get)
+    thirds = [set(order[i * len(order) // 3 : (i + 1) * len(order) // 3]) for i in range(3)]
+    text.append("\n## 2. By image complexity (terciles of the ground-truth object count)\n")
+    span = [f"{min(counts[i] for i in t)}-{max(counts[i] for i in t)} objects" for t in thirds]
+    thead = ["config"] + [f"{s}: neck GFLOPs / mAP50-95 / est. complexity" for s in span]
+    trows = []
+    for n, _ in configs.items():
+        if n.startswith("ablation"):
+            continue
+        r = res[n]
+        cells = [n]
+        ids = [im["id"] for im in gt["images"]]
+        for t in thirds:
+            ks = [k for k, i in enumerate(ids) if i in t]
+            g = np.mean([r.gflops_groups[k].get(NECK_GROUP, 0.0) for k in ks])
+            cx = stats.get(n, {}).get("complexity")
+            est = f"{np.mean([cx[k] for k in ks]):.2f}" if cx else "-"
+            cells.append(f"{g:.3f} / {subset_map(gt, r.detections, t):.3f} / {est}")
+        trows.append(cells)
+    text.append(markdown_table(thead, trows))
+
+    # --- ablation -----------------------------------------------------------------------------------
+    if dffs and thresholds.get((dffs[0], 0.7)) is not None:
+        text.append(f"\n## 3. Ablation ({dffs[0]}, threshold of budget 0.7, parts switched on at inference)\n")
+        arows = []
+        full = next(r for r in rows if r["config"] == f"DFF {dffs[0]} b=0.7")
+        for label, _ in ABLATION:
+            r = full if not _ else next(x for x in rows if x["config"] == f"ablation {label}")
+            arows.append([label, f"{r['map']:.3f}", f"{r['map50']:.3f}", f"{r['neck_gflops']:.3f}",
+                          f"{r['neck_ratio']:.2f}", f"{r['neck_p50_ms']:.1f}"])  # fmt: skip
+        text.append(markdown_table(["neck", "mAP50-95", "mAP50", "neck GFLOPs", "ratio", "neck p50 ms"], arows))
+
+    # --- synthetic scenes of graded complexity -------------------------------------------------------------
+    if a.synth:
+        text.append(synthetic_table(configs, dffs, budgets, a, imgsz))
+
+    # --- targets ------------------------------------------------------------------------------------------
+    text.append("\n## Targets at budget 0.7\n")
+    text += targets(rows, dffs)
+
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "neck.csv", rows)
+    write_csv(out / "neck_per_image.csv", per_image)
+    hist = plot_histogram(per_image, out / "neck_flops_hist.png")
+    text.append(f"\nPer-image neck GFLOPs: `{hist.name}`; per-image rows: `neck_per_image.csv`.")
+    report = "\n".join(text) + "\n"
+    write_text(out / "neck.md", report)
+    print(report)
+    return 0
+
+
+def _cells(r: dict) -> list:
+    def f(v, d=3):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    return [r["config"], f(r["map"]), f(r["map50"]), f(r["ap_small"]), f(r["ap_medium"]), f(r["ap_large"]),
+            f(r["neck_gflops"]), f(r["neck_ratio"], 2), f(r["neck_p50_ms"], 1), f(r["neck_p90_ms"], 1),
+            f(r["predict_p50_ms"], 1), f(r["predict_p90_ms"], 1)]  # fmt: skip
+
+
+def targets(rows: list[dict], dffs: list[str]) -> list[str]:
+    out = []
+    allon = [r for r in rows if r["neck"] == "DFF all-on"]
+    maps = ", ".join(f"{r['map']:.3f}" for r in allon)
+    spread = f"all-on seeds: mAP50-95 {maps}"
+    for name in dffs:
+        on = next((r for r in allon if r["model"] == name), None)
+        b7 = next((r for r in rows if r["model"] == name and r.get("neck") == "DFF budget 0.7"), None)
+        if on is None or b7 is None:
+            out.append(f"- {name}: no budget-0.7 row (budget out of reach)")
+            continue
+        flop_cut = 1 - b7["neck_ratio"]
+        time_cut = 1 - b7["neck_p50_ms"] / on["neck_p50_ms"]
+        d_map = 100 * (b7["map"] - on["map"])
+        out.append(
+            f"- {name}: neck FLOPs {b7['neck_ratio']:.2f} of all-on (target <= 0.70: "
+            f"{'met' if b7['neck_ratio'] <= 0.70 else 'MISSED'}); neck latency -{100 * time_cut:.0f}% for "
+            f"-{100 * flop_cut:.0f}% FLOPs (target >= 80% of the FLOP cut: "
+            f"{'met' if flop_cut > 0 and time_cut >= 0.8 * flop_cut else 'MISSED'}); mAP50-95 {d_map:+.1f} points vs "
+            f"all-on (target within 0.5: {'met' if abs(d_map) <= 0.5 or d_map > 0 else 'MISSED'}; {spread})"
+        )
+    return out
+
+
+def synthetic_table(configs: dict, dffs: list[str], budgets: list[float], a, imgsz: int) -> str:
+    """Neck GFLOPs, ratio, complexity estimate and neck latency on synthetic scenes with 2, 8 and 32 objects."""
+    import torch
+
+    from sparseyolo.bench.common import latency, markdown_table
+    from sparseyolo.data.synth import synth_scene
+    from sparseyolo.nn import dff_necks
+
+    levels = [(2, 0.0), (8, 0.05), (32, 0.2)]
+    scenes = {}
+    for count, clutter in levels:
+        xs = []
+        for s in range(a.synth):
+            img = synth_scene(imgsz, imgsz, count=count, clutter=clutter, size=(8, 40), seed=1000 * count + s).image
+            xs.append(torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255)
+        scenes[count, clutter] = xs
+    names = [n for n in configs if n.startswith(f"DFF {dffs[0]} ")]
+    fns, rows_stats = {}, {}
+    for n in names:
+        m = configs[n][0].model.eval()
+        neck = dff_necks(m)[0]
+        for key, xs in scenes.items():
+            g, r, cx = [], [], []
+            for i, x in enumerate(xs):
+                fn = neck_callable(m, x)
+                with torch.no_grad():
+                    fn()
+                st = neck.last_stats
+                g.append(float(st["gflops"][0]))
+                r.append(float(st["ratio"][0]))
+                cx.append(float(st["complexity"][0]))
+                fns[f"{n}|{key}|{i}"] = fn
+            rows_stats[n, key] = (np.mean(g), np.mean(r), np.mean(cx))
+    times = latency(fns, repeats=a.repeats, threads=a.threads)
+    head = ["config"] + [f"{c} objects, clutter {cl:g}: GFLOPs / ratio / est. / ms" for c, cl in levels]
+    rows = []
+    for n in names:
+        cells = [n]
+        for key, xs in scenes.items():
+            g, r, cx = rows_stats[n, key]
+            ms = statistics.median(times[f"{n}|{key}|{i}"]["p50_ms"] for i in range(len(xs)))
+            cells.append(f"{g:.3f} / {r:.2f} / {cx:.2f} / {ms:.1f}")
+        rows.append(cells)
+    return (
+        f"\n## Synthetic scenes of graded complexity ({a.synth} per level, {imgsz} px; FLOPs and latency only)\n\n"
+        + markdown_table(head, rows)
+    )
+
+
+def plot_histogram(per_image: list[dict], path: Path) -> Path:
+    from sparseyolo.eval.report import _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    configs = [c for c in dict.fromkeys(r["config"] for r in per_image) if not c.startswith("ablation")]
+    for c in configs:
+        ax.hist([r["neck_gflops"] for r in per_image if r["config"] == c], bins=20, alpha=0.5, label=c)
+    ax.set_xlabel("executed neck GFLOPs per image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    return _save(fig, path)
