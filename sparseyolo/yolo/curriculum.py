@@ -8,8 +8,13 @@ Three phases over the run's epochs:
 3. fine-tuning (`finetune` share, at the end): the policy (gates, routing, controller, complexity) is frozen,
    the rest of the model adapts to its decisions.
 
+Optional distillation from a static teacher (`dff_teacher=best.pt`, weight `dff_distill=1.0`): the teacher's
+Detect outputs (class probabilities, box distributions) guide the student's (`distill_loss` column); classes,
+strides and head layout must match.
+
 Settings: `sparseyolo train ... dff_warmup=0.3 dff_finetune=0.15 dff_t_start=1.0 dff_t_end=0.2 dff_budget=0.6
-dff_eff_weight=1.0`, or the same keywords (without `dff_`) in `sparseyolo.YOLO(...).train(dff_warmup=...)`.
+dff_eff_weight=2.0 dff_teacher=best.pt dff_distill=1.0`, or the same keywords in
+`sparseyolo.YOLO(...).train(dff_warmup=...)`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Curriculum:
     t_end: float = 0.2
     budget: float | None = None  # None: each neck's own (from its YAML)
     eff_weight: float | None = None  # None: each neck's own
+    teacher: str | None = None  # a static teacher checkpoint (or shipped reference name) to distil from
+    distill: float = 1.0  # weight of `distill_loss`
 
     def __post_init__(self):
         for name in ("warmup", "finetune"):
@@ -44,6 +51,8 @@ class Curriculum:
             self.budget = check_budget(self.budget)
         if self.eff_weight is not None and float(self.eff_weight) < 0:
             raise ValueError(f"dff_eff_weight must be >= 0, got {self.eff_weight}")
+        if float(self.distill) < 0:
+            raise ValueError(f"dff_distill must be >= 0, got {self.distill}")
 
     @classmethod
     def pop_from(cls, overrides: dict) -> Curriculum:
@@ -87,6 +96,33 @@ class Curriculum:
                     p.requires_grad_(phase != "finetune")
         return phase
 
+    def on_train_start(self, trainer) -> None:
+        """Attach the distillation teacher (if any) to the trained model and its EMA."""
+        if self.teacher is None:
+            return
+        import torch
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from sparseyolo.yolo.api import YOLO
+
+        try:
+            teacher = YOLO(str(self.teacher)).model.float().eval()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"dff_teacher: {e}") from e
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student = unwrap_model(trainer.model)
+        t_nc, s_nc = getattr(teacher.model[-1], "nc", None), getattr(student.model[-1], "nc", None)
+        if t_nc != s_nc:
+            raise ValueError(f"dff_teacher has {t_nc} classes, the trained model {s_nc}")
+        if not torch.equal(teacher.stride.float(), student.stride.float()):
+            raise ValueError(f"dff_teacher strides {teacher.stride.tolist()} differ from {student.stride.tolist()}")
+        teacher.to(next(student.parameters()).device)
+        ema = getattr(trainer, "ema", None)
+        for m in (student, ema.ema if ema else None):
+            if m is not None and hasattr(m, "set_teacher"):
+                m.set_teacher(teacher, self.distill)
+
     def on_train_epoch_start(self, trainer) -> None:
         from ultralytics.utils.torch_utils import unwrap_model
 
@@ -104,4 +140,9 @@ def add_curriculum(callbacks: dict, curriculum: Curriculum | None = None) -> Non
         return
     for h in registered:
         hooks.remove(h)
-    hooks.append((curriculum or Curriculum()).on_train_epoch_start)
+    curriculum = curriculum or Curriculum()
+    hooks.append(curriculum.on_train_epoch_start)
+    start = callbacks.setdefault("on_train_start", [])
+    for h in [h for h in start if isinstance(getattr(h, "__self__", None), Curriculum)]:
+        start.remove(h)
+    start.append(curriculum.on_train_start)

@@ -45,6 +45,38 @@ class SparseDetectionModel(DetectionModel):
                 if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.BatchNorm2d:
                     bn.eps, bn.momentum = 1e-3, 0.03
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_teacher", None)  # a distillation teacher is never saved (nor copied into the EMA)
+        return state
+
+    def set_teacher(self, teacher: nn.Module | None, weight: float = 1.0) -> None:
+        """Distil from `teacher` (a static detection model with the same classes, strides and head layout): adds
+        `distill_loss` = weight * (MSE of class probabilities + KL of box distributions) on Detect's raw outputs.
+        Kept outside the module tree: not trained, not in the state dict, not saved."""
+        self.__dict__["_teacher"] = None if teacher is None else (teacher.eval(), float(weight))
+
+    def _distill_loss(self, img: torch.Tensor, preds) -> torch.Tensor:
+        teacher, weight = self.__dict__["_teacher"]
+        student = preds[1] if isinstance(preds, tuple) else preds
+        student = student.get("one2many", student)
+        with torch.no_grad():
+            t = teacher(img)
+        t = t[1] if isinstance(t, tuple) else t
+        t = t.get("one2many", t)
+        if t["scores"].shape != student["scores"].shape or t["boxes"].shape != student["boxes"].shape:
+            raise ValueError(
+                f"teacher outputs {tuple(t['scores'].shape)}/{tuple(t['boxes'].shape)} do not match the student's "
+                f"{tuple(student['scores'].shape)}/{tuple(student['boxes'].shape)} (scores/boxes): the teacher needs "
+                "the same classes, strides and head"
+            )
+        cls = (student["scores"].sigmoid() - t["scores"].sigmoid()).square().mean()
+        b, c, a = student["boxes"].shape
+        s_box = student["boxes"].view(b, 4, c // 4, a).log_softmax(2)
+        t_box = t["boxes"].view(b, 4, c // 4, a).softmax(2)
+        box = (t_box * (t_box.clamp_min(1e-9).log() - s_box)).sum(2).mean()
+        return weight * (cls + box)
+
     def aux_names(self) -> tuple[list[str], list[str]]:
         losses, stats = [], []
         for m in aux_modules(self):
@@ -57,6 +89,10 @@ class SparseDetectionModel(DetectionModel):
         if preds is None:
             preds = self.forward(batch["img"])
         loss, items = super().loss(batch, preds)
+        if self.__dict__.get("_teacher") is not None:
+            d = self._distill_loss(batch["img"], preds)
+            loss = torch.cat([loss.view(-1), (d * batch["img"].shape[0]).view(1)])
+            items = {**dict(items), "distill_loss": d.detach()}
         mods = aux_modules(self)
         if not mods:
             return loss, items

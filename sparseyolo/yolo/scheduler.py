@@ -1,9 +1,10 @@
 """Real-time control of DFF necks on streams: hold a target frame rate by moving the compute budget.
 
 `sparseyolo.YOLO(...).predict(source=video, stream=True, target_fps=15, preset="cpu")`: after every frame (every
-batch: a video or a folder is read one frame per batch) the scheduler compares the frame's wall time with `1 / target_fps` and moves the neck's gate threshold (through the
-stored calibration curve when there is one, else directly): fewer fusion blocks, pixels and routes when frames
-are late, more when there is slack. Hardware presets cap the paths that run side by side, before any budget:
+batch: a video or a folder is read one frame per batch) the scheduler compares the frame's wall time with
+`1 / target_fps` and moves the neck's gate threshold (through the stored calibration curve when there is one,
+else directly): fewer fusion blocks, pixels and routes when frames are late, more when there is slack.
+Hardware presets cap the paths that run side by side, before any budget:
 
 - `gpu`: no cap (parallel paths are cheap on a GPU);
 - `cpu`: one incoming route per level;

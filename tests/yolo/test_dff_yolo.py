@@ -171,3 +171,19 @@ def test_frame_rate_scheduler_and_presets(dff_run, tiny_data):
     with pytest.raises(ValueError, match="target_fps must be > 0"):
         dff_run.predict(images[0], target_fps=0, verbose=False)
     assert cli_main(["predict", "model=yolov8n.yaml", f"source={images[0]}", "preset=cpu", "imgsz=64"]) == 1
+
+
+def test_distillation_from_a_teacher(dff_run, tiny_data, runs_dir):
+    teacher = str(dff_run.trainer.best)
+    m = YOLO("yolov8n-dff.yaml")
+    m.train(data=str(tiny_data), project=str(runs_dir), name="distil", epochs=1, dff_teacher=teacher, **COMMON)
+    assert "distill_loss" in m.trainer.loss_names and math.isfinite(float(m.trainer.tloss["distill_loss"]))
+    ckpt = torch.load(m.trainer.last, map_location="cpu", weights_only=False)
+    assert "_teacher" not in ckpt["model"].__dict__  # the teacher is never saved
+    m2 = YOLO("yolov8n-dff.yaml")
+    with pytest.raises(ValueError, match="dff_teacher has 80 classes"):
+        m2.train(data=str(tiny_data), project=str(runs_dir), name="bad", epochs=1, dff_teacher="yolov8n.yaml",
+                 **COMMON)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="dff_teacher"):
+        m2.train(data=str(tiny_data), project=str(runs_dir), name="bad", epochs=1, dff_teacher="missing.pt",
+                 **COMMON)  # fmt: skip
