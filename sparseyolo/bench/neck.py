@@ -75,15 +75,6 @@ def configure(yolo, mode: str, threshold: float | None = None, disabled=frozense
     return yolo
 
 
-def calibration_tiles(data_yaml: Path, n: int) -> list[Path]:
-    """`n` training tiles, evenly spaced over the sorted list (the evaluated val tiles are never used)."""
-    from sparseyolo.eval.data import load_split
-
-    tiles = load_split(data_yaml, "train")[0]
-    idx = np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)
-    return [tiles[i] for i in sorted(set(idx.tolist()))]
-
-
 def subset_map(gt: dict, dets: list[dict], ids: set) -> float:
     from sparseyolo.eval.coco import coco_metrics
 
@@ -134,7 +125,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     from sparseyolo.nn import dff_necks
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO
-    from sparseyolo.yolo.budget import calibrate, letterboxed
+    from sparseyolo.yolo.budget import calibrate, calibration_images, letterboxed
     from sparseyolo.yolo.reference import Recipe
 
     set_threads(a.threads)
@@ -142,7 +133,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
     images, gt, _ = load_split(data, "val")
     imgsz = recipe.imgsz
-    calib = calibration_tiles(data, a.calib)
+    calib = calibration_images(data, a.calib)
 
     # --- configurations: name -> (YOLO, info) ---------------------------------------------------------------
     configs: dict[str, tuple] = {}

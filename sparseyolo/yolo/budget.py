@@ -41,6 +41,16 @@ def image_paths(source) -> list[Path]:
     return [p]
 
 
+def calibration_images(data_yaml, n: int, split: str = "train") -> list[Path]:
+    """`n` images of a dataset split, evenly spaced over its sorted list (calibrate on training images, evaluate on
+    the others)."""
+    from sparseyolo.eval.data import load_split
+
+    images = load_split(data_yaml, split)[0]
+    idx = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
+    return [images[i] for i in sorted(set(idx.tolist()))]
+
+
 def letterboxed(path: Path, imgsz: int) -> torch.Tensor:
     """`Tensor[1, 3, H, W]` in [0, 1]: the image resized and padded as Ultralytics' predictor does."""
     from ultralytics.data.augment import LetterBox

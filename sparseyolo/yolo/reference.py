@@ -197,6 +197,7 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
         raise FileNotFoundError(f"no trained weights for {variant.name}: {last} is missing")
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     model = (ckpt.get("ema") or ckpt["model"]).float()
+    calibration = calibrate_reference(model, recipe) if has_dff_neck(model) else None
     rows = list(csv.DictReader(open(run_dir / "results.csv"))) if (run_dir / "results.csv").is_file() else []
     final = {k.strip(): float(v) for k, v in rows[-1].items()} if rows else {}
     info = {
@@ -211,4 +212,29 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
         "metrics": metrics or {},
         "python": sys.version.split()[0],
     }
+    if calibration is not None:
+        info["calibration"] = calibration
     return save_reference(model, variant.name, info)
+
+
+CALIBRATION_BUDGET = 0.7  # the shipped DFF models' stored budget
+CALIBRATION_TILES = 48
+
+
+def has_dff_neck(model) -> bool:
+    from sparseyolo.nn import dff_necks
+
+    return bool(dff_necks(model))
+
+
+def calibrate_reference(model, recipe: Recipe) -> dict:
+    """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on `CALIBRATION_TILES` training tiles
+    (evenly spaced; never the validation region); returns the report stored in the model's JSON."""
+    from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.yolo.budget import calibrate, calibration_images
+
+    data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
+    tiles = calibration_images(data, CALIBRATION_TILES)
+    report = calibrate(model, tiles, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)
+    report["source"] = f"{len(tiles)} evenly spaced training tiles"
+    return report

@@ -165,6 +165,7 @@ def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
     rows = {(r["model"], r["method"]): r for r in full["rows"]}
     assert rows["yolov8n-sparse-aerial", "native"]["active"] < 0.8  # the sparse reference is actually sparse
     assert rows["yolov8n-aerial", "sahi"]["gflops"] > rows["yolov8n-aerial", "native"]["gflops"]
+    assert rows["yolov8n-dff-aerial", "native"]["gflops"] < rows["yolov8n-dff-aerial all-on", "native"]["gflops"]
     assert all(0.0 <= r["map50"] <= 1.0 for r in full["rows"] + tiles["rows"])
     capsys.readouterr()
     run_demo(tmp_path / "demo", repeats=0, memory=False)
@@ -220,3 +221,33 @@ def test_bench_aerial_smoke(tmp_path, capsys):
     assert (tmp_path / "aerial.md").is_file()
     with pytest.raises(SystemExit):
         main(["aerial", "--repeats", "0"])
+
+
+@pytest.mark.skipif("yolov8n-dff-aerial" not in shipped_names(), reason="DFF reference model not shipped")
+def test_bench_neck_smoke(tmp_path, capsys):
+    from sparseyolo.bench import main
+
+    args = ["neck", "--dff", "yolov8n-dff-aerial", "--pan", "yolov8n-aerial", "--budgets", "0.7", "--repeats", "1"]
+    try:
+        rc = main(args + ["--synth", "1", "--calib", "6", "--out", str(tmp_path)])
+    except RuntimeError as e:
+        pytest.skip(f"deepforest data unavailable: {e}")
+    out = capsys.readouterr().out
+    assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
+    for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png"):
+        assert (tmp_path / f).is_file(), f
+    with pytest.raises(SystemExit):
+        main(["neck", "--budgets", "1.5"])
+    assert main(["neck", "--dff", "no-such-model", "--pan", "", "--out", str(tmp_path)]) == 1
+
+
+def test_shipped_dff_model_carries_its_calibration():
+    if "yolov8n-dff-aerial" not in shipped_names():
+        pytest.skip("DFF reference model not shipped")
+    from sparseyolo.nn import dff_necks
+
+    info = json.loads((reference.WEIGHTS_DIR / "yolov8n-dff-aerial.json").read_text())
+    neck = dff_necks(YOLO("yolov8n-dff-aerial").model)[0]
+    assert bool(neck.calib_valid) and info["calibration"]["budget"] == 0.7
+    assert float(neck.threshold) == pytest.approx(info["calibration"]["threshold"], abs=1e-3)
+    assert info["calibration"]["ratio"] <= 0.7
