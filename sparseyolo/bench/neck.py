@@ -276,6 +276,8 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     if a.synth:
         text.append(synthetic_table(configs, dffs, budgets, a, imgsz))
 
+    text.append(pixel_gate_table(a))
+
     # --- targets ------------------------------------------------------------------------------------------
     text.append("\n## Targets at budget 0.7\n")
     text += targets(rows, dffs)
@@ -371,6 +373,36 @@ def synthetic_table(configs: dict, dffs: list[str], budgets: list[float], a, img
     return (
         f"\n## Synthetic scenes of graded complexity ({a.synth} per level, {imgsz} px; FLOPs and latency only)\n\n"
         + markdown_table(head, rows)
+    )
+
+
+def pixel_gate_table(a, size: int = 160, c: int = 64) -> str:
+    """One fusion block at a `size x size` P3 map (a 1280-px image), width `c`: dense vs run at gated pixels only
+    (sparse engine), for gates that keep 5-100% of the pixels in 8-px blobs (objects, not salt and pepper)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.bench.common import latency, markdown_table
+    from sparseyolo.nn.dff import FusionBlock
+
+    torch.manual_seed(0)
+    blk = FusionBlock(c).eval()
+    x = torch.randn(1, c, size, size)
+    fns, share = {"dense": lambda: blk.run_dense(x)}, {}
+    for d in (0.05, 0.1, 0.2, 0.35, 0.5):
+        g = torch.rand(1, 1, size // 8, size // 8, generator=torch.Generator().manual_seed(int(d * 100)))
+        m = F.interpolate(g, size=(size, size), mode="nearest")[:, 0] < d
+        share[d] = float(m.float().mean())
+        fns[f"gated {d}"] = lambda m=m: blk.run_at(x, m)
+    times = latency(fns, repeats=a.repeats, threads=a.threads)
+    dense = times["dense"]["p50_ms"]
+    rows = [["dense (every pixel)", "1.00", f"{dense:.1f}", "1.00"]]
+    for d, sh in share.items():
+        t = times[f"gated {d}"]["p50_ms"]
+        rows.append([f"pixel gate open on {sh:.0%}", f"{sh:.2f}", f"{t:.1f}", f"{t / dense:.2f}"])
+    return (
+        f"\n## 4. A pixel-gated fusion block on the sparse engine (P3 of a 1280-px image: {size}x{size}, "
+        f"{c} channels, batch 1)\n\n" + markdown_table(["block", "gated share", "p50 ms", "time / dense"], rows)
     )
 
 

@@ -45,6 +45,7 @@ from sparseyolo.nn.gates import (
     gate_probability,
     straight_through,
 )
+from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.sparse import functional as SF
 
 COMPLEXITY = ("learned", "stats")
@@ -104,24 +105,35 @@ class FusionBlock(nn.Module):
         w1, b1, w2, b2 = self._weights(channels)
         return F.silu(F.conv2d(F.silu(F.conv2d(x, w1, b1, 1, 1)), w2, b2, 1, 1))
 
-    def run_at(self, x: Tensor, mask: Tensor, channels: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+    def run_at(self, x: Tensor, mask: Tensor, channels: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
         """Eval: the increment at the pixels of `mask (B, H, W) bool` only, on the sparse engine.
 
-        The first conv runs at the mask dilated by one pixel (every pixel the second conv reads), reading `x`
-        densely; the second at the mask. Equals `run_dense` at those pixels. Returns `sites (N, 3) int32`,
-        `rows (N, c)` and the number of first-conv sites."""
+        Both convs run as submanifold convs (gather-GEMM-scatter over one kernel map) on the mask dilated by two
+        pixels: the first conv is then exact on the mask dilated by one, which is all the second conv reads at
+        the mask. Equals `run_dense` at the mask's pixels. Returns `sites (N, 3) int32` (the mask's pixels),
+        `rows (N, c)` and the FLOPs executed (2 per multiply-add of every kernel-map pair)."""
         w1, b1, w2, b2 = self._weights(channels)
-        near = F.max_pool2d(mask[:, None].to(x.dtype), 3, 1, 1)[:, 0] > 0
-        s1 = near.nonzero().to(torch.int32)
-        h = F.silu(SF.conv2d_at_sites(x, w1, s1, 1, 1) + b1)  # (N1, c_)
-        hd = x.new_zeros(x.shape[0], h.shape[1], x.shape[2], x.shape[3])
-        hd[s1[:, 0].long(), :, s1[:, 1].long(), s1[:, 2].long()] = h
-        s0 = mask.nonzero().to(torch.int32)
-        return s0, F.silu(SF.conv2d_at_sites(hd, w2, s0, 1, 1) + b2), int(s1.shape[0])
+        near = F.max_pool2d(mask[:, None].to(x.dtype), 5, 1, 2)[:, 0] > 0
+        st = SparseConvTensor.from_dense(x, near)
+        h = SF.subm_conv(st, w1, b1)
+        y = SF.subm_conv(h.replace_feature(F.silu(h.features)), w2, b2)
+        keep = mask[near]  # the rows of `near` (row-major, as `from_dense` orders them) that are mask pixels
+        pairs = float(subm_pairs(near))
+        return st.indices[keep], F.silu(y.features[keep]), 2 * pairs * self.c * w1.shape[0] * 2
 
     def flops(self, sites1: float | Tensor, sites0: float | Tensor, hidden: int) -> float | Tensor:
-        """FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""
+        """Dense FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""
         return 2 * 9 * self.c * hidden * (sites1 + sites0)
+
+
+def subm_pairs(mask: Tensor) -> Tensor:
+    """Kernel-map pairs of a 3x3 submanifold conv on `mask (B, H, W) bool`: active (input, output) neighbours,
+    `Tensor[B]`."""
+    H, W = mask.shape[-2:]
+    m = mask.to(torch.int64)
+    p = F.pad(m, (1, 1, 1, 1))
+    around = sum(p[:, dy : dy + H, dx : dx + W] for dy in range(3) for dx in range(3))  # elementwise: no GEMM
+    return (around * m).sum((1, 2))
 
 
 class DFFNeck(nn.Module):
@@ -486,10 +498,10 @@ class DFFNeck(nn.Module):
         dense = float(blk.flops(hw, hw, self.hidden))
         if ms is None:
             return dense
-        mask = (ms.detach() != 0).to(torch.float32)
-        n0 = mask.sum((1, 2, 3)).double().cpu()
-        n1 = (F.max_pool2d(mask, 3, 1, 1) > 0).sum((1, 2, 3)).double().cpu()
-        sparse = blk.flops(n1, n0, self.hidden)
+        mask = ms.detach()[:, 0] != 0
+        n0 = mask.sum((1, 2)).double().cpu()
+        near = F.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0
+        sparse = 2 * subm_pairs(near).double().cpu() * self.c * self.hidden * 2
         return torch.where(n0 > self.sparse_density * hw, torch.full_like(n0, dense), sparse)
 
     def _run_block(self, blk, x, e, ms, channels, flops, hw):
@@ -522,12 +534,12 @@ class DFFNeck(nn.Module):
                 x[b] += e[b] * gate * blk.run_dense(xb, ch)[0]
                 flops[b] += float(blk.flops(hw, hw, self.hidden))
                 continue
-            sites, rows, n1 = blk.run_at(xb, mask[None], ch)
+            sites, rows, f = blk.run_at(xb, mask[None], ch)
             ys, xs_ = sites[:, 1].long(), sites[:, 2].long()
             scale = e[b] * gate[ys, xs_]
             flat = x[b].view(self.c, -1)
             flat.index_add_(1, ys * x.shape[3] + xs_, (rows * scale[:, None]).t())
-            flops[b] += float(blk.flops(n1, n0, self.hidden))
+            flops[b] += f
         return x, ran
 
     # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) ---------------------------------------
