@@ -148,6 +148,10 @@ def test_static_onnx_export_matches_all_on(tmp_path):
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+    path = tmp_path / "dff.pt"
+    m.save(str(path))
+    assert cli_main(["export", f"model={path}", "format=onnx", "imgsz=64", "simplify=False"]) == 0  # the CLI too
+    assert (tmp_path / "dff.onnx").is_file()
 
 
 def test_frame_rate_scheduler_and_presets(dff_run, tiny_data):
