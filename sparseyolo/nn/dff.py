@@ -599,6 +599,14 @@ def set_neck_mode(model: nn.Module, mode: str) -> list[str]:
     return old
 
 
+def calibration_grid() -> Tensor:
+    """The thresholds a calibration tries (`CALIBRATION_POINTS`): steps of 0.05 up to 0.8, then ever finer steps
+    up to 0.999, where saturated gate probabilities are told apart."""
+    coarse = torch.arange(17, dtype=torch.float64) * 0.05  # 0 .. 0.8
+    fine = 1 - torch.logspace(math.log10(0.18), -3, CALIBRATION_POINTS - 17, dtype=torch.float64)  # 0.82 .. 0.999
+    return torch.cat([coarse, fine]).float()
+
+
 @torch.no_grad()
 def ratio_curve(neck: DFFNeck, inputs: list[list[Tensor]], thresholds: Tensor) -> Tensor:
     """Mean executed FLOP ratio of `neck` over `inputs` (each the neck's list of maps for one batch) at each of
@@ -630,7 +638,7 @@ def calibrate_neck(neck: DFFNeck, inputs: list[list[Tensor]], budget: float) -> 
 
     Raises `ValueError` when even the highest threshold stays above the budget."""
     budget = check_budget(budget)
-    grid = torch.linspace(0.0, 0.99, CALIBRATION_POINTS)
+    grid = calibration_grid()
     curve = ratio_curve(neck, inputs, grid)
     ok = (curve <= budget + 1e-9).nonzero()[:, 0]
     if ok.numel() == 0:
@@ -643,7 +651,13 @@ def calibrate_neck(neck: DFFNeck, inputs: list[list[Tensor]], budget: float) -> 
     neck.calib_ratios.copy_(curve)
     neck.calib_valid.fill_(True)
     neck.set_threshold(float(grid[i]))
-    return {"budget": budget, "threshold": float(grid[i]), "ratio": float(curve[i]), "curve": curve.tolist()}
+    return {
+        "budget": budget,
+        "threshold": float(grid[i]),
+        "ratio": float(curve[i]),
+        "thresholds": grid.tolist(),
+        "curve": curve.tolist(),
+    }
 
 
 def threshold_for_budget(neck: DFFNeck, budget: float) -> float:

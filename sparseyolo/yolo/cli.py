@@ -161,9 +161,8 @@ def calibrate_main(overrides: dict) -> int:
         print(f"sparseyolo calibrate: error: {e}", file=sys.stderr)
         return 1
     print(f"threshold -> mean neck FLOP ratio on {report['images']} images (imgsz {report['imgsz']}):")
-    for i, r in enumerate(report["curve"]):
-        t = i * 0.99 / (len(report["curve"]) - 1)
-        mark = "  <- chosen" if abs(t - report["threshold"]) < 1e-6 else ""
+    for t, r in zip(report["thresholds"], report["curve"], strict=True):
+        mark = "  <- chosen" if abs(t - report["threshold"]) < 1e-9 else ""
         print(f"  {t:.3f}  {r:.3f}{mark}")
     print(f"budget {report['budget']}: threshold {report['threshold']:.3f}, ratio {report['ratio']:.3f}; saved {out}")
     return 0
