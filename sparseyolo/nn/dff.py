@@ -140,8 +140,9 @@ class DFFNeck(nn.Module):
     """Dynamic Feature Fusion neck; see the module docstring.
 
     Runtime settings (plain attributes, saved with a pickled checkpoint): `mode`, `disabled` (parts switched off
-    in `dynamic` mode, a subset of `PARTS`), `temperature`, `efficiency_on`, `loss_weights`; the gate
-    `threshold` and the calibration curve are buffers.
+    in `dynamic` mode, a subset of `PARTS`), `efficiency_on`, `loss_weights`. Buffers (saved in the state dict,
+    so in shipped safetensors too): the gate `threshold`, the relaxation `temperature` (thresholds are read on
+    probabilities at this temperature: it must travel with the weights) and the calibration curve.
 
     Args:
         c1s (list[int]): input channels per level, finest first (P3, P4, P5).
@@ -153,7 +154,8 @@ class DFFNeck(nn.Module):
         topk (float): share of hidden channels each image keeps in its fusion blocks, (0, 1].
         route_threshold (float): routing weights at or under it are not computed, [0, 1).
         budget (float): training target of the expected executed FLOPs over all-on, (0, 1].
-        sparse_density (float): a gated map denser than this runs its blocks densely (masked) instead.
+        sparse_density (float): a gated map denser than this runs its blocks densely (masked) instead; the same
+            numbers either way. The YAMLs use 0.2, the crossover measured by `sparseyolo bench neck` (section 4).
     """
 
     # class defaults, so checkpoints pickled before these attributes existed still load
@@ -229,7 +231,7 @@ class DFFNeck(nn.Module):
         self.register_buffer("calib_valid", torch.tensor(False))
         self.mode = "dynamic"
         self.disabled: frozenset[str] = frozenset()  # parts switched off in `dynamic` mode (ablations), see PARTS
-        self.temperature = 1.0
+        self.register_buffer("temperature", torch.tensor(1.0))
         self.efficiency_on = True  # the curriculum turns the efficiency/smoothness losses off in warm-up
         self.loss_weights = {"eff_loss": 2.0, "route_loss": 0.01, "smooth_loss": 0.1}
         self.last_stats: dict[str, Tensor] = {}
@@ -248,6 +250,18 @@ class DFFNeck(nn.Module):
         c = ctx.width_scaled(args[0])
         L = len(c1s)
         return [list(c1s), c, *args[1:]], Channels([c] * L), 1
+
+    def __setstate__(self, state):
+        # checkpoints pickled before `temperature` became a buffer hold it as a plain float
+        old = state.pop("temperature", None)
+        super().__setstate__(state)
+        if "temperature" not in self._buffers:
+            self.register_buffer("temperature", torch.tensor(float(1.0 if old is None else old)))
+
+    def set_temperature(self, t: float) -> None:
+        if not float(t) > 0:
+            raise ValueError(f"temperature must be > 0, got {t}")
+        self.temperature.fill_(float(t))
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -399,6 +413,7 @@ class DFFNeck(nn.Module):
         dynamic = mode == "dynamic"
         soft = self.training
         thr = float(self.threshold) if dynamic else 0.0
+        temp = float(self.temperature)
         fixed = self.fixed_flops(sizes, mode if dynamic else "all_on", off)
         flops = torch.full((B,), fixed, dtype=torch.float64)
         depth_run = torch.zeros(B, L, dtype=torch.long)
@@ -410,7 +425,7 @@ class DFFNeck(nn.Module):
             cap = cap_soft = desc.new_ones(B, D)
         elif dynamic and D > 0:
             logits = self.controller(torch.cat([desc.flatten(1), cx[:, None]], 1)).view(B, L, D)
-            p_depth = gate_probability(logits, self.gate, self.temperature, noise=soft)
+            p_depth = gate_probability(logits, self.gate, temp, noise=soft)
             m_depth = gate_multiplier(p_depth, self.gate, thr)
             steps = torch.arange(D, dtype=cx.dtype, device=cx.device)
             cap_soft = (cx[:, None] * D - steps).clamp(0, 1)  # (B, D): soft "d < complexity * d_max"
@@ -434,7 +449,7 @@ class DFFNeck(nn.Module):
                 continue
             ms = ps = None
             if lvl < self.spatial and "pixel" not in off:
-                ps = gate_probability(self.spatial_gate[lvl](x), self.gate, self.temperature, noise=soft)
+                ps = gate_probability(self.spatial_gate[lvl](x), self.gate, temp, noise=soft)
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
                 decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
                 spatial_share += (ms.detach() != 0).double().mean((1, 2, 3)).cpu() / self.spatial
@@ -469,7 +484,7 @@ class DFFNeck(nn.Module):
                         if idx.numel():
                             stop[idx] = self.quality[lvl](x.index_select(0, idx).mean((2, 3)))[:, 0]
                     flops += ran.double().cpu() * (2 * self.c)
-                    p_cont = gate_probability(-stop, self.gate, self.temperature, noise=soft)
+                    p_cont = gate_probability(-stop, self.gate, temp, noise=soft)
                     chain = e * gate_multiplier(p_cont, self.gate, thr)
                     p_chain = p_chain * p_cont
             outs.append(x)

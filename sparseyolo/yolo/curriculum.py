@@ -86,7 +86,7 @@ class Curriculum:
                 continue
             for neck in dff_necks(model):
                 neck.mode = "all_on" if phase == "warmup" else "dynamic"
-                neck.temperature = temperature
+                neck.set_temperature(temperature)
                 neck.efficiency_on = phase == "dynamic"
                 if self.budget is not None:
                     neck.budget = self.budget

@@ -241,3 +241,21 @@ def test_bad_arguments():
         neck(inputs()[:2])
     with pytest.raises(ValueError, match="needs a calibrated model"):
         threshold_for_budget(neck, 0.7)
+
+
+def test_temperature_is_saved_and_old_pickles_load():
+    """Thresholds are read on probabilities at the neck's temperature: it is a buffer (in the state dict); a
+    checkpoint pickled when it was a plain attribute loads with its value."""
+    neck = DFFNeck(C1S, c=16)
+    neck.set_temperature(0.2)
+    fresh = DFFNeck(C1S, c=16)
+    fresh.load_state_dict(neck.state_dict())
+    assert float(fresh.temperature) == pytest.approx(0.2)
+    state = neck.__dict__.copy()
+    state["_buffers"] = {k: v for k, v in state["_buffers"].items() if k != "temperature"}
+    state["temperature"] = 0.3
+    old = DFFNeck.__new__(DFFNeck)
+    old.__setstate__(state)
+    assert float(old.temperature) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="temperature"):
+        neck.set_temperature(0)

@@ -251,3 +251,4 @@ def test_shipped_dff_model_carries_its_calibration():
     assert bool(neck.calib_valid) and info["calibration"]["budget"] == 0.7
     assert float(neck.threshold) == pytest.approx(info["calibration"]["threshold"], abs=1e-3)
     assert info["calibration"]["ratio"] <= 0.7
+    assert float(neck.temperature) == pytest.approx(0.2, abs=1e-3)  # the curriculum's final temperature travels
