@@ -127,6 +127,20 @@ class YOLO(_UltralyticsYOLO):
         necks = {id(n): n for m in models if isinstance(m, torch.nn.Module) for n in dff_necks(m)}
         return list(necks.values())
 
+    def neck_stats(self) -> dict:
+        """`last_stats` of the DFF neck that ran last: per-image `gflops`, `ratio`, `complexity`, `depth`,
+        `routes`, `spatial` (after `predict`, the neck of Ultralytics' model copy). Empty before any forward."""
+        from sparseyolo.nn import dff_necks
+
+        backend = getattr(getattr(self, "predictor", None), "model", None)
+        for m in (getattr(backend, "model", None), self.model):
+            necks = dff_necks(m) if isinstance(m, torch.nn.Module) else []
+            if necks and necks[0].last_stats:
+                return dict(necks[0].last_stats)
+        if not dff_necks(self.model):
+            raise ValueError("neck_stats: this model has no DFF neck")
+        return {}
+
     @contextlib.contextmanager
     def _dff_control(self, budget: float | None = None, target_fps: float | None = None, preset: str | None = None):
         """Within the block DFF necks run at the calibrated threshold for `budget`, under the hardware `preset`

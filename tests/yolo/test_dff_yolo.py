@@ -110,6 +110,8 @@ def test_calibrate_predict_val_budget_and_save(dff_run, tiny_data, tmp_path):
     assert report["ratio"] <= 0.9 and report["images"] == len(images)
     thr = float(neck.threshold)
     res = dff_run.predict(images[0], budget=1.0, imgsz=64, verbose=False)
+    st = dff_run.neck_stats()
+    assert st["gflops"].shape == (1,) and st["depth"].shape == (1, 3)  # the neck that ran, one image
     assert len(res) == 1 and float(neck.threshold) == thr  # restored after the call
     pred_neck = dff_necks(dff_run.predictor.model.model)[0]  # the model AutoBackend runs
     assert float(pred_neck.threshold) == thr
