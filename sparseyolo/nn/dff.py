@@ -449,9 +449,10 @@ class DFFNeck(nn.Module):
                 continue
             ms = ps = None
             if lvl < self.spatial and "pixel" not in off:
-                ps = gate_probability(self.spatial_gate[lvl](x), self.gate, temp, noise=soft)
+                ps = gate_probability(self._pixel_logits(lvl, x), self.gate, temp, noise=soft)
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
-                decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
+                if soft:
+                    decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
                 spatial_share += (ms.detach() != 0).double().mean((1, 2, 3)).cpu() / self.spatial
             channels = cmult = None
             if self.importance is not None:
@@ -508,6 +509,14 @@ class DFFNeck(nn.Module):
             self._aux["desc"] = desc.detach().flatten(1)
         return outs
 
+    def _pixel_logits(self, lvl: int, x: Tensor) -> Tensor:
+        """Pixel-gate logits `(B, 1, H, W)` of level `lvl`: the 1x1 conv as one matmul over channels (a
+        one-channel conv is ~10x slower through the conv kernels at batch 1 on CPU; same numbers)."""
+        conv = self.spatial_gate[lvl]
+        B, C, H, W = x.shape
+        y = torch.matmul(conv.weight.view(1, C), x.reshape(B, C, H * W)) + conv.bias.view(1, 1, 1)
+        return y.view(B, 1, H, W)
+
     def _gated_flops(self, blk, ms: Tensor | None, hw: int) -> Tensor | float:
         """Per-image FLOPs inference spends on `blk` under pixel gates `ms (B, 1, H, W)` (dense when none)."""
         dense = float(blk.flops(hw, hw, self.hidden))
@@ -532,12 +541,12 @@ class DFFNeck(nn.Module):
             inc = blk.run_dense(xs) * e.index_select(0, idx)[:, None, None, None]
             flops += ran.double().cpu() * float(blk.flops(hw, hw, self.hidden))
             return (x + inc if idx.numel() == B else x.index_add(0, idx, inc)), ran
-        x = x.clone()
+        maps = list(x.unbind(0))  # per-image maps; each updated out of place (no copy of the others)
         for b in idx.tolist():
             ch = channels[b] if channels is not None else None
             xb = x[b : b + 1]
             if ms is None:
-                x[b] += e[b] * blk.run_dense(xb, ch)[0]
+                maps[b] = maps[b] + e[b] * blk.run_dense(xb, ch)[0]
                 flops[b] += float(blk.flops(hw, hw, self.hidden))
                 continue
             gate = ms[b, 0]
@@ -546,16 +555,17 @@ class DFFNeck(nn.Module):
             if n0 == 0:
                 continue
             if n0 > self.sparse_density * hw:
-                x[b] += e[b] * gate * blk.run_dense(xb, ch)[0]
+                inc = blk.run_dense(xb, ch)[0]
+                maps[b] = maps[b] + e[b] * (inc if n0 == hw and self.gate != "retanh" else gate * inc)
                 flops[b] += float(blk.flops(hw, hw, self.hidden))
                 continue
             sites, rows, f = blk.run_at(xb, mask[None], ch)
             ys, xs_ = sites[:, 1].long(), sites[:, 2].long()
             scale = e[b] * gate[ys, xs_]
-            flat = x[b].view(self.c, -1)
-            flat.index_add_(1, ys * x.shape[3] + xs_, (rows * scale[:, None]).t())
+            flat = maps[b].reshape(self.c, -1).index_add(1, ys * x.shape[3] + xs_, (rows * scale[:, None]).t())
+            maps[b] = flat.view_as(maps[b])
             flops[b] += f
-        return x, ran
+        return (maps[0][None] if B == 1 else torch.stack(maps)), ran
 
     # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) ---------------------------------------
     @property
