@@ -415,9 +415,10 @@ class DFFNeck(nn.Module):
         thr = float(self.threshold) if dynamic else 0.0
         temp = float(self.temperature)
         fixed = self.fixed_flops(sizes, mode if dynamic else "all_on", off)
-        flops = torch.full((B,), fixed, dtype=torch.float64)
-        depth_run = torch.zeros(B, L, dtype=torch.long)
-        spatial_share = torch.zeros(B, dtype=torch.float64)
+        # per-image bookkeeping in Python numbers (one `tolist()` per decision, no small tensor ops per block)
+        flops = [fixed] * B
+        depth_run = [[0] * L for _ in range(B)]
+        spatial_share = [0.0] * B
         expected = torch.zeros(B, dtype=desc.dtype, device=desc.device)  # training: expected block FLOPs
         decisions = []  # soft decision probabilities (B, .) for the smoothness loss
         if dynamic and D > 0 and "depth" in off:  # ablation: every block runs (no controller, cap, early stop)
@@ -442,9 +443,10 @@ class DFFNeck(nn.Module):
             if not dynamic or D == 0:
                 for blk in blocks:
                     x = x + (blk(x) if soft or mode == "static" else blk.run_dense(x))
-                if mode != "static":
-                    flops += D * float(blocks[0].flops(hw, hw, self.c)) if D else 0.0
-                    depth_run[:, lvl] = D
+                if mode != "static" and D:
+                    for b in range(B):
+                        flops[b] += D * float(blocks[0].flops(hw, hw, self.c))
+                        depth_run[b][lvl] = D
                 outs.append(x)
                 continue
             ms = ps = None
@@ -453,7 +455,8 @@ class DFFNeck(nn.Module):
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
                 if soft:
                     decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
-                spatial_share += (ms.detach() != 0).double().mean((1, 2, 3)).cpu() / self.spatial
+                for b, v in enumerate((ms.detach() != 0).float().mean((1, 2, 3)).tolist()):
+                    spatial_share[b] += v / self.spatial
             channels = cmult = None
             if self.importance is not None:
                 imp = torch.sigmoid(self.importance[lvl](desc[:, lvl]))  # (B, c)
@@ -472,10 +475,15 @@ class DFFNeck(nn.Module):
                     share = ps.mean((1, 2, 3)) if ps is not None else 1.0
                     expected = expected + p_chain * float(blk.flops(hw, hw, self.hidden)) * share
                     ran = e.detach() != 0
-                    flops += ran.double().cpu() * self._gated_flops(blk, ms, hw)
+                    gated = self._gated_flops(blk, ms, hw)
+                    gated = gated.tolist() if isinstance(gated, Tensor) else [gated] * B
+                    for b, on in enumerate(ran.tolist()):
+                        flops[b] += gated[b] if on else 0.0
                 else:
                     x, ran = self._run_block(blk, x, e, ms, channels, flops, hw)
-                depth_run[:, lvl] += ran.long().cpu()
+                ran_l = ran.tolist()
+                for b in range(B):
+                    depth_run[b][lvl] += int(ran_l[b])
                 if d < D - 1 and "depth" not in off:
                     idx = ran.nonzero()[:, 0]
                     if soft or idx.numel() == B:
@@ -484,7 +492,8 @@ class DFFNeck(nn.Module):
                         stop = x.new_full((B,), -ON_LOGIT)
                         if idx.numel():
                             stop[idx] = self.quality[lvl](x.index_select(0, idx).mean((2, 3)))[:, 0]
-                    flops += ran.double().cpu() * (2 * self.c)
+                    for b in range(B):
+                        flops[b] += 2 * self.c if ran_l[b] else 0
                     p_cont = gate_probability(-stop, self.gate, temp, noise=soft)
                     chain = e * gate_multiplier(p_cont, self.gate, thr)
                     p_chain = p_chain * p_cont
@@ -494,13 +503,14 @@ class DFFNeck(nn.Module):
             return outs
         all_on = self.all_on_flops(sizes)
         routes = (w.detach() != 0).sum((1, 2)).cpu() if w is not None else torch.zeros(B, dtype=torch.long)
+        flops_t = torch.tensor(flops, dtype=torch.float64)
         self.last_stats = {
-            "gflops": flops / 1e9,
-            "ratio": flops / all_on,
+            "gflops": flops_t / 1e9,
+            "ratio": flops_t / all_on,
             "complexity": cx.detach().cpu(),
-            "depth": depth_run,
+            "depth": torch.tensor(depth_run, dtype=torch.long),
             "routes": routes,
-            "spatial": spatial_share,
+            "spatial": torch.tensor(spatial_share, dtype=torch.float64),
         }
         if soft:
             r = r if r is not None else desc.new_zeros(B, L, L)
@@ -539,7 +549,8 @@ class DFFNeck(nn.Module):
         if ms is None and channels is None:
             xs = x if idx.numel() == B else x.index_select(0, idx)
             inc = blk.run_dense(xs) * e.index_select(0, idx)[:, None, None, None]
-            flops += ran.double().cpu() * float(blk.flops(hw, hw, self.hidden))
+            for b in idx.tolist():
+                flops[b] += float(blk.flops(hw, hw, self.hidden))
             return (x + inc if idx.numel() == B else x.index_add(0, idx, inc)), ran
         maps = list(x.unbind(0))  # per-image maps; each updated out of place (no copy of the others)
         for b in idx.tolist():
