@@ -213,26 +213,11 @@ class YOLO(_UltralyticsYOLO):
         """Ultralytics' `export`, with sparse blocks run as their dense masked equivalent (the same numbers in
         a graph that ONNX/TorchScript can trace) and DFF necks in their static all-on configuration (no
         data-dependent control flow). `stem="sparse"` is refused for models with sparse blocks."""
-        from sparseyolo.nn import SparseBlock, dff_necks, set_export_dense
+        from sparseyolo.yolo.export import check_stem, export_mode
 
-        if stem not in ("dense", "sparse"):
-            raise ValueError(f"stem must be 'dense' or 'sparse', got {stem!r}")
-        has_sparse = any(isinstance(m, SparseBlock) for m in self.model.modules())
-        if stem == "sparse" and has_sparse:
-            raise ValueError(
-                "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
-                "use stem=dense, which exports the same computation as dense masked convolutions"
-            )
-        from sparseyolo.nn import set_neck_mode
-
-        set_export_dense(self.model, True)
-        modes = set_neck_mode(self.model, "static")
-        try:
+        check_stem(self.model, stem)
+        with export_mode(self.model):
             return super().export(**kwargs)
-        finally:
-            set_export_dense(self.model, False)
-            for n, m in zip(dff_necks(self.model), modes, strict=True):
-                n.mode = m
 
     @property
     def task_map(self):

@@ -9,25 +9,42 @@ serves the CLI and any Ultralytics `Model`.
 
 from __future__ import annotations
 
+import contextlib
+
 from sparseyolo.nn import SparseBlock, dff_necks, set_export_dense, set_neck_mode
 
 
-def export(model, stem: str = "dense", **kwargs):
-    """`model.export(**kwargs)` with every sparse block in dense masked mode; returns the exported file path."""
-    from sparseyolo.yolo.api import YOLO
-
-    if isinstance(model, YOLO):
-        return model.export(stem=stem, **kwargs)
-    if stem != "dense" and any(isinstance(m, SparseBlock) for m in model.model.modules()):
+def check_stem(model, stem: str) -> None:
+    """`ValueError` for an unknown `stem`, or `stem="sparse"` on a model (nn.Module) with sparse blocks."""
+    if stem not in ("dense", "sparse"):
+        raise ValueError(f"stem must be 'dense' or 'sparse', got {stem!r}")
+    if stem == "sparse" and any(isinstance(m, SparseBlock) for m in model.modules()):
         raise ValueError(
             "sparse blocks cannot be exported as sparse ops (no ONNX/TorchScript kernels for the engine); "
             "use stem=dense, which exports the same computation as dense masked convolutions"
         )
-    set_export_dense(model.model, True)
-    modes = set_neck_mode(model.model, "static")
+
+
+@contextlib.contextmanager
+def export_mode(model):
+    """Within the block, sparse blocks of `model` (nn.Module) run dense masked and DFF necks static; restored
+    afterwards."""
+    set_export_dense(model, True)
+    modes = set_neck_mode(model, "static")
     try:
-        return model.export(**kwargs)
+        yield
     finally:
-        set_export_dense(model.model, False)
-        for n, m in zip(dff_necks(model.model), modes, strict=True):
+        set_export_dense(model, False)
+        for n, m in zip(dff_necks(model), modes, strict=True):
             n.mode = m
+
+
+def export(model, stem: str = "dense", **kwargs):
+    """`model.export(**kwargs)` in export mode (`export_mode`); returns the exported file path."""
+    from sparseyolo.yolo.api import YOLO
+
+    if isinstance(model, YOLO):
+        return model.export(stem=stem, **kwargs)
+    check_stem(model.model, stem)
+    with export_mode(model.model):
+        return model.export(**kwargs)
