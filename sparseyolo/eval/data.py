@@ -36,7 +36,13 @@ def load_split(data: str | Path, split: str = "val") -> tuple[list[Path], dict, 
         folder = data
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder of split {split!r} not found: {folder}")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_images(folder)
+    return images, yolo_ground_truth(images, names), names
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files of `folder`, sorted; `ValueError` when there are none."""
+    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise ValueError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return images, yolo_ground_truth(images, names), names
+    return images

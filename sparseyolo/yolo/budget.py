@@ -15,8 +15,6 @@ import torch
 
 from sparseyolo.nn.dff import calibrate_neck, check_budget, dff_necks, threshold_for_budget
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def image_paths(source) -> list[Path]:
     """Images of `source`: an image file, a folder, a YOLO `data.yaml` (its `val` split) or a list of files."""
@@ -34,10 +32,9 @@ def image_paths(source) -> list[Path]:
 
         return load_split(p, "val")[0]
     if p.is_dir():
-        paths = sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise ValueError(f"no images in {p} (looked for {', '.join(IMAGE_SUFFIXES)})")
-        return paths
+        from sparseyolo.eval.data import list_images
+
+        return list_images(p)
     return [p]
 
 
@@ -68,6 +65,8 @@ def neck_inputs(model: torch.nn.Module, images: list[torch.Tensor]) -> list[list
     necks = dff_necks(model)
     if not necks:
         raise ValueError("the model has no DFF neck (DFFNeck): nothing to calibrate")
+    if len(necks) > 1:
+        raise ValueError(f"calibration supports one DFF neck per model, this one has {len(necks)}")
     captured: list = []
     handle = necks[0].register_forward_pre_hook(lambda m, args: captured.append([t.detach() for t in args[0]]))
     was_training = model.training
@@ -93,8 +92,6 @@ def calibrate(model: torch.nn.Module, source, budget: float, imgsz: int = 640, p
     images = [letterboxed(p, imgsz) for p in it]
     inputs = neck_inputs(model, images)
     report = calibrate_neck(dff_necks(model)[0], inputs, budget)
-    for neck in dff_necks(model)[1:]:
-        calibrate_neck(neck, inputs, budget)
     report["images"] = len(paths)
     report["imgsz"] = imgsz
     return report

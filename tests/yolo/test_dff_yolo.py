@@ -193,3 +193,13 @@ def test_distillation_from_a_teacher(dff_run, tiny_data, runs_dir):
     with pytest.raises(FileNotFoundError, match="dff_teacher"):
         m2.train(data=str(tiny_data), project=str(runs_dir), name="bad", epochs=1, dff_teacher="missing.pt",
                  **COMMON)  # fmt: skip
+
+
+def test_calibration_refuses_several_necks():
+    from sparseyolo.yolo.budget import neck_inputs
+
+    two = torch.nn.Sequential(DFFNeck([8, 8, 8], c=8), DFFNeck([8, 8, 8], c=8))
+    with pytest.raises(ValueError, match="one DFF neck per model, this one has 2"):
+        neck_inputs(two, [torch.zeros(1, 3, 64, 64)])
+    with pytest.raises(ValueError, match="no DFF neck"):
+        neck_inputs(torch.nn.Sequential(torch.nn.Identity()), [])
