@@ -37,31 +37,28 @@ ABLATION = (
 )
 
 
+def run_layers(layers, y: list, out):
+    """Run Ultralytics `layers` in order as `DetectionModel` does (each reads `m.f` of the outputs so far),
+    appending every output to `y`; returns the last output."""
+    for m in layers:
+        if m.f != -1:
+            out = y[m.f] if isinstance(m.f, int) else [out if j == -1 else y[j] for j in m.f]
+        out = m(out)
+        y.append(out)
+    return out
+
+
 def neck_callable(model, x):
     """`fn() -> None` running the neck layers (10 .. Detect-1) of DetectionModel `model` on the recorded outputs of
     layers 0-9 for image `x (1, 3, H, W)`."""
     import torch
 
     layers = list(model.model)
-    y, out = [], x
+    y: list = []
     with torch.no_grad():
-        for m in layers[:10]:
-            if m.f != -1:
-                out = y[m.f] if isinstance(m.f, int) else [out if j == -1 else y[j] for j in m.f]
-            out = m(out)
-            y.append(out)
+        run_layers(layers[:10], y, x)
     neck = layers[10:-1]
-
-    def run():
-        ys, o = list(y), y[-1]
-        for m in neck:
-            if m.f != -1:
-                o = ys[m.f] if isinstance(m.f, int) else [o if j == -1 else ys[j] for j in m.f]
-            o = m(o)
-            ys.append(o)
-        return o
-
-    return run
+    return lambda: run_layers(neck, list(y), y[-1])
 
 
 def configure(yolo, mode: str, threshold: float | None = None, disabled=frozenset()):

@@ -291,14 +291,13 @@ class DFFNeck(nn.Module):
         gates and channel importance in `dynamic`), less the `disabled` parts."""
         c, L, D = self.c, self.L, self.d_max
         f = sum(2 * h * w * ci * c for (h, w), ci in zip(sizes, self.c1s, strict=True))
-        f += 2 * sum(m.in_features * m.out_features for m in self.complexity_head.modules() if isinstance(m, nn.Linear))
+        f += linear_flops(self.complexity_head)
         if "routing" not in disabled:
             f += 2 * 2 * L * c * self.dk + 2 * L * L * self.dk  # q, k projections; q k^T
             f += 2 * L * 2 * c * c  # feature gate
         if mode == "dynamic" and D > 0:
             if "depth" not in disabled:
-                lin = [m for m in self.controller.modules() if isinstance(m, nn.Linear)]
-                f += 2 * sum(m.in_features * m.out_features for m in lin)
+                f += linear_flops(self.controller)
             if "pixel" not in disabled:
                 f += sum(2 * h * w * c for h, w in sizes[: self.spatial])
             if self.importance is not None:
@@ -643,6 +642,17 @@ def calibration_grid() -> Tensor:
     return torch.cat([coarse, fine]).float()
 
 
+def first_within(curve: Tensor, budget: float) -> int | None:
+    """Index of the first (smallest-threshold) point of `curve (K,)` whose FLOP ratio is within `budget`."""
+    ok = (curve <= budget + 1e-9).nonzero()[:, 0]
+    return int(ok[0]) if ok.numel() else None
+
+
+def linear_flops(module: nn.Module) -> int:
+    """FLOPs of one row through every `nn.Linear` of `module` (2 per multiply-add)."""
+    return 2 * sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
 @torch.no_grad()
 def ratio_curve(neck: DFFNeck, inputs: list[list[Tensor]], thresholds: Tensor) -> Tensor:
     """Mean executed FLOP ratio of `neck` over `inputs` (each the neck's list of maps for one batch) at each of
@@ -676,13 +686,12 @@ def calibrate_neck(neck: DFFNeck, inputs: list[list[Tensor]], budget: float) -> 
     budget = check_budget(budget)
     grid = calibration_grid()
     curve = ratio_curve(neck, inputs, grid)
-    ok = (curve <= budget + 1e-9).nonzero()[:, 0]
-    if ok.numel() == 0:
+    i = first_within(curve, budget)
+    if i is None:
         raise ValueError(
             f"budget {budget} is out of reach on these images: the lowest mean neck FLOP ratio is "
             f"{float(curve.min()):.3f} (every gated path off); use a budget >= {float(curve.min()):.3f}"
         )
-    i = int(ok[0])
     neck.calib_thresholds.copy_(grid)
     neck.calib_ratios.copy_(curve)
     neck.calib_valid.fill_(True)
@@ -701,8 +710,8 @@ def threshold_for_budget(neck: DFFNeck, budget: float) -> float:
     budget = check_budget(budget)
     if not bool(neck.calib_valid):
         raise ValueError("budget= needs a calibrated model: run `YOLO(...).calibrate(source=..., budget=...)` first")
-    ok = (neck.calib_ratios <= budget + 1e-9).nonzero()[:, 0]
-    if ok.numel() == 0:
+    i = first_within(neck.calib_ratios, budget)
+    if i is None:
         lo = float(neck.calib_ratios.min())
         raise ValueError(f"budget {budget} is below the lowest calibrated neck FLOP ratio {lo:.3f}")
-    return float(neck.calib_thresholds[int(ok[0])])
+    return float(neck.calib_thresholds[i])
