@@ -465,7 +465,8 @@ class DFFNeck(nn.Module):
             p_chain = torch.ones_like(chain)
             for d, blk in enumerate(blocks):
                 e = chain * m_depth[:, lvl, d] * cap[:, d]
-                p_chain = p_chain * p_depth[:, lvl, d] * cap_soft[:, d]
+                if soft:  # the expected-FLOPs chain feeds the efficiency loss only
+                    p_chain = p_chain * p_depth[:, lvl, d] * cap_soft[:, d]
                 if soft:
                     inc = blk(x, cmult)
                     if ms is not None:
@@ -495,7 +496,8 @@ class DFFNeck(nn.Module):
                         flops[b] += 2 * self.c if ran_l[b] else 0
                     p_cont = gate_probability(-stop, self.gate, temp, noise=soft)
                     chain = e * gate_multiplier(p_cont, self.gate, thr)
-                    p_chain = p_chain * p_cont
+                    if soft:
+                        p_chain = p_chain * p_cont
             outs.append(x)
 
         if tracing:
