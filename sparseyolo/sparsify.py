@@ -40,8 +40,12 @@ def score_nonzero(x: Tensor) -> Tensor:
 def any_nonzero(x: Tensor) -> Tensor:
     """`Tensor[B, C, H, W] -> bool[B, H, W]`: any channel non-zero (OR over channels, no (B, C, H, W) temporary)."""
     mask = x[:, 0] != 0
+    tracing = torch.jit.is_tracing()  # ONNX has no in-place OR
     for c in range(1, x.shape[1]):
-        mask |= x[:, c] != 0
+        if tracing:
+            mask = mask | (x[:, c] != 0)
+        else:
+            mask |= x[:, c] != 0
     return mask
 
 

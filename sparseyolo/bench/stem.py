@@ -1,4 +1,5 @@
-"""Hybrid sparse YOLOv8 stem vs the dense stem (and end to end): batch-1 latency p50/p90, peak memory, FLOPs.
+"""Hybrid sparse YOLOv8 stem vs the dense stem, and end to end with the sparse P3 path: batch-1 latency p50/p90,
+peak memory, executed FLOPs.
 
 Scenes: synthetic (textured rectangles on a black background, foreground 1/5/10/25% of the pixels) and a real
 NEON aerial scene from deepforest (its tree-crown boxes, dilated 2 px, as the foreground mask: what a trained
@@ -6,9 +7,13 @@ NEON aerial scene from deepforest (its tree-crown boxes, dilated 2 px, as the fo
 to stride 32, as Ultralytics letterboxes them).
 
 Models: YOLOv8n (Ultralytics' own layers, random weights with non-trivial BatchNorm statistics) and its sparse
-conversion (`sparseyolo.yolo.convert`, layers 0-4, `nonzero` sparsify; identical weights).
+conversions (`sparseyolo.yolo.convert`, `nonzero` sparsify; identical weights): the sparse stem (layers 0-4) and
+the sparse P3 path (`p3=True`: also the P3 fusion 13-15, the P3 head, and the stride-2 convs 5 and 16).
 (a) hybrid stem = sparse layers 0-4 (densified at P3); (b) dense layers 0-4 at full resolution.
-End to end: sparse full-res model, dense full-res model, dense model at 640 (letterboxed 640x384).
+End to end: sparse-stem model, sparse-P3 model, dense model (all full resolution), dense model at 640
+(letterboxed 640x384); also on a fully active image ("full 100%"), where the dense switch must keep the sparse
+models within 5% of the dense one. Sparse blocks switch to their dense path above the machine's crossover
+density (`sparseyolo.nn.crossover`), as in use.
 
 FLOPs: dense layers counted with `torch.utils.flop_counter.FlopCounterMode`; sparse layers analytically from
 the active-site sets (2 * kernel-map pairs * C_in * C_out / groups per conv; pairs counted on the masks).
@@ -55,6 +60,13 @@ def synthetic_scene(h: int, w: int, fg: float, seed: int = 0):
     return torch.from_numpy(img)[None]
 
 
+def full_scene(h: int, w: int, seed: int = 0):
+    """`float32 (1, 3, h, w)` with every pixel active (uniform noise in [0.05, 1])."""
+    import torch
+
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 0.95 + 0.05
+
+
 def aerial_scene(h: int, w: int, dilate: int = 2):
     """The large deepforest NEON scene, cropped to the aspect ratio, resized to (h, w), zeroed off the boxes."""
     import torch
@@ -83,6 +95,7 @@ def aerial_scene(h: int, w: int, dilate: int = 2):
 
 
 def build_models(seed: int = 0):
+    """`(dense, sparse stem, sparse P3)` YOLOv8n models with the same random weights, eval mode."""
     import torch
 
     import sparseyolo.yolo  # noqa: F401  (first: offline environment, then registration)
@@ -97,7 +110,8 @@ def build_models(seed: int = 0):
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 2.0)
     sparse = convert(dense, stages=5, method="nonzero")
-    return dense.eval(), sparse.eval()
+    p3 = convert(dense, stages=5, method="nonzero", p3=True)
+    return dense.eval(), sparse.eval(), p3.eval()
 
 
 def run_layers(model, x, layers=None):
@@ -189,6 +203,34 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
                 verdict(fraction, fraction_target),
             ]
         )
+    for size, target in P3_TARGETS.items():  # the sparse P3 path against the dense full-res model
+        p3 = find("end-to-end", size, scene, SPARSE_P3_MODEL)
+        if p3 is None:
+            continue
+        value = p3.get("speedup")
+        shown = "not measured" if value is None else f"{value:.2f}x"
+        out.append([f"sparse-P3 speed-up {size}", scene, f">= {target:g}x", shown, verdict(value, target)])
+        value = p3.get("mem_ratio")
+        shown = "not measured" if value is None else f"{value:.2f}x"
+        target = P3_MEMORY_TARGET
+        out.append([f"sparse-P3 memory ratio {size}", scene, f">= {target:g}x", shown, verdict(value, target)])
+        for variant in (SPARSE_STEM_MODEL, SPARSE_P3_MODEL):
+            full, dense = (
+                find("end-to-end", size, "full 100%", variant),
+                find("end-to-end", size, "full 100%", DENSE_MODEL),
+            )
+            if full and dense and full["p50_ms"] and dense["p50_ms"]:
+                ratio = full["p50_ms"] / dense["p50_ms"]
+                ok = "PASS" if ratio <= FULL_SCENE_SLACK else "FAIL"
+                out.append(
+                    [
+                        f"{variant} / dense at 100% {size}",
+                        "full 100%",
+                        f"<= {FULL_SCENE_SLACK:.2f}x",
+                        f"{ratio:.2f}x",
+                        ok,
+                    ]
+                )
     return out
 
 
@@ -232,6 +274,48 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     ax_t.plot([], [], "*", color="black", markersize=12, label="real aerial scene (deepforest)")
     ax_t.legend(fontsize=8)
     fig.suptitle("sparseyolo bench stem: hybrid sparse stem vs dense stem (YOLOv8n layers 0-4)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_e2e(rows: list[dict], path: Path) -> Path | None:
+    """End-to-end p50 latency and peak memory vs active pixels, one line per model and size (synthetic scenes;
+    the aerial scene as a star). None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e2e = [r for r in rows if r["part"] == "end-to-end" and r.get("p50_ms") and r["variant"] != DENSE_640]
+    if not e2e:
+        return None
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4.6))
+    colours = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", DENSE_MODEL: "tab:gray"}
+    styles = ["-", "--", ":", "-."]
+    for si, size in enumerate(dict.fromkeys(r["size"] for r in e2e)):
+        for variant, colour in colours.items():
+            pts = [r for r in e2e if r["size"] == size and r["variant"] == variant]
+            syn = sorted((r["active_%"], r) for r in pts if not r["scene"].startswith("aerial"))
+            real = [r for r in pts if r["scene"].startswith("aerial")]
+            for ax, key in ((ax_t, "p50_ms"), (ax_m, "peak_mb")):
+                xs = [a for a, r in syn if r.get(key) is not None]
+                ys = [r[key] for _, r in syn if r.get(key) is not None]
+                if xs:
+                    ax.plot(xs, ys, styles[si % len(styles)], color=colour, marker="o", label=f"{variant}, {size}")
+                for r in real:
+                    if r.get(key) is not None:
+                        ax.plot([r["active_%"]], [r[key]], "*", color=colour, markersize=12)
+    ax_t.set(xlabel="active pixels (%)", ylabel="p50 latency (ms, log)", yscale="log", xscale="log")
+    ax_t.set_title("whole model, batch 1")
+    ax_m.set(xlabel="active pixels (%)", ylabel="peak RSS growth (MiB)", xscale="log", title="whole model peak memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.plot([], [], "*", color="black", markersize=12, label="real aerial scene (deepforest)")
+    ax_t.legend(fontsize=7)
+    fig.suptitle("sparseyolo bench stem: end to end, sparse stem / sparse P3 path / dense (YOLOv8n, full resolution)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -286,13 +370,14 @@ def memory_in_subprocess(argv: list[str], sizes: list[str], rows: list[dict]) ->
 
 
 def add_memory_ratios(rows: list[dict]) -> None:
-    """`mem_ratio` = dense stem peak / hybrid stem peak, on each hybrid stem row with a speed-up, matched by
-    (size, scene)."""
-    dense = {(r["size"], r["scene"]): r for r in rows if r["part"] == "stem" and r["variant"] == DENSE_STEM}
+    """`mem_ratio` = dense peak / sparse peak, matched by (size, scene): the hybrid stem against the dense stem,
+    and each full-resolution sparse model against the dense full-res model."""
+    ref = {"stem": DENSE_STEM, "end-to-end": DENSE_MODEL}
+    dense = {(r["part"], r["size"], r["scene"]): r for r in rows if r["variant"] == ref.get(r["part"])}
     for r in rows:
-        if r["part"] != "stem" or r["variant"] != HYBRID_STEM or "speedup" not in r or not r.get("peak_mb"):
+        if r["variant"] not in (HYBRID_STEM, SPARSE_STEM_MODEL, SPARSE_P3_MODEL) or not r.get("peak_mb"):
             continue
-        match = dense.get((r["size"], r["scene"]))
+        match = dense.get((r["part"], r["size"], r["scene"]))
         if match is not None and match.get("peak_mb"):
             r["mem_ratio"] = match["peak_mb"] / r["peak_mb"]
 
@@ -300,7 +385,12 @@ def add_memory_ratios(rows: list[dict]) -> None:
 # --- the run --------------------------------------------------------------------------------------------
 
 HYBRID_STEM, DENSE_STEM = "hybrid stem (sparse 0-4)", "dense stem (0-4)"
-E2E_VARIANTS = ("sparse full-res model", "dense full-res model", "dense model at 640")
+SPARSE_STEM_MODEL, SPARSE_P3_MODEL = "sparse full-res model", "sparse-P3 full-res model"
+DENSE_MODEL, DENSE_640 = "dense full-res model", "dense model at 640"
+E2E_VARIANTS = (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, DENSE_MODEL, DENSE_640)
+P3_TARGETS = {"1920x1088": 2.0, "3840x2176": 3.0}  # sparse-P3 model vs dense full res, 5% foreground
+P3_MEMORY_TARGET = 2.0  # dense / sparse-P3 peak memory at 5% foreground
+FULL_SCENE_SLACK = 1.05  # at 100% active: sparse model latency <= 1.05x the dense model's
 
 
 def parse_args(argv):
@@ -309,7 +399,11 @@ def parse_args(argv):
     ap.add_argument("--fg", default="1,5,10,25", help="synthetic foreground percentages")
     ap.add_argument("--no-aerial", action="store_true", help="skip the real deepforest scene")
     ap.add_argument("--no-e2e", action="store_true", help="skip end-to-end models")
-    ap.add_argument("--e2e-scenes", default="5,10,aerial", help="scenes for end to end: fg percentages / aerial")
+    ap.add_argument(
+        "--e2e-scenes",
+        default="1,5,10,25,aerial,full",
+        help="scenes for end to end: fg percentages, aerial, full (every pixel active)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per variant (>= 1, default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per variant first (at least 1 is made)")
     ap.add_argument("--threads", type=int, default=2)
@@ -332,7 +426,7 @@ def parse_args(argv):
         ap.error(f"unknown size {unknown[0]!r}; expected {', '.join(SIZES)}")
     try:
         a.fg = [float(f) for f in a.fg.split(",") if f.strip()]
-        a.e2e_scenes = [s if s == "aerial" else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
+        a.e2e_scenes = [s if s in ("aerial", "full") else float(s) for s in a.e2e_scenes.split(",") if s.strip()]
     except ValueError as error:
         ap.error(f"--fg and --e2e-scenes take comma-separated percentages (and 'aerial'): {error}")
     return a
@@ -351,6 +445,8 @@ def scenes(h: int, w: int, which, aerial: bool = True) -> list[tuple[str, object
                 print(f"skipping the aerial scene: {e}", file=sys.stderr)
                 continue
             out.append(("aerial (deepforest)", img))
+        elif f == "full":
+            out.append(("full 100%", full_scene(h, w)))
         else:
             out.append((f"synthetic {float(f):g}%", synthetic_scene(h, w, float(f) / 100)))
     return out
@@ -391,8 +487,9 @@ def stem_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
     return rows, probes
 
 
-def e2e_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
-    """Whole models on the end-to-end scenes of one size: sparse and dense at full resolution, dense at 640."""
+def e2e_rows(dense, sparse, size: str, a, p3=None) -> tuple[list[dict], list]:
+    """Whole models on the end-to-end scenes of one size: sparse stem, sparse P3 path and dense at full resolution,
+    dense at 640; `speedup` and `mem_ratio` (added later) are against the dense full-res model."""
     import torch
 
     h, w = SIZES[size]
@@ -402,7 +499,8 @@ def e2e_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
         small = torch.nn.functional.interpolate(
             img, size=(int(round(640 * h / w / 32)) * 32, 640), mode="bilinear", align_corners=False
         )
-        variants = dict(zip(E2E_VARIANTS, ((sparse, img), (dense, img), (dense, small))))
+        variants = dict(zip(E2E_VARIANTS, ((sparse, img), (p3, img), (dense, img), (dense, small))))
+        variants = {k: v for k, v in variants.items() if v[0] is not None}
         res = _timing({name: (lambda model=model, x=x: model(x)) for name, (model, x) in variants.items()}, a)
         for name, (model, x) in variants.items():
             per = flops_by_layer(model, x)
@@ -422,6 +520,10 @@ def e2e_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
             probes.append((rows[-1], lambda model=model, x=x: model(x)))
             if not a.memory_only:
                 print(f"[{size} {scene}] {name}: {res[name]['p50_ms']:.0f} ms", flush=True)
+        t_dense = res[DENSE_MODEL]["p50_ms"]
+        for r in rows[-len(variants) :]:
+            if r["variant"] != DENSE_MODEL and t_dense and r["p50_ms"]:
+                r["speedup"] = t_dense / r["p50_ms"]
     return rows, probes
 
 
@@ -489,17 +591,21 @@ def report(rows: list[dict], a, argv: list[str] | None) -> None:
         md += ["## Executed GFLOPs per layer group", "", markdown_table(*t["gflops"]), ""]
     if t["targets"][1]:
         md += [f"## Target check at {TARGET_SIZE}", "", markdown_table(*t["targets"]), ""]
-    png = None
+    png = png_e2e = None
     if not a.no_plot:
         try:
             png = plot(rows, out / "stem.png")
+            png_e2e = plot_e2e(rows, out / "e2e.png")
         except ImportError as error:  # matplotlib is optional (the `bench` extra)
             print(f"no plot: {error}", file=sys.stderr)
     if png:
         md += [f"![stem latency and memory]({png.name})", ""]
+    if png_e2e:
+        md += [f"![end-to-end latency and memory]({png_e2e.name})", ""]
     write_text(out / "stem.md", "\n".join(md))
     write_csv(out / "stem.csv", rows)
-    print(f"\nwrote {out / 'stem.md'}, {out / 'stem.csv'}" + (f" and {png}" if png else ""))
+    plots = [str(p) for p in (png, png_e2e) if p]
+    print(f"\nwrote {out / 'stem.md'}, {out / 'stem.csv'}" + (f" and {', '.join(plots)}" if plots else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,13 +614,14 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(list(sys.argv[1:] if argv is None else argv))
     memory = PeakRSS() if a.memory_only else None  # first: pins the allocator settings before any tensor exists
     set_threads(a.threads)
-    dense, sparse = build_models()
+    dense, sparse, p3 = build_models()
     rows, probes = [], []
     for size in a.sizes:
-        for part in (stem_rows,) if a.no_e2e else (stem_rows, e2e_rows):
-            r, p = part(dense, sparse, size, a)
-            rows += r
-            probes += p
+        r, p = stem_rows(dense, sparse, size, a)
+        rows, probes = rows + r, probes + p
+        if not a.no_e2e:
+            r, p = e2e_rows(dense, sparse, size, a, p3)
+            rows, probes = rows + r, probes + p
     if a.memory_only:
         import json
 

@@ -52,13 +52,51 @@ def _stem_flops(stem, mask: Tensor) -> tuple[float, Tensor]:
     return 2.0 * float(pairs) * stem.c1 * stem.c2 / stem.g, out
 
 
+def site_mask(x) -> Tensor:
+    """Bool `(B, H, W)` of the sites of a 2D `SparseConvTensor`."""
+    B, (H, W) = x.batch_size, x.spatial_shape
+    mask = torch.zeros(B, H, W, dtype=torch.bool, device=x.indices.device)
+    b, yy, xx = x.indices.to(torch.int64).unbind(1)
+    mask[b, yy, xx] = True
+    return mask
+
+
+def _module_conv_flops(module, mask: Tensor) -> tuple[float, Tensor]:
+    """`_conv_flops` for an `nn.Conv2d` or a `Conv`-like module (`.conv`) run at the sites of `mask` (stride 1)."""
+    from types import SimpleNamespace
+
+    conv = module if isinstance(module, torch.nn.Conv2d) else module.conv
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    shape = SimpleNamespace(k=k, s=1, p=d * (k // 2), d=d, g=conv.groups, c1=conv.in_channels, c2=conv.out_channels)
+    return _conv_flops(shape, mask)
+
+
+def sparse_head_flops(head, x: list, mask: Tensor) -> float:
+    """A `SparseDetect` on inputs `x` (P3 sparse with sites `mask`): its P3 branches analytically, its dense
+    levels by the counter, and DFL decoding over every anchor (as Ultralytics runs it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = 0.0
+    for branch in (head.cv2[0], head.cv3[0]):
+        for module in branch:
+            total += _module_conv_flops(module, mask)[0]
+    anchors = mask[0].numel()
+    with FlopCounterMode(display=False) as fc:
+        for i in range(1, head.nl):
+            head.cv2[i](x[i])
+            head.cv3[i](x[i])
+            anchors += x[i].shape[-2] * x[i].shape[-1]
+    return total + float(fc.get_total_flops()) + 2.0 * 4 * head.reg_max * anchors * mask.shape[0]
+
+
 def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
     """Executed FLOPs of a sparse block and its output active mask, from its input active `mask (B, H, W)`."""
-    from sparseyolo.nn import SC2f, SConv, SparseStem
+    from sparseyolo.nn import SC2f, SConcat, SConv, SparseStem
 
     if isinstance(block, SparseStem):
         return _stem_flops(block, mask)
-
+    if isinstance(block, SConcat):  # a gather: no arithmetic
+        return 0.0, mask
     if isinstance(block, SC2f):
         f, mask = _conv_flops(block.cv1, mask)
         for b in block.m:
@@ -72,41 +110,69 @@ def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
     raise TypeError(f"no FLOP rule for sparse block {type(block).__name__}")
 
 
+def _sparse_input(m, x):
+    """The `SparseConvTensor` that sparse layer `m` runs sparsely on, as its forward decides (None when it runs
+    its dense path): a sparse Detect's P3 input, a block's (a dense tensor becomes its non-zero sites)."""
+    from sparseyolo.nn import DenseMasked, NearestUp
+    from sparseyolo.sparse import SparseConvTensor
+    from sparseyolo.yolo.sparse_detect import SparseDetect
+
+    if getattr(m, "export_dense", False):
+        return None
+    if isinstance(m, SparseDetect):
+        sp = x[0] if isinstance(x[0], SparseConvTensor) else None
+    else:
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if any(isinstance(v, DenseMasked) for v in xs):
+            return None
+        sp = next((v for v in xs if isinstance(v, SparseConvTensor)), None)
+        if sp is None and len(xs) == 1 and isinstance(xs[0], Tensor) and not isinstance(xs[0], NearestUp):
+            sp = SparseConvTensor.from_dense(xs[0])
+    if sp is None or (hasattr(m, "switch_dense") and m.switch_dense(sp.density, sp.features.device)):
+        return None
+    return sp
+
+
 @torch.no_grad()
 def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     """Executed FLOPs of `model` (an Ultralytics DetectionModel, eval mode) on `x (B, 3, H, W)`, over its layers
     `0 .. upto-1` (default: all).
 
     Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None}`;
-    `active` is the stem's kept fraction of input pixels (None for a dense model). Sparse blocks must form a
-    chain starting at a `SparseStem` (as in SparseYOLO's YAMLs)."""
+    `active` is the stem's kept fraction of input pixels (None for a dense model). A sparse layer that runs its
+    dense path (above the crossover density, or in export mode) is counted by the counter, as run."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sparseyolo.nn import DFFNeck, SparseBlock, SparseStem
+    from sparseyolo.yolo.sparse_detect import SparseDetect
 
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"executed_flops expects an input batch Tensor[B, C, H, W], got {getattr(x, 'shape', x)}")
-    layers, y, mask, active = {}, [], None, None
+    layers, y, active = {}, [], None
     n = len(model.model)
     for m in model.model:
         if upto is not None and m.i >= upto:
             break
         if m.f != -1:
             x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        sp = _sparse_input(m, x) if isinstance(m, (SparseBlock, SparseDetect)) else None
         if isinstance(m, SparseStem):
             mask = m.sparsify(x)[0]
             active = float(mask.float().mean())
-            layers[m.i], mask = sparse_block_flops(m, mask)
+            dense_path = m.export_dense or m.switch_dense(active, x.device)
+            if not dense_path:
+                layers[m.i] = sparse_block_flops(m, mask)[0]
+                x = m(x)
+        elif isinstance(m, SparseDetect) and sp is not None:
+            layers[m.i] = sparse_head_flops(m, x, site_mask(sp))
             x = m(x)
-        elif isinstance(m, SparseBlock):
-            if mask is None or m.f != -1:
-                raise ValueError(f"layer {m.i}: sparse blocks must follow a SparseStem in a chain")
-            layers[m.i], mask = sparse_block_flops(m, mask)
+        elif sp is not None:
+            layers[m.i] = sparse_block_flops(m, site_mask(sp))[0]
             x = m(x)
         elif isinstance(m, DFFNeck):  # its pixel-gated blocks run on the sparse engine: its own exact count
             x = m(x)
             layers[m.i] = float(m.last_stats["gflops"].sum()) * 1e9
-        else:
+        if m.i not in layers:
             with FlopCounterMode(display=False) as fc:
                 x = m(x)
             layers[m.i] = float(fc.get_total_flops())

@@ -5,8 +5,18 @@ Nothing here imports Ultralytics; `sparseyolo.yolo` registers every class in `__
 
 from sparseyolo.nn.base import Channels, YamlBlock, YamlContext, make_divisible
 from sparseyolo.nn.common import Chunk, FuseAdd, Pick
+from sparseyolo.nn.crossover import default_crossover, set_crossover
 from sparseyolo.nn.dff import DFFNeck, dff_necks, set_neck_mode
-from sparseyolo.nn.sparse_blocks import SBottleneck, SC2f, SConv, SparseBlock, SparseStem, set_export_dense
+from sparseyolo.nn.sparse_blocks import (
+    DenseMasked,
+    SBottleneck,
+    SC2f,
+    SConv,
+    SparseBlock,
+    SparseStem,
+    set_export_dense,
+)
+from sparseyolo.nn.sparse_neck import NearestUp, SConcat, SUpsample, as_dense, conv_module_sparse
 
 __all__ = [  # fmt: skip
     "Channels",
@@ -25,17 +35,29 @@ __all__ = [  # fmt: skip
     "SBottleneck",
     "SC2f",
     "set_export_dense",
+    "DenseMasked",
+    "NearestUp",
+    "SConcat",
+    "SUpsample",
+    "as_dense",
+    "conv_module_sparse",
+    "default_crossover",
+    "set_crossover",
     "link_sparse_outputs",
 ]
 
 # Block classes usable by name in model YAMLs (the parser registry reads this).
-YAML_MODULES = ["Chunk", "FuseAdd", "Pick", "DFFNeck", "SparseStem", "SConv", "SBottleneck", "SC2f"]
+YAML_MODULES = [
+    *("Chunk", "FuseAdd", "Pick", "DFFNeck"),
+    *("SparseStem", "SConv", "SBottleneck", "SC2f", "SUpsample", "SConcat"),
+]
 
 
 def link_sparse_outputs(layers, froms) -> None:
     """Let sparse blocks hand `SparseConvTensor`s on: block i gets `dense_out=False` when every layer
-    that reads its output (`froms[j]` is i, or -1 with j == i + 1, or a list containing either) is a sparse
-    block too, and it is not the last layer. `layers`: the layer list, `froms`: their `from`s."""
+    that reads its output (`froms[j]` is i, or -1 with j == i + 1, or a list containing either) accepts sparse
+    inputs (`accepts_sparse`: sparse blocks, `SConcat`, a sparse Detect), and it is not the last layer.
+    `layers`: the layer list, `froms`: their `from`s."""
     n = len(layers)
     for i, layer in enumerate(layers):
         if not isinstance(layer, SparseBlock):
@@ -46,7 +68,5 @@ def link_sparse_outputs(layers, froms) -> None:
             fs = [f] if isinstance(f, int) else list(f)
             if any((x == -1 and j == i + 1) or (x >= 0 and x == i) or (x < -1 and j + x == i) for x in fs):
                 consumers.append(j)
-        sparse_ok = bool(consumers) and all(
-            isinstance(layers[j], SparseBlock) and isinstance(froms[j], int) for j in consumers
-        )
+        sparse_ok = bool(consumers) and all(getattr(layers[j], "accepts_sparse", False) for j in consumers)
         layer.dense_out = not sparse_ok

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlBlock, YamlContext
+from sparseyolo.nn.crossover import default_crossover
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
 from sparseyolo.sparse import functional as SF
 from sparseyolo.sparsify import Sparsifier
@@ -35,12 +36,25 @@ def autopad(k: int, p: int | None = None, d: int = 1) -> int:
 
 
 class DenseMasked:
-    """Carrier between blocks in export mode: dense features (zeros at inactive sites) and a float mask."""
+    """Carrier between blocks on the dense path (export, or above the crossover density): dense features
+    `x (B, C, H, W)` (zeros at inactive sites) and a float `mask (B, 1, H, W)`, or None when every site is active
+    (then nothing is multiplied)."""
 
     __slots__ = ("x", "mask")
 
-    def __init__(self, x: Tensor, mask: Tensor):
+    def __init__(self, x: Tensor, mask: Tensor | None):
         self.x, self.mask = x, mask
+
+    @classmethod
+    def from_sparse(cls, x: SparseConvTensor) -> DenseMasked:
+        """The dense form of a 2D sparse tensor; the mask marks its sites exactly."""
+        B, (H, W) = x.batch_size, x.spatial_shape
+        if x.num_active == B * H * W:
+            return cls(x.dense(), None)
+        mask = x.features.new_zeros(B, 1, H, W)
+        b, yy, xx = x.indices.to(torch.int64).unbind(1)
+        mask[b, 0, yy, xx] = 1.0
+        return cls(x.dense(), mask)
 
 
 def to_sparse(x, c1: int, name: str) -> SparseConvTensor:
@@ -60,8 +74,7 @@ def to_masked(x, c1: int, name: str) -> DenseMasked:
     if isinstance(x, DenseMasked):
         return x
     if isinstance(x, SparseConvTensor):
-        d = x.dense()
-        return DenseMasked(d, (d.abs().sum(1, keepdim=True) > 0).to(d.dtype))
+        return DenseMasked.from_sparse(x)
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != c1:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name} expects Tensor[B, {c1}, H, W], got {got}")
@@ -69,7 +82,12 @@ def to_masked(x, c1: int, name: str) -> DenseMasked:
 
 
 class SparseBlock(YamlBlock, nn.Module):
-    """Common base: `dense_out` and export-mode handling."""
+    """Common base: `dense_out`, export mode and the dense switch.
+
+    The dense switch: in inference, a sparse input whose occupancy (active sites / all sites) is above
+    `crossover` runs the dense masked path instead (same numbers, see `DenseMasked`), and so do the blocks after
+    it. `crossover` None reads the machine's stored value (`sparseyolo.nn.crossover`).
+    """
 
     accepts_sparse = True
 
@@ -77,6 +95,23 @@ class SparseBlock(YamlBlock, nn.Module):
         super().__init__()
         self.dense_out = True
         self.export_dense = False
+        self.crossover: float | None = None
+
+    def switch_dense(self, density: float, device: torch.device) -> bool:
+        """True when this block should run its dense path at `density` (inference only)."""
+        if self.training:
+            return False
+        return density > (self.crossover if self.crossover is not None else default_crossover(device))
+
+    def carrier(self, x, name: str):
+        """`x` as this block will run it: a `DenseMasked` (export, dense input carrier, or above the crossover)
+        or a `SparseConvTensor`."""
+        if self.export_dense or isinstance(x, DenseMasked):
+            return to_masked(x, self.c1, name)
+        x = to_sparse(x, self.c1, name)
+        if self.switch_dense(x.density, x.features.device):
+            return DenseMasked.from_sparse(x)
+        return x
 
     def finish(self, y):
         if not self.dense_out:
@@ -107,9 +142,8 @@ class SConv(SparseBlock):
         self.act = nn.SiLU() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
     def forward(self, x):
-        if self.export_dense or isinstance(x, DenseMasked):
-            return self.finish(self.forward_masked(to_masked(x, self.c1, "SConv")))
-        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SConv")))
+        x = self.carrier(x, "SConv")
+        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
     def _folded(self) -> tuple[Tensor, Tensor | None]:
         """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then)."""
@@ -169,11 +203,16 @@ class SConv(SparseBlock):
         return SparseConvTensor(self._post(feats, bias), idx, (Ho, Wo), B, check=False)
 
     def forward_masked(self, x: DenseMasked) -> DenseMasked:
-        y = F.conv2d(x.x, self.conv.weight, None, self.s, self.p, self.d, self.g)
-        m = x.mask if self.s == 1 else F.max_pool2d(x.mask, self.k, self.s, self.p, self.d)
-        bn = self.bn
-        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        return DenseMasked(self.act(y) * m, m)
+        w, bias = self._folded()
+        y = F.conv2d(x.x, w, bias, self.s, self.p, self.d, self.g)
+        if bias is None:  # training: BatchNorm in inference form (this path serves export and the dense switch)
+            bn = self.bn
+            y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        m = x.mask
+        if m is not None and self.s > 1:
+            m = F.max_pool2d(m, self.k, self.s, self.p, self.d)
+        y = self.act(y)
+        return DenseMasked(y if m is None else y * m, m)
 
 
 class SBottleneck(SparseBlock):
@@ -189,9 +228,8 @@ class SBottleneck(SparseBlock):
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
-        if self.export_dense or isinstance(x, DenseMasked):
-            return self.finish(self.forward_masked(to_masked(x, self.c1, "SBottleneck")))
-        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SBottleneck")))
+        x = self.carrier(x, "SBottleneck")
+        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
         y = self.cv2.forward_sparse(self.cv1.forward_sparse(x))
@@ -216,9 +254,8 @@ class SC2f(SparseBlock):
         self.m = nn.ModuleList(SBottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
 
     def forward(self, x):
-        if self.export_dense or isinstance(x, DenseMasked):
-            return self.finish(self.forward_masked(to_masked(x, self.c1, "SC2f")))
-        return self.finish(self.forward_sparse(to_sparse(x, self.c1, "SC2f")))
+        x = self.carrier(x, "SC2f")
+        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
         y0 = self.cv1.forward_sparse(x)
@@ -266,7 +303,9 @@ class SparseStem(SConv):
         mask, gate = self.sparsify(x)
         if gate is not None:
             x = x * gate
-        if self.export_dense:
+        if self.export_dense or self.switch_dense(float(mask.float().mean()), x.device):
+            if not self.export_dense and bool(mask.all()):
+                return self.finish(self.forward_masked(DenseMasked(x, None)))
             m = mask.unsqueeze(1).to(x.dtype)
             return self.finish(self.forward_masked(DenseMasked(x * m, m)))
         sp = self.sparsify

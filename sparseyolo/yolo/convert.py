@@ -19,6 +19,15 @@ from sparseyolo import __version__
 from sparseyolo.yolo.cfg import stem_args
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
+# The sparse P3 path of yolov8.yaml (`p3=True`): layer -> (dense module, sparse module); see yolov8-sparse-p3.yaml
+P3_PATH = {
+    5: ("Conv", "SConv"),
+    13: ("nn.Upsample", "SUpsample"),
+    14: ("Concat", "SConcat"),
+    15: ("C2f", "SC2f"),
+    16: ("Conv", "SConv"),
+    22: ("Detect", "SparseDetect"),
+}
 
 
 def sparse_yaml(
@@ -29,12 +38,27 @@ def sparse_yaml(
     keep: float = 1.0,
     dilate: int = 0,
     max_active: int | None = None,
+    target: float | None = None,
+    p3: bool = False,
 ) -> dict:
-    """The model YAML dict `d` with its first `stages` layers made sparse (layer 0 a `SparseStem`)."""
+    """The model YAML dict `d` with its first `stages` layers made sparse (layer 0 a `SparseStem`); with `p3`,
+    also the stride-8 path past the stem (layers of `P3_PATH`, YOLOv8's layout; needs stages=5)."""
     d = copy.deepcopy(d)
     rows = d["backbone"]
     if not 1 <= stages <= len(rows):
         raise ValueError(f"stages must be in 1..{len(rows)}, got {stages}")
+    if p3:
+        if stages != 5:
+            raise ValueError(f"p3=True continues the sparse stem of layers 0-4: it needs stages=5, got {stages}")
+        every = rows + list(d.get("head") or [])
+        for i, (dense_name, sparse_name) in P3_PATH.items():
+            name = every[i][2] if i < len(every) else None
+            if name not in (dense_name, sparse_name):
+                raise ValueError(
+                    f"p3=True needs YOLOv8's layer layout: layer {i} should be {dense_name}, got {name!r} "
+                    "(the sparse P3 path is defined for yolov8.yaml)"
+                )
+            every[i][2] = sparse_name
     for i in range(stages):
         f, n, name, args = rows[i]
         if name in DENSE_TO_SPARSE.values() or name == "SparseStem":
@@ -53,6 +77,8 @@ def sparse_yaml(
             if len(args) > 3:
                 raise ValueError(f"layer 0 Conv args {args}: only (c2, k, s) are supported by SparseStem")
             settings = dict(method=method, threshold=threshold, keep=keep, dilate=dilate, max_active=max_active)
+            if target is not None:
+                settings["target"] = target
             rows[i] = [f, n, "SparseStem", stem_args(c2, k, s, **settings)]
         else:
             rows[i] = [f, n, DENSE_TO_SPARSE[name], list(args)]

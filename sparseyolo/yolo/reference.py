@@ -39,6 +39,11 @@ VARIANTS = {
             "yolov8n-sparse-budget.yaml",
             "sparse stem, learned sparsifier trained to a target active fraction",
         ),
+        Variant(
+            "yolov8n-sparse-p3-aerial",
+            "yolov8n-sparse-p3.yaml",
+            "sparse stem (as yolov8n-sparse-aerial) and a sparse P3 path: P3 fusion and P3 head at active sites",
+        ),
         Variant("yolov8n-dff-aerial", "yolov8n-dff.yaml", "YOLOv8n backbone + Dynamic Feature Fusion neck"),
         Variant("yolov8n-dff-aerial-seed1", "yolov8n-dff.yaml", "yolov8n-dff-aerial with seed 1: the spread", 1),
     )

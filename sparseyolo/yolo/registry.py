@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 
@@ -18,9 +19,17 @@ def _check_version() -> None:
 
 
 def yaml_classes() -> dict[str, type]:
+    """Our YAML blocks: those of `sparseyolo.nn`, and the heads built on Ultralytics' own (`SparseDetect`)."""
     import sparseyolo.nn as snn
 
-    return {name: getattr(snn, name) for name in snn.YAML_MODULES}
+    classes = {name: getattr(snn, name) for name in snn.YAML_MODULES}
+    head = sys.modules.get("sparseyolo.yolo.sparse_detect")
+    if head is None or hasattr(head, "SparseDetect"):
+        from sparseyolo.yolo.sparse_detect import SparseDetect
+
+        classes["SparseDetect"] = SparseDetect
+    # else: that module is importing Ultralytics (which registers us); it registers its head when it is done
+    return classes
 
 
 def register_all() -> None:

@@ -42,3 +42,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
+
+
+# Sparse blocks run their sparse path in tests unless a test sets a crossover itself: neither the machine's
+# stored crossover nor the built-in default decides what a test exercises.
+os.environ.setdefault("SPARSEYOLO_CROSSOVER", "1")

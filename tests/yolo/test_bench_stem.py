@@ -11,7 +11,7 @@ from sparseyolo.bench import stem as bench
 
 
 def test_analytic_sparse_flops_match_flop_counter_on_full_input():
-    dense, sparse = bench.build_models()
+    dense, sparse, _ = bench.build_models()
     x = torch.rand(1, 3, 64, 96) + 0.1  # every pixel active
     counted = sum(v for v in bench.flops_by_layer(dense, x, upto=5).values() if v)
     analytic = sum(bench.sparse_flops(sparse, x).values())
@@ -22,13 +22,21 @@ def test_analytic_sparse_flops_match_flop_counter_on_full_input():
 
 
 def test_quick_run_writes_report(tmp_path):
-    argv = ["--sizes", "tiny", "--fg", "5", "--e2e-scenes", "5", "--repeats", "1", "--no-aerial", "--threads", "1"]
+    argv = ["--sizes", "tiny", "--fg", "5", "--e2e-scenes", "5,full", "--repeats", "1", "--no-aerial", "--threads", "1"]
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "stem.md").read_text()
     assert (tmp_path / "stem.png").stat().st_size > 10_000 and "stem.png" in md
-    assert "hybrid stem (sparse 0-4)" in md and "dense model at 640" in md
+    assert (tmp_path / "e2e.png").stat().st_size > 10_000 and "e2e.png" in md
+    assert "hybrid stem (sparse 0-4)" in md and "dense model at 640" in md and "full 100%" in md
     rows = list(csv.DictReader(open(tmp_path / "stem.csv")))
-    assert {r["variant"] for r in rows} >= {"hybrid stem (sparse 0-4)", "dense stem (0-4)", "sparse full-res model"}
+    assert {r["variant"] for r in rows} >= {
+        "hybrid stem (sparse 0-4)",
+        "dense stem (0-4)",
+        "sparse full-res model",
+        "sparse-P3 full-res model",
+    }
+    p3 = [r for r in rows if r["variant"] == "sparse-P3 full-res model"]
+    assert all(float(r["speedup"]) > 0 and float(r["mem_ratio"]) > 0 for r in p3)  # against the dense model
     assert all(float(r["p50_ms"]) > 0 for r in rows)
     assert all(r["peak_mb"] not in ("", None) for r in rows)  # memory from the child process
 
@@ -64,3 +72,19 @@ def test_target_rows_bound_and_verdicts():
     assert got[("end-to-end share of bound", "synthetic 5%")][3:] == ["95%", "PASS"]
     rows[-1]["p50_ms"] = 1100.0  # 1.636 / 2.0 = 82%
     assert bench.target_rows(rows)[-1][3:] == ["82%", "FAIL"]
+
+
+def test_target_rows_sparse_p3_and_full_scene():
+    rows = [
+        _row("end-to-end", "synthetic 5%", "dense full-res model", 1800.0, 178.0),
+        _row("end-to-end", "synthetic 5%", "sparse-P3 full-res model", 500.0, 30.0, speedup=3.6, mem_ratio=1.5),
+        _row("end-to-end", "full 100%", "dense full-res model", 1000.0, 178.0),
+        _row("end-to-end", "full 100%", "sparse-P3 full-res model", 1040.0, 178.0),
+        _row("end-to-end", "full 100%", "sparse full-res model", 1100.0, 178.0),
+    ]
+    got = {r[0]: r for r in bench.target_rows(rows)}
+    assert got["sparse-P3 speed-up 3840x2176"][2:] == [">= 3x", "3.60x", "PASS"]
+    assert got["sparse-P3 memory ratio 3840x2176"][3:] == ["1.50x", "FAIL"]
+    assert got["sparse-P3 full-res model / dense at 100% 3840x2176"][3:] == ["1.04x", "PASS"]
+    assert got["sparse full-res model / dense at 100% 3840x2176"][3:] == ["1.10x", "FAIL"]
+    assert not any(k.endswith("1920x1088") for k in got)  # no rows at that size: no verdicts

@@ -1,0 +1,95 @@
+"""The crossover density: the occupancy above which a sparse block's dense (masked) path is faster.
+
+Sparse blocks (`SparseBlock.switch_dense`) compare their input's occupancy with it in inference and run the dense
+path above it; both paths give the same numbers. Where the value comes from, first match wins:
+
+1. a block's own `crossover` attribute (`set_crossover(model, value)`, `YOLO(...).set_crossover(value)`);
+2. the environment variable `SPARSEYOLO_CROSSOVER` (a number in [0, 1]);
+3. the value measured on this machine by `sparseyolo bench crossover --save`, stored per device type in
+   `<cache>/crossover.json` (cache: `$SPARSEYOLO_CACHE`, default `~/.cache/sparseyolo`);
+4. `BUILTIN`, measured on the development machine (2-core x86 CPU) with that command.
+
+0 always runs dense; 1 never switches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ENV = "SPARSEYOLO_CROSSOVER"
+BUILTIN = {"cpu": 0.5, "cuda": 0.5}  # device type -> crossover occupancy (cuda: not measured yet)
+
+
+def store_path() -> Path:
+    """`<cache>/crossover.json` (read on every block call: no directory is created here)."""
+    return Path(os.environ.get("SPARSEYOLO_CACHE") or Path.home() / ".cache" / "sparseyolo") / "crossover.json"
+
+
+def check_crossover(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"crossover must be a number in [0, 1] (occupancy), got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"crossover must be in [0, 1] (0: always dense, 1: never switch), got {v}")
+    return v
+
+
+@functools.lru_cache(maxsize=8)
+def _stored(path: str, mtime: float) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stored() -> dict:
+    """`{device type: {"crossover": float, ...}}` from the store (empty when there is none or it is unreadable)."""
+    p = store_path()
+    try:
+        mtime = p.stat().st_mtime
+    except OSError:
+        return {}
+    return _stored(str(p), mtime)
+
+
+def default_crossover(device: torch.device | str = "cpu") -> float:
+    """The crossover for `device` when a block sets none: `SPARSEYOLO_CROSSOVER`, else stored, else `BUILTIN`."""
+    env = os.environ.get(ENV)
+    if env:
+        try:
+            return check_crossover(env)
+        except ValueError as error:
+            raise ValueError(f"{ENV}: {error}") from None
+    kind = torch.device(device).type
+    entry = stored().get(kind)
+    if isinstance(entry, dict) and isinstance(entry.get("crossover"), (int, float)):
+        return float(entry["crossover"])
+    return BUILTIN.get(kind, BUILTIN["cpu"])
+
+
+def save_crossover(value: float, device: torch.device | str = "cpu", **info) -> Path:
+    """Store `value` as this machine's crossover for `device`'s type (with `info`, e.g. how it was measured)."""
+    value = check_crossover(value)
+    p = store_path()
+    data = dict(stored())
+    data[torch.device(device).type] = {"crossover": value, **info}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n")
+    return p
+
+
+def set_crossover(model: torch.nn.Module, value: float | None) -> torch.nn.Module:
+    """Set the crossover of every sparse block of `model` (None: back to the default chain above)."""
+    from sparseyolo.nn.sparse_blocks import SparseBlock
+
+    v = None if value is None else check_crossover(value)
+    for m in model.modules():
+        if isinstance(m, SparseBlock):
+            m.crossover = v
+    return model

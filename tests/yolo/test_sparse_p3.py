@@ -1,0 +1,236 @@
+"""The sparse P3 path (`yolov8-sparse-p3.yaml`, `convert(p3=True)`) against Ultralytics' dense YOLOv8 and against
+the dense masked path, and the dense switch above the crossover density."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparseyolo import YOLO
+from sparseyolo.nn import DenseMasked, SConcat, SUpsample, as_dense, default_crossover, set_crossover
+from sparseyolo.nn import crossover as xo
+from sparseyolo.sparse import SparseConvTensor
+from sparseyolo.yolo import SparseDetectionModel
+from sparseyolo.yolo.convert import convert, save_checkpoint, sparse_yaml
+from sparseyolo.yolo.sparse_detect import INACTIVE_LOGIT, SparseDetect
+
+P3_LAYERS = {5: "SConv", 13: "SUpsample", 14: "SConcat", 15: "SC2f", 16: "SConv", 22: "SparseDetect"}
+
+
+@pytest.fixture(scope="module")
+def dense():
+    torch.manual_seed(0)
+    d = YOLO("yolov8n.yaml").model  # Ultralytics' own dense YOLOv8n
+    for m in d.modules():  # non-trivial BN statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return d.eval()
+
+
+@pytest.fixture(scope="module")
+def p3(dense):
+    return convert(dense, method="nonzero", p3=True).eval()
+
+
+def _outputs(model, x):
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, m in enumerate(model.model)]
+    with torch.no_grad():
+        y = model(x)
+    for h in hooks:
+        h.remove()
+    return outs, y
+
+
+def test_yaml_keeps_layer_indices_and_weight_names():
+    for scale in "nsmlx":
+        sparse = SparseDetectionModel(f"yolov8{scale}-sparse-p3.yaml", nc=3, verbose=False)
+        from ultralytics.nn.tasks import DetectionModel
+
+        dense = DetectionModel(f"yolov8{scale}.yaml", nc=3, verbose=False)
+        names = {k for k in sparse.state_dict() if ".sparsify." not in k}
+        assert names == set(dense.state_dict()), scale
+        assert {i: type(sparse.model[i]).__name__ for i in P3_LAYERS} == P3_LAYERS
+        if scale == "n":
+            assert [m.dense_out for m in sparse.model[:6]] == [False] * 5 + [True]  # 4 -> 5 (strided) and 14
+            assert sparse.model[15].dense_out is False and sparse.model[16].dense_out is True
+
+
+@pytest.mark.parametrize("crossover", [1.0, 0.0], ids=["sparse path", "dense switch"])
+def test_converted_model_equals_dense_on_a_fully_active_input(dense, p3, crossover):
+    set_crossover(p3, crossover)
+    x = torch.rand(2, 3, 128, 160) + 0.05  # every pixel active
+    od, yd = _outputs(dense, x)
+    op, yp = _outputs(p3, x)
+    for i in range(len(dense.model) - 1):  # every layer's output, densified
+        torch.testing.assert_close(as_dense(op[i]), od[i], rtol=1e-4, atol=2e-4, msg=f"layer {i}")
+    if crossover == 1.0:
+        assert isinstance(op[15], SparseConvTensor) and isinstance(op[14], SparseConvTensor)
+    else:
+        assert isinstance(op[15], DenseMasked) and op[15].mask is None  # all active: nothing multiplied
+    torch.testing.assert_close(yp[0], yd[0], rtol=1e-4, atol=2e-3)
+    for key in ("boxes", "scores"):
+        torch.testing.assert_close(yp[1][key], yd[1][key], rtol=1e-4, atol=2e-3)
+    set_crossover(p3, None)
+
+
+def _sparse_image(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(2, 3, 128, 192)
+    x[0, :, 8:40, 16:70] = torch.rand(3, 32, 54, generator=g)
+    x[1, :, 70:120, 100:180] = torch.rand(3, 50, 80, generator=g)
+    x[1, :, 5:20, 5:20] = torch.rand(3, 15, 15, generator=g)
+    return x
+
+
+def test_sparse_path_equals_dense_masked_path_on_a_sparse_input(p3):
+    x = _sparse_image()
+    set_crossover(p3, 1.0)
+    o_sparse, y_sparse = _outputs(p3, x)
+    set_crossover(p3, 0.0)
+    o_dense, y_dense = _outputs(p3, x)
+    set_crossover(p3, None)
+    assert isinstance(o_sparse[15], SparseConvTensor) and isinstance(o_dense[15], DenseMasked)
+    assert 0.05 < o_sparse[15].density < 0.9
+    for i in (4, 5, 14, 15, 16, 18, 21):
+        torch.testing.assert_close(as_dense(o_sparse[i]), as_dense(o_dense[i]), rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(y_sparse[0], y_dense[0], rtol=1e-4, atol=2e-3)
+
+
+def test_inactive_p3_positions_give_no_detection(p3):
+    x = _sparse_image(1)
+    set_crossover(p3, 1.0)
+    o, y = _outputs(p3, x)
+    set_crossover(p3, None)
+    s = o[15]
+    H, W = s.spatial_shape
+    active = torch.zeros(2, H * W, dtype=torch.bool)
+    active[s.indices[:, 0].long(), (s.indices[:, 1] * W + s.indices[:, 2]).long()] = True
+    scores = y[0][:, 4:, : H * W]  # P3 anchors come first, row-major
+    assert float(scores.masked_select(~active.unsqueeze(1)).max()) < 1e-30
+    assert float(scores.masked_select(active.unsqueeze(1)).min()) > 1e-6  # active ones are real predictions
+    raw = y[1]["scores"][:, :, : H * W]
+    assert torch.all(raw.masked_select(~active.unsqueeze(1)) == INACTIVE_LOGIT)
+
+
+def test_training_step_gives_gradients_through_the_sparse_path(tiny_data):
+    torch.manual_seed(0)
+    m = SparseDetectionModel("yolov8n-sparse-p3.yaml", nc=2, verbose=False)
+    m.args = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+    from ultralytics.cfg import get_cfg
+
+    m.args = get_cfg()
+    m.train()
+    x = _sparse_image()[:, :, :128, :128]
+    batch = {
+        "img": x,
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0]]),
+        "bboxes": torch.tensor([[0.3, 0.2, 0.3, 0.25], [0.7, 0.75, 0.4, 0.4]]),
+    }
+    loss, items = m.loss(batch)
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    for i, name in ((15, "cv1.conv.weight"), (22, "cv2.0.0.conv.weight"), (22, "cv3.0.1.conv.weight")):
+        g = dict(m.model[i].named_parameters())[name].grad
+        assert g is not None and float(g.abs().sum()) > 0, (i, name)
+
+
+def test_predict_and_val_run_unchanged_on_a_sparse_p3_model(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    model = YOLO("yolov8n-sparse-p3.yaml")
+    model.model.names = {0: "red", 1: "green"}
+    save_checkpoint(model.model, tmp_path / "p3.pt")
+    model = YOLO(str(tmp_path / "p3.pt"))
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[10:50, 20:60] = 200
+    res = model.predict(img, imgsz=96, conf=0.0, verbose=False)
+    boxes = res[0].boxes.xywh
+    assert len(boxes) > 0  # an untrained model: some boxes above conf 0 ...
+    metrics = model.val(data=str(tiny_data), imgsz=96, batch=2, verbose=False, plots=False)
+    assert 0.0 <= metrics.box.map <= 1.0
+
+
+def test_onnx_export_runs_the_dense_masked_p3_path(tmp_path, p3):
+    ort = pytest.importorskip("onnxruntime")
+    from sparseyolo.yolo.export import export
+
+    p3.names = {i: str(i) for i in range(80)}
+    path = save_checkpoint(p3, tmp_path / "p3.pt")
+    m = YOLO(str(path))
+    onnx_file = export(m, format="onnx", imgsz=128, device="cpu", simplify=False)
+    x = _sparse_image()[:1, :, :128, :128]
+    m.model.eval()
+    set_crossover(m.model, 1.0)  # the reference runs the sparse engine
+    with torch.no_grad():
+        ref = m.model(x)[0].numpy()
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=2e-3)
+    onnx2 = YOLO(str(path)).export(format="onnx", imgsz=64, simplify=False)  # the Python API does the same
+    assert str(onnx2).endswith(".onnx")
+
+
+def test_bad_arguments_give_clear_errors(dense):
+    with pytest.raises(ValueError, match="integer scale_factor"):
+        SUpsample(None, 1.5)
+    with pytest.raises(ValueError, match="dimension 1"):
+        SConcat(0)
+    with pytest.raises(ValueError, match="needs stages=5"):
+        sparse_yaml(dense.yaml, stages=3, p3=True)
+    d = dict(dense.yaml)
+    d["head"] = [list(r) for r in d["head"]]
+    d["head"][4][2] = "C3"  # layer 14
+    with pytest.raises(ValueError, match="layer 14 should be Concat"):
+        sparse_yaml(d, p3=True)
+    with pytest.raises(ValueError, match="end2end"):
+        SparseDetect(80, 16, True, (64, 128, 256))
+    cat = SConcat()
+    s = SparseConvTensor.from_dense(_sparse_image()[:, :, ::8, ::8] + 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        cat([s, torch.zeros(1, 4, 8, 12)])  # batch 1 vs the grid's 2
+    with pytest.raises(ValueError, match="list of inputs"):
+        cat(s)
+
+
+def test_crossover_sources_and_checks(tmp_path, monkeypatch, p3):
+    monkeypatch.delenv(xo.ENV, raising=False)
+    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path))
+    assert default_crossover("cpu") == xo.BUILTIN["cpu"]
+    xo.save_crossover(0.37, "cpu", command="test")
+    assert default_crossover("cpu") == 0.37
+    monkeypatch.setenv(xo.ENV, "0.2")
+    assert default_crossover("cpu") == 0.2
+    monkeypatch.setenv(xo.ENV, "2")
+    with pytest.raises(ValueError, match=xo.ENV):
+        default_crossover("cpu")
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(ValueError, match="crossover must be"):
+            set_crossover(p3, bad)
+    set_crossover(p3, 0.3)
+    assert all(m.crossover == 0.3 for m in p3.modules() if hasattr(m, "switch_dense"))
+    set_crossover(p3, None)
+
+
+def test_the_switch_is_per_stage_and_inference_only(p3):
+    x = _sparse_image()
+    set_crossover(p3, 1.0)
+    o, _ = _outputs(p3, x)
+    p3_density = o[14].density
+    stem_density = float((x.abs().sum(1) > 0).float().mean())
+    assert stem_density < p3_density  # the sites spread with every strided conv
+    between = (stem_density + p3_density) / 2
+    set_crossover(p3, between)  # the stem stays sparse, the P3 path (denser) switches
+    o2, y2 = _outputs(p3, x)
+    assert isinstance(o2[0], SparseConvTensor) and isinstance(o2[15], DenseMasked)
+    p3.train()
+    try:
+        set_crossover(p3, 0.0)
+        assert not p3.model[15].switch_dense(1.0, torch.device("cpu"))  # training always runs sparse
+    finally:
+        p3.eval()
+        set_crossover(p3, None)
