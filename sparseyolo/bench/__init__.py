@@ -21,6 +21,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "sparse conv engine vs dense F.conv2d/conv3d and spconv: time, speed-up, GFLOP/s, memory",
     ),
     "stem": ("sparseyolo.bench.stem", "hybrid sparse YOLOv8 stem vs the dense stem"),
+    "crossover": (
+        "sparseyolo.bench.crossover",
+        "occupancy above which sparse blocks run dense (sparse-P3 YOLOv8n per candidate); --save stores it",
+    ),
     "aerial": ("sparseyolo.bench.aerial", "reference detectors on the held-out aerial scene: where the time goes"),
     "neck": ("sparseyolo.bench.neck", "DFF neck vs stock PAN: accuracy, executed neck FLOPs, latency, budgets"),
 }

@@ -95,7 +95,7 @@ def aerial_scene(h: int, w: int, dilate: int = 2):
 
 
 def build_models(seed: int = 0):
-    """`(dense, sparse stem, sparse P3)` YOLOv8n models with the same random weights, eval mode."""
+    """`(dense, sparse stem, sparse P3)` YOLOv8n models with the same random weights, eval mode, fused."""
     import torch
 
     import sparseyolo.yolo  # noqa: F401  (first: offline environment, then registration)
@@ -111,7 +111,32 @@ def build_models(seed: int = 0):
             m.running_var.uniform_(0.5, 2.0)
     sparse = convert(dense, stages=5, method="nonzero")
     p3 = convert(dense, stages=5, method="nonzero", p3=True)
-    return dense.eval(), sparse.eval(), p3.eval()
+    # as Ultralytics predicts: dense Conv+BN fused (sparse blocks fold their BN themselves in inference)
+    return tuple(m.eval().fuse(verbose=False) for m in (dense, sparse, p3))
+
+
+def occupancy(model, img) -> dict[str, float]:
+    """Occupancy (active sites / all sites) of a sparse-P3 model on `img`, run sparse: the stem's pixels, the
+    stride-8 sites (layer 4's output, also the P3 fusion's), and the stride-16 sites its layer 5 produces."""
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.eval.flops import site_mask
+    from sparseyolo.nn import set_crossover
+
+    seen = {}
+    hook = model.model[4].register_forward_hook(lambda m, a, o: seen.__setitem__("p3", o))
+    set_crossover(model, 1.0)
+    try:
+        with torch.no_grad():
+            model(img)
+    finally:
+        hook.remove()
+        set_crossover(model, None)
+    mask = site_mask(seen["p3"]).float()[:, None]
+    p4 = F.max_pool2d(mask, 3, 2, 1)  # a 3x3 stride-2 conv's output sites
+    pixels = float(model.model[0].sparsify(img)[0].float().mean())
+    return {"pixels": pixels, "p3": float(mask.mean()), "p4": float(p4.mean())}
 
 
 def run_layers(model, x, layers=None):
@@ -520,6 +545,10 @@ def e2e_rows(dense, sparse, size: str, a, p3=None) -> tuple[list[dict], list]:
             probes.append((rows[-1], lambda model=model, x=x: model(x)))
             if not a.memory_only:
                 print(f"[{size} {scene}] {name}: {res[name]['p50_ms']:.0f} ms", flush=True)
+        if p3 is not None:
+            occ = occupancy(p3, img)
+            row = next(r for r in rows[-len(variants) :] if r["variant"] == SPARSE_P3_MODEL)
+            row.update({"p3_occ_%": 100 * occ["p3"], "p4_occ_%": 100 * occ["p4"]})
         t_dense = res[DENSE_MODEL]["p50_ms"]
         for r in rows[-len(variants) :]:
             if r["variant"] != DENSE_MODEL and t_dense and r["p50_ms"]:
@@ -555,9 +584,11 @@ def tables(rows: list[dict]) -> dict[str, tuple[list, list]]:
         ]
         for r in rows
     ]
-    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS]
+    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS] + ["P3 / P4 occupancy %"]
     g_rows = [
-        [r["size"], r["scene"], r["variant"]] + [_fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
+        [r["size"], r["scene"], r["variant"]]
+        + [_fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
+        + [f"{_fmt(r['p3_occ_%'])} / {_fmt(r['p4_occ_%'])}" if "p3_occ_%" in r else ""]
         for r in rows
         if r["part"] == "end-to-end"
     ]

@@ -118,14 +118,44 @@ class YOLO(_UltralyticsYOLO):
         self.predictor = None  # the predictor's model copy predates the calibration
         return report
 
+    def _live_models(self) -> list[torch.nn.Module]:
+        """The model and the predictor's model copy (Ultralytics' AutoBackend copies it), when there is one."""
+        backend = getattr(getattr(self, "predictor", None), "model", None)
+        return [m for m in (self.model, backend, getattr(backend, "model", None)) if isinstance(m, torch.nn.Module)]
+
     def _all_necks(self) -> list:
-        """DFF necks of the model and of the predictor's model copy (Ultralytics' AutoBackend copies it)."""
+        """DFF necks of the model and of the predictor's model copy."""
         from sparseyolo.nn import dff_necks
 
-        backend = getattr(getattr(self, "predictor", None), "model", None)
-        models = [self.model, backend, getattr(backend, "model", None)]
-        necks = {id(n): n for m in models if isinstance(m, torch.nn.Module) for n in dff_necks(m)}
+        necks = {id(n): n for m in self._live_models() for n in dff_necks(m)}
         return list(necks.values())
+
+    def set_crossover(self, value: float | None) -> YOLO:
+        """Occupancy in [0, 1] above which every sparse block runs its dense path in inference (same numbers);
+        None: back to the machine's stored value (`sparseyolo.nn.crossover`). Also on the predictor's copy."""
+        from sparseyolo.nn import SparseBlock, set_crossover
+
+        if not any(isinstance(b, SparseBlock) for b in self.model.modules()):
+            raise ValueError("crossover applies to models with sparse blocks; this model has none")
+        for m in self._live_models():
+            set_crossover(m, value)
+        return self
+
+    @contextlib.contextmanager
+    def _crossover(self, value: float | None):
+        """Within the block, sparse blocks use `value` as their crossover; their own values are restored after."""
+        if value is None:
+            yield
+            return
+        from sparseyolo.nn import SparseBlock
+
+        blocks = [b for b in self.model.modules() if isinstance(b, SparseBlock)]
+        before = blocks[0].crossover if blocks else None
+        self.set_crossover(value)
+        try:
+            yield
+        finally:
+            self.set_crossover(before)
 
     def neck_stats(self) -> dict:
         """`last_stats` of the DFF neck that ran last: per-image `gflops`, `ratio`, `complexity`, `depth`,
@@ -188,25 +218,28 @@ class YOLO(_UltralyticsYOLO):
         budget: float | None = None,
         target_fps: float | None = None,
         preset: str | None = None,
+        crossover: float | None = None,
         **kwargs,
     ):
         """Ultralytics' `predict`. DFF necks: `budget=` runs at the calibrated threshold for that budget;
         `target_fps=` adapts the budget per frame to hold that rate (`self.scheduler.history`); `preset=`
-        (`cpu`, `gpu`, `edge`) caps the paths run side by side."""
-        if budget is None and target_fps is None and preset is None:
+        (`cpu`, `gpu`, `edge`) caps the paths run side by side. Sparse blocks: `crossover=` (see
+        `set_crossover`) for this call."""
+        if budget is None and target_fps is None and preset is None and crossover is None:
             return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
         if stream:
-            return self._stream_under(budget, target_fps, preset, source, predictor, kwargs)
-        with self._dff_control(budget, target_fps, preset):
+            return self._stream_under(budget, target_fps, preset, crossover, source, predictor, kwargs)
+        with self._dff_control(budget, target_fps, preset), self._crossover(crossover):
             return super().predict(source=source, stream=False, predictor=predictor, **kwargs)
 
-    def _stream_under(self, budget, target_fps, preset, source, predictor, kwargs):
-        with self._dff_control(budget, target_fps, preset):
+    def _stream_under(self, budget, target_fps, preset, crossover, source, predictor, kwargs):
+        with self._dff_control(budget, target_fps, preset), self._crossover(crossover):
             yield from super().predict(source=source, stream=True, predictor=predictor, **kwargs)
 
-    def val(self, validator=None, budget: float | None = None, **kwargs):
-        """Ultralytics' `val`; `budget=` runs DFF necks at their calibrated threshold for that budget."""
-        with self._dff_control(budget):
+    def val(self, validator=None, budget: float | None = None, crossover: float | None = None, **kwargs):
+        """Ultralytics' `val`; `budget=` runs DFF necks at their calibrated threshold for that budget;
+        `crossover=` sets the sparse blocks' dense switch for this call."""
+        with self._dff_control(budget), self._crossover(crossover):
             return super().val(validator=validator, **kwargs)
 
     def export(self, stem: str = "dense", **kwargs):

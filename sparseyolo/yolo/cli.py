@@ -17,12 +17,15 @@ modes:
   val       model=runs/detect/train/weights/best.pt data=data.yaml
   predict   model=best.pt source=image.jpg
   export    model=best.pt format=onnx [stem=dense]   (stem=dense: export sparse stems as dense layers)
-  convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0]
+  convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0 p3=True]
+            (p3=True: also the stride-8 path past the stem, as yolov8-sparse-p3.yaml)
   calibrate model=best.pt data=data.yaml budget=0.7 [imgsz=640 out=calibrated.pt]
             (DFF neck: the gate threshold whose mean executed neck FLOPs on the images is within budget)
 DFF necks: predict/val budget=0.7 (needs a calibration); predict target_fps=15 preset=cpu|gpu|edge;
   train dff_warmup=0.3 dff_finetune=0.15
   dff_t_start=1.0 dff_t_end=0.2 dff_budget=0.6 dff_eff_weight=2.0 (curriculum)
+sparse blocks: predict/val crossover=0.5 (occupancy above which they run dense; default: `sparseyolo bench
+  crossover --save`'s stored value)
 sparse stem settings (train/val/predict/export): sparsify=nonzero|threshold|gradient|learned
   sparsify_threshold=0.1 sparsify_keep=0.25 sparsify_dilate=2 sparsify_max_active=200000
 All Ultralytics arguments pass through (see `yolo cfg`). Model YAMLs shipped: {cfgs}
@@ -109,7 +112,7 @@ def run_mode(mode: str, overrides: dict) -> int:
         print(f"sparseyolo export: stem must be 'dense' or 'sparse', got {stem!r}", file=sys.stderr)
         return 2
     dff = {k: overrides.pop(k) for k in list(overrides) if k.startswith("dff_")} if mode == "train" else {}
-    for key in ("budget",) + (("target_fps", "preset") if mode == "predict" else ()):
+    for key in ("budget", "crossover") + (("target_fps", "preset") if mode == "predict" else ()):
         if mode in ("predict", "val") and key in overrides:
             dff[key] = overrides.pop(key)
     bad = unknown_keys(overrides)

@@ -151,8 +151,8 @@ def save_checkpoint(model, path: str | Path) -> Path:
 
 def cli_main(overrides: dict) -> int:
     """`sparseyolo convert model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero threshold=0 keep=1 dilate=0
-    max_active=None]`."""
-    allowed = {"model", "out", "stages", "sparsify", "threshold", "keep", "dilate", "max_active"}
+    max_active=None target=None p3=False]`."""
+    allowed = {"model", "out", "stages", "sparsify", "threshold", "keep", "dilate", "max_active", "target", "p3"}
     bad = sorted(set(overrides) - allowed)
     if bad or "model" not in overrides:
         msg = f"unknown argument(s) {bad}; " if bad else "model= is required; "
@@ -166,12 +166,18 @@ def cli_main(overrides: dict) -> int:
         "keep": float(overrides.get("keep", 1.0)),
         "dilate": int(overrides.get("dilate", 0)),
         "max_active": overrides.get("max_active"),
+        "target": None if overrides.get("target") is None else float(overrides["target"]),
+        "p3": str(overrides.get("p3", False)).lower() in ("true", "1", "yes"),
     }
+    if str(overrides.get("p3", False)).lower() not in ("true", "false", "1", "0", "yes", "no"):
+        print(f"sparseyolo convert: p3 must be True or False, got {overrides['p3']!r}", file=sys.stderr)
+        return 2
     try:
         model = convert(src, int(overrides.get("stages", 5)), **kw)
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
         print(f"sparseyolo convert: error: {e}", file=sys.stderr)
         return 1
     save_checkpoint(model, out)
-    print(f"sparseyolo convert: {src} -> {out} (layers 0-{int(overrides.get('stages', 5)) - 1} sparse)")
+    p3 = " and the P3 path" if kw["p3"] else ""
+    print(f"sparseyolo convert: {src} -> {out} (layers 0-{int(overrides.get('stages', 5)) - 1} sparse{p3})")
     return 0

@@ -234,3 +234,29 @@ def test_the_switch_is_per_stage_and_inference_only(p3):
     finally:
         p3.eval()
         set_crossover(p3, None)
+
+
+def test_convert_cli_p3_and_crossover_in_api_and_cli(dense, tmp_path):
+    from sparseyolo.yolo.cli import main as cli_main
+
+    src = save_checkpoint(dense, tmp_path / "dense.pt")
+    out = tmp_path / "p3.pt"
+    assert cli_main(["convert", f"model={src}", f"out={out}", "p3=True"]) == 0
+    m = YOLO(str(out))
+    assert {i: type(m.model.model[i]).__name__ for i in P3_LAYERS} == P3_LAYERS
+    assert cli_main(["convert", f"model={src}", "p3=maybe"]) == 2
+    assert cli_main(["convert", f"model={src}", "stages=3", "p3=True"]) == 1  # needs the whole stem
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[8:30, 10:40] = 180
+    a = m.predict(img, imgsz=64, conf=0.0, verbose=False, crossover=0.0)[0].boxes.data
+    assert all(b.crossover is None for b in m.model.modules() if hasattr(b, "switch_dense"))  # restored
+    b = m.predict(img, imgsz=64, conf=0.0, verbose=False, crossover=1.0)[0].boxes.data
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)  # the dense switch gives the same detections
+    m.set_crossover(0.25)
+    assert all(x.crossover == 0.25 for x in m.predictor.model.model.modules() if hasattr(x, "switch_dense"))
+    with pytest.raises(ValueError, match="crossover must be"):
+        m.set_crossover(3)
+    with pytest.raises(ValueError, match="no sparse blocks|has none"):
+        YOLO("yolov8n.yaml").set_crossover(0.5)
+    assert cli_main(["predict", f"model={out}", "imgsz=64", "crossover=0.3", "save=False"]) == 0
+    assert cli_main(["predict", f"model={out}", "imgsz=64", "crossover=7", "save=False"]) == 1
