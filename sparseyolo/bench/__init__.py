@@ -23,7 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "stem": ("sparseyolo.bench.stem", "hybrid sparse YOLOv8 stem vs the dense stem"),
     "crossover": (
         "sparseyolo.bench.crossover",
-        "occupancy above which sparse blocks run dense (sparse-P3 YOLOv8n per candidate); --save stores it",
+        "occupancy above which sparse blocks run dense (sparse-P3+P4 YOLOv8n per candidate); --save stores it",
     ),
     "aerial": ("sparseyolo.bench.aerial", "reference detectors on the held-out aerial scene: where the time goes"),
     "neck": ("sparseyolo.bench.neck", "DFF neck vs stock PAN: accuracy, executed neck FLOPs, latency, budgets"),

@@ -1,6 +1,6 @@
 """Crossover density: the occupancy above which sparse blocks should run their dense path (`--save` stores it).
 
-Model: YOLOv8n converted to the sparse P3 path (`nonzero` sparsify, random weights with non-trivial BatchNorm
+Model: YOLOv8n converted to the sparse P3+P4 paths (`nonzero` sparsify, random weights with non-trivial BatchNorm
 statistics; the blocks of `sparseyolo bench stem`). Scenes: synthetic textured rectangles on black covering
 1..50% of the pixels, and a fully active image. For every candidate crossover c, every sparse block runs its
 dense masked path when its input occupancy is above c (the rule of `SparseBlock.switch_dense`); the whole model
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     set_threads(a.threads)
     h, w = SIZES[a.size]
-    dense, _, model = build_models()
+    dense, _, _, model = build_models()
     scenes = [(f"synthetic {f:g}%", synthetic_scene(h, w, f / 100)) for f in a.fg] + [("full 100%", full_scene(h, w))]
     rows, times = [], {}
     for name, img in scenes:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     cost_row = ["summed slow-down", "", ""] + [f"{cost[c]:.2f}" for c in a.candidates] + [""]
-    print(f"\np50 ms of the sparse-P3 YOLOv8n at {w}x{h} per candidate crossover c (dense path above c)")
+    print(f"\np50 ms of the sparse-P3+P4 YOLOv8n at {w}x{h} per candidate crossover c (dense path above c)")
     print(format_table(headers, [*table, cost_row]))
     print(f"\nchosen crossover: {crossover:g}")
     command = " ".join(["sparseyolo", "bench", "crossover", *argv])
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {k}: {v}" for k, v in system_info().items()),
         f"- threads: {a.threads}, repeats: {a.repeats}, size {w}x{h}, command: `{command}`",
         "",
-        "p50 ms of the sparse-P3 YOLOv8n per candidate crossover c (every sparse block runs dense above c)",
+        "p50 ms of the sparse-P3+P4 YOLOv8n per candidate crossover c (every sparse block runs dense above c)",
         "",
         markdown_table(headers, [*table, cost_row]),
         "",

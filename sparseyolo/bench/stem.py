@@ -95,7 +95,8 @@ def aerial_scene(h: int, w: int, dilate: int = 2):
 
 
 def build_models(seed: int = 0):
-    """`(dense, sparse stem, sparse P3)` YOLOv8n models with the same random weights, eval mode, fused."""
+    """`(dense, sparse stem, sparse P3, sparse P3+P4)` YOLOv8n models with the same random weights, eval mode,
+    fused."""
     import torch
 
     import sparseyolo.yolo  # noqa: F401  (first: offline environment, then registration)
@@ -111,8 +112,9 @@ def build_models(seed: int = 0):
             m.running_var.uniform_(0.5, 2.0)
     sparse = convert(dense, stages=5, method="nonzero")
     p3 = convert(dense, stages=5, method="nonzero", p3=True)
+    p34 = convert(dense, stages=5, method="nonzero", p3=True, p4=True)
     # as Ultralytics predicts: dense Conv+BN fused (sparse blocks fold their BN themselves in inference)
-    return tuple(m.eval().fuse(verbose=False) for m in (dense, sparse, p3))
+    return tuple(m.eval().fuse(verbose=False) for m in (dense, sparse, p3, p34))
 
 
 def occupancy(model, img) -> dict[str, float]:
@@ -228,34 +230,24 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
                 verdict(fraction, fraction_target),
             ]
         )
-    for size, target in P3_TARGETS.items():  # the sparse P3 path against the dense full-res model
-        p3 = find("end-to-end", size, scene, SPARSE_P3_MODEL)
-        if p3 is None:
-            continue
-        value = p3.get("speedup")
-        shown = "not measured" if value is None else f"{value:.2f}x"
-        out.append([f"sparse-P3 speed-up {size}", scene, f">= {target:g}x", shown, verdict(value, target)])
-        value = p3.get("mem_ratio")
-        shown = "not measured" if value is None else f"{value:.2f}x"
-        target = P3_MEMORY_TARGET
-        out.append([f"sparse-P3 memory ratio {size}", scene, f">= {target:g}x", shown, verdict(value, target)])
-        for variant in (SPARSE_STEM_MODEL, SPARSE_P3_MODEL):
-            full, dense = (
-                find("end-to-end", size, "full 100%", variant),
-                find("end-to-end", size, "full 100%", DENSE_MODEL),
-            )
+    for size, target in P3_TARGETS.items():  # the sparse P3 path(s) against the dense full-res model
+        for variant in (SPARSE_P3_MODEL, SPARSE_P34_MODEL):
+            row = find("end-to-end", size, scene, variant)
+            if row is None:
+                continue
+            name = variant.replace(" full-res model", "")
+            for check, key, goal in (("speed-up", "speedup", target), ("memory ratio", "mem_ratio", P3_MEMORY_TARGET)):
+                value = row.get(key)
+                shown = "not measured" if value is None else f"{value:.2f}x"
+                out.append([f"{name} {check} {size}", scene, f">= {goal:g}x", shown, verdict(value, goal)])
+        dense = find("end-to-end", size, "full 100%", DENSE_MODEL)
+        for variant in (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, SPARSE_P34_MODEL):
+            full = find("end-to-end", size, "full 100%", variant)
             if full and dense and full["p50_ms"] and dense["p50_ms"]:
                 ratio = full["p50_ms"] / dense["p50_ms"]
                 ok = "PASS" if ratio <= FULL_SCENE_SLACK else "FAIL"
-                out.append(
-                    [
-                        f"{variant} / dense at 100% {size}",
-                        "full 100%",
-                        f"<= {FULL_SCENE_SLACK:.2f}x",
-                        f"{ratio:.2f}x",
-                        ok,
-                    ]
-                )
+                check = f"{variant.replace(' full-res model', '')} / dense at 100% {size}"
+                out.append([check, "full 100%", f"<= {FULL_SCENE_SLACK:.2f}x", f"{ratio:.2f}x", ok])
     return out
 
 
@@ -318,7 +310,8 @@ def plot_e2e(rows: list[dict], path: Path) -> Path | None:
     if not e2e:
         return None
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4.6))
-    colours = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", DENSE_MODEL: "tab:gray"}
+    colours = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", SPARSE_P34_MODEL: "tab:purple"}
+    colours[DENSE_MODEL] = "tab:gray"
     styles = ["-", "--", ":", "-."]
     for si, size in enumerate(dict.fromkeys(r["size"] for r in e2e)):
         for variant, colour in colours.items():
@@ -400,7 +393,9 @@ def add_memory_ratios(rows: list[dict]) -> None:
     ref = {"stem": DENSE_STEM, "end-to-end": DENSE_MODEL}
     dense = {(r["part"], r["size"], r["scene"]): r for r in rows if r["variant"] == ref.get(r["part"])}
     for r in rows:
-        if r["variant"] not in (HYBRID_STEM, SPARSE_STEM_MODEL, SPARSE_P3_MODEL) or not r.get("peak_mb"):
+        if r["variant"] not in (HYBRID_STEM, SPARSE_STEM_MODEL, SPARSE_P3_MODEL, SPARSE_P34_MODEL) or not r.get(
+            "peak_mb"
+        ):
             continue
         match = dense.get((r["part"], r["size"], r["scene"]))
         if match is not None and match.get("peak_mb"):
@@ -411,8 +406,9 @@ def add_memory_ratios(rows: list[dict]) -> None:
 
 HYBRID_STEM, DENSE_STEM = "hybrid stem (sparse 0-4)", "dense stem (0-4)"
 SPARSE_STEM_MODEL, SPARSE_P3_MODEL = "sparse full-res model", "sparse-P3 full-res model"
+SPARSE_P34_MODEL = "sparse-P3+P4 full-res model"
 DENSE_MODEL, DENSE_640 = "dense full-res model", "dense model at 640"
-E2E_VARIANTS = (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, DENSE_MODEL, DENSE_640)
+E2E_VARIANTS = (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, SPARSE_P34_MODEL, DENSE_MODEL, DENSE_640)
 P3_TARGETS = {"1920x1088": 2.0, "3840x2176": 3.0}  # sparse-P3 model vs dense full res, 5% foreground
 P3_MEMORY_TARGET = 2.0  # dense / sparse-P3 peak memory at 5% foreground
 FULL_SCENE_SLACK = 1.05  # at 100% active: sparse model latency <= 1.05x the dense model's
@@ -512,9 +508,10 @@ def stem_rows(dense, sparse, size: str, a) -> tuple[list[dict], list]:
     return rows, probes
 
 
-def e2e_rows(dense, sparse, size: str, a, p3=None) -> tuple[list[dict], list]:
-    """Whole models on the end-to-end scenes of one size: sparse stem, sparse P3 path and dense at full resolution,
-    dense at 640; `speedup` and `mem_ratio` (added later) are against the dense full-res model."""
+def e2e_rows(dense, sparse, size: str, a, p3=None, p34=None) -> tuple[list[dict], list]:
+    """Whole models on the end-to-end scenes of one size: sparse stem, sparse P3 path, sparse P3+P4 paths and dense
+    at full resolution, dense at 640; `speedup` and `mem_ratio` (added later) are against the dense full-res
+    model."""
     import torch
 
     h, w = SIZES[size]
@@ -524,7 +521,7 @@ def e2e_rows(dense, sparse, size: str, a, p3=None) -> tuple[list[dict], list]:
         small = torch.nn.functional.interpolate(
             img, size=(int(round(640 * h / w / 32)) * 32, 640), mode="bilinear", align_corners=False
         )
-        variants = dict(zip(E2E_VARIANTS, ((sparse, img), (p3, img), (dense, img), (dense, small))))
+        variants = dict(zip(E2E_VARIANTS, ((sparse, img), (p3, img), (p34, img), (dense, img), (dense, small))))
         variants = {k: v for k, v in variants.items() if v[0] is not None}
         res = _timing({name: (lambda model=model, x=x: model(x)) for name, (model, x) in variants.items()}, a)
         for name, (model, x) in variants.items():
@@ -547,8 +544,9 @@ def e2e_rows(dense, sparse, size: str, a, p3=None) -> tuple[list[dict], list]:
                 print(f"[{size} {scene}] {name}: {res[name]['p50_ms']:.0f} ms", flush=True)
         if p3 is not None:
             occ = occupancy(p3, img)
-            row = next(r for r in rows[-len(variants) :] if r["variant"] == SPARSE_P3_MODEL)
-            row.update({"p3_occ_%": 100 * occ["p3"], "p4_occ_%": 100 * occ["p4"]})
+            for r in rows[-len(variants) :]:
+                if r["variant"] in (SPARSE_P3_MODEL, SPARSE_P34_MODEL):
+                    r.update({"p3_occ_%": 100 * occ["p3"], "p4_occ_%": 100 * occ["p4"]})
         t_dense = res[DENSE_MODEL]["p50_ms"]
         for r in rows[-len(variants) :]:
             if r["variant"] != DENSE_MODEL and t_dense and r["p50_ms"]:
@@ -645,13 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(list(sys.argv[1:] if argv is None else argv))
     memory = PeakRSS() if a.memory_only else None  # first: pins the allocator settings before any tensor exists
     set_threads(a.threads)
-    dense, sparse, p3 = build_models()
+    dense, sparse, p3, p34 = build_models()
     rows, probes = [], []
     for size in a.sizes:
         r, p = stem_rows(dense, sparse, size, a)
         rows, probes = rows + r, probes + p
         if not a.no_e2e:
-            r, p = e2e_rows(dense, sparse, size, a, p3)
+            r, p = e2e_rows(dense, sparse, size, a, p3, p34)
             rows, probes = rows + r, probes + p
     if a.memory_only:
         import json

@@ -71,22 +71,28 @@ def _module_conv_flops(module, mask: Tensor) -> tuple[float, Tensor]:
     return _conv_flops(shape, mask)
 
 
-def sparse_head_flops(head, x: list, mask: Tensor) -> float:
-    """A `SparseDetect` on inputs `x` (P3 sparse with sites `mask`): its P3 branches analytically, its dense
-    levels by the counter, and DFL decoding over every anchor (as Ultralytics runs it)."""
+def sparse_head_flops(head, x: list) -> float:
+    """A `SparseDetect` on inputs `x` with sparse levels: those levels' branches analytically at their sites, the
+    dense levels by the counter, and DFL decoding over the anchors it decodes (the active ones)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    total = 0.0
-    for branch in (head.cv2[0], head.cv3[0]):
-        for module in branch:
-            total += _module_conv_flops(module, mask)[0]
-    anchors = mask[0].numel()
+    from sparseyolo.nn import as_dense
+    from sparseyolo.sparse import SparseConvTensor
+
+    total, anchors = 0.0, 0
     with FlopCounterMode(display=False) as fc:
-        for i in range(1, head.nl):
-            head.cv2[i](x[i])
-            head.cv3[i](x[i])
-            anchors += x[i].shape[-2] * x[i].shape[-1]
-    return total + float(fc.get_total_flops()) + 2.0 * 4 * head.reg_max * anchors * mask.shape[0]
+        for i, v in enumerate(x):
+            if isinstance(v, SparseConvTensor):
+                mask = site_mask(v)
+                for module in (*head.cv2[i], *head.cv3[i]):
+                    total += _module_conv_flops(module, mask)[0]
+                anchors += v.num_active
+            else:
+                d = as_dense(v)
+                head.cv2[i](d)
+                head.cv3[i](d)
+                anchors += d.shape[0] * d.shape[-2] * d.shape[-1]
+    return total + float(fc.get_total_flops()) + 2.0 * 4 * head.reg_max * anchors
 
 
 def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
@@ -119,8 +125,8 @@ def _sparse_input(m, x):
 
     if getattr(m, "export_dense", False):
         return None
-    if isinstance(m, SparseDetect):
-        sp = x[0] if isinstance(x[0], SparseConvTensor) else None
+    if isinstance(m, SparseDetect):  # compact inference: some level runs sparse
+        sp = next((v for v in x if isinstance(v, SparseConvTensor)), None)
     else:
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         if any(isinstance(v, DenseMasked) for v in xs):
@@ -164,7 +170,7 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
                 layers[m.i] = sparse_block_flops(m, mask)[0]
                 x = m(x)
         elif isinstance(m, SparseDetect) and sp is not None:
-            layers[m.i] = sparse_head_flops(m, x, site_mask(sp))
+            layers[m.i] = sparse_head_flops(m, x)
             x = m(x)
         elif sp is not None:
             layers[m.i] = sparse_block_flops(m, site_mask(sp))[0]

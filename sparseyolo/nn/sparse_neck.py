@@ -68,12 +68,12 @@ def gather_at_sites(x: Tensor, indices: Tensor, shape: tuple[int, int]) -> Tenso
 
 
 class SUpsample(nn.Module):
-    """`nn.Upsample(None, scale, "nearest")` that defers the work: returns `NearestUp(x, scale)`.
+    """`nn.Upsample(None, scale, "nearest")` that defers the work: returns `NearestUp(dense x, scale)`.
 
     YAML: `[-1, 1, SUpsample, [None, 2, "nearest"]]` (nn.Upsample's args). Read by `SConcat` (or densified).
     """
 
-    accepts_sparse = False  # its input is the dense P4 map
+    accepts_sparse = True  # a sparse input (the P4 path of yolov8-sparse-p34.yaml) is densified first
 
     def __init__(self, size=None, scale_factor=2, mode="nearest"):
         super().__init__()

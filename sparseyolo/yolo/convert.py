@@ -28,6 +28,17 @@ P3_PATH = {
     16: ("Conv", "SConv"),
     22: ("Detect", "SparseDetect"),
 }
+# ... and the stride-16 path (`p4=True`, with p3): see yolov8-sparse-p34.yaml
+P4_PATH = {
+    6: ("C2f", "SC2f"),
+    7: ("Conv", "SConv"),
+    10: ("nn.Upsample", "SUpsample"),
+    11: ("Concat", "SConcat"),
+    12: ("C2f", "SC2f"),
+    17: ("Concat", "SConcat"),
+    18: ("C2f", "SC2f"),
+    19: ("Conv", "SConv"),
+}
 
 
 def sparse_yaml(
@@ -40,18 +51,22 @@ def sparse_yaml(
     max_active: int | None = None,
     target: float | None = None,
     p3: bool = False,
+    p4: bool = False,
 ) -> dict:
     """The model YAML dict `d` with its first `stages` layers made sparse (layer 0 a `SparseStem`); with `p3`,
-    also the stride-8 path past the stem (layers of `P3_PATH`, YOLOv8's layout; needs stages=5)."""
+    also the stride-8 path past the stem (layers of `P3_PATH`, YOLOv8's layout; needs stages=5), with `p4` also
+    the stride-16 path (`P4_PATH`, needs p3)."""
     d = copy.deepcopy(d)
     rows = d["backbone"]
     if not 1 <= stages <= len(rows):
         raise ValueError(f"stages must be in 1..{len(rows)}, got {stages}")
+    if p4 and not p3:
+        raise ValueError("p4=True continues the sparse P3 path: it needs p3=True")
     if p3:
         if stages != 5:
             raise ValueError(f"p3=True continues the sparse stem of layers 0-4: it needs stages=5, got {stages}")
         every = rows + list(d.get("head") or [])
-        for i, (dense_name, sparse_name) in P3_PATH.items():
+        for i, (dense_name, sparse_name) in {**P3_PATH, **(P4_PATH if p4 else {})}.items():
             name = every[i][2] if i < len(every) else None
             if name not in (dense_name, sparse_name):
                 raise ValueError(
@@ -151,8 +166,8 @@ def save_checkpoint(model, path: str | Path) -> Path:
 
 def cli_main(overrides: dict) -> int:
     """`sparseyolo convert model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero threshold=0 keep=1 dilate=0
-    max_active=None target=None p3=False]`."""
-    allowed = {"model", "out", "stages", "sparsify", "threshold", "keep", "dilate", "max_active", "target", "p3"}
+    max_active=None target=None p3=False p4=False]`."""
+    allowed = {"model", "out", "stages", "sparsify", "threshold", "keep", "dilate", "max_active", "target", "p3", "p4"}
     bad = sorted(set(overrides) - allowed)
     if bad or "model" not in overrides:
         msg = f"unknown argument(s) {bad}; " if bad else "model= is required; "
@@ -168,16 +183,18 @@ def cli_main(overrides: dict) -> int:
         "max_active": overrides.get("max_active"),
         "target": None if overrides.get("target") is None else float(overrides["target"]),
         "p3": str(overrides.get("p3", False)).lower() in ("true", "1", "yes"),
+        "p4": str(overrides.get("p4", False)).lower() in ("true", "1", "yes"),
     }
-    if str(overrides.get("p3", False)).lower() not in ("true", "false", "1", "0", "yes", "no"):
-        print(f"sparseyolo convert: p3 must be True or False, got {overrides['p3']!r}", file=sys.stderr)
-        return 2
+    for key in ("p3", "p4"):
+        if str(overrides.get(key, False)).lower() not in ("true", "false", "1", "0", "yes", "no"):
+            print(f"sparseyolo convert: {key} must be True or False, got {overrides[key]!r}", file=sys.stderr)
+            return 2
     try:
         model = convert(src, int(overrides.get("stages", 5)), **kw)
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
         print(f"sparseyolo convert: error: {e}", file=sys.stderr)
         return 1
     save_checkpoint(model, out)
-    p3 = " and the P3 path" if kw["p3"] else ""
+    p3 = " and the P3 path" + (" and the P4 path" if kw["p4"] else "") if kw["p3"] else ""
     print(f"sparseyolo convert: {src} -> {out} (layers 0-{int(overrides.get('stages', 5)) - 1} sparse{p3})")
     return 0

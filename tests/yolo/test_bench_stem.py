@@ -12,7 +12,7 @@ from sparseyolo.bench import stem as bench
 
 
 def test_analytic_sparse_flops_match_flop_counter_on_full_input():
-    dense, sparse, _ = bench.build_models()
+    dense, sparse, _, _ = bench.build_models()
     x = torch.rand(1, 3, 64, 96) + 0.1  # every pixel active
     counted = sum(v for v in bench.flops_by_layer(dense, x, upto=5).values() if v)
     analytic = sum(bench.sparse_flops(sparse, x).values())
@@ -35,6 +35,7 @@ def test_quick_run_writes_report(tmp_path):
         "dense stem (0-4)",
         "sparse full-res model",
         "sparse-P3 full-res model",
+        "sparse-P3+P4 full-res model",
     }
     p3 = [r for r in rows if r["variant"] == "sparse-P3 full-res model"]
     assert all(float(r["speedup"]) > 0 and float(r["mem_ratio"]) > 0 for r in p3)  # against the dense model
@@ -86,8 +87,9 @@ def test_target_rows_sparse_p3_and_full_scene():
     got = {r[0]: r for r in bench.target_rows(rows)}
     assert got["sparse-P3 speed-up 3840x2176"][2:] == [">= 3x", "3.60x", "PASS"]
     assert got["sparse-P3 memory ratio 3840x2176"][3:] == ["1.50x", "FAIL"]
-    assert got["sparse-P3 full-res model / dense at 100% 3840x2176"][3:] == ["1.04x", "PASS"]
-    assert got["sparse full-res model / dense at 100% 3840x2176"][3:] == ["1.10x", "FAIL"]
+    assert got["sparse-P3 / dense at 100% 3840x2176"][3:] == ["1.04x", "PASS"]
+    assert got["sparse / dense at 100% 3840x2176"][3:] == ["1.10x", "FAIL"]
+    assert not any(k.startswith("sparse-P3+P4") for k in got)  # not in these rows
     assert not any(k.endswith("1920x1088") for k in got)  # no rows at that size: no verdicts
 
 

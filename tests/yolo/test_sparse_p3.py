@@ -1,5 +1,5 @@
-"""The sparse P3 path (`yolov8-sparse-p3.yaml`, `convert(p3=True)`) against Ultralytics' dense YOLOv8 and against
-the dense masked path, and the dense switch above the crossover density."""
+"""The sparse P3 path (`yolov8-sparse-p3.yaml`, `convert(p3=True)`; with P4: `yolov8-sparse-p34.yaml`, `p4=True`)
+against Ultralytics' dense YOLOv8 and against the dense masked path, and the dense switch above the crossover."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sparseyolo.yolo.convert import convert, save_checkpoint, sparse_yaml
 from sparseyolo.yolo.sparse_detect import INACTIVE_LOGIT, SparseDetect
 
 P3_LAYERS = {5: "SConv", 13: "SUpsample", 14: "SConcat", 15: "SC2f", 16: "SConv", 22: "SparseDetect"}
+P4_LAYERS = {6: "SC2f", 7: "SConv", 10: "SUpsample", 11: "SConcat", 12: "SC2f", 17: "SConcat", 18: "SC2f", 19: "SConv"}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,11 @@ def p3(dense):
     return convert(dense, method="nonzero", p3=True).eval()
 
 
+@pytest.fixture(scope="module")
+def p34(dense):
+    return convert(dense, method="nonzero", p3=True, p4=True).eval()
+
+
 def _outputs(model, x):
     outs = {}
     hooks = [m.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, m in enumerate(model.model)]
@@ -46,22 +52,29 @@ def _outputs(model, x):
     return outs, y
 
 
-def test_yaml_keeps_layer_indices_and_weight_names():
-    for scale in "nsmlx":
-        sparse = SparseDetectionModel(f"yolov8{scale}-sparse-p3.yaml", nc=3, verbose=False)
-        from ultralytics.nn.tasks import DetectionModel
+@pytest.mark.parametrize("name", ["p3", "p34"])
+def test_yaml_keeps_layer_indices_and_weight_names(name):
+    from ultralytics.nn.tasks import DetectionModel
 
+    layers = P3_LAYERS if name == "p3" else {**P3_LAYERS, **P4_LAYERS}
+    for scale in "nsmlx":
+        sparse = SparseDetectionModel(f"yolov8{scale}-sparse-{name}.yaml", nc=3, verbose=False)
         dense = DetectionModel(f"yolov8{scale}.yaml", nc=3, verbose=False)
         names = {k for k in sparse.state_dict() if ".sparsify." not in k}
         assert names == set(dense.state_dict()), scale
-        assert {i: type(sparse.model[i]).__name__ for i in P3_LAYERS} == P3_LAYERS
-        if scale == "n":
+        assert {i: type(sparse.model[i]).__name__ for i in layers} == layers
+        if name == "p34":
+            outs = {i: sparse.model[i].dense_out for i in (5, 6, 7, 11, 12, 16, 17, 18, 19)}
+            assert [i for i, dense_out in outs.items() if dense_out] == [7, 19]  # into the dense P5 layers
+        elif scale == "n":
             assert [m.dense_out for m in sparse.model[:6]] == [False] * 5 + [True]  # 4 -> 5 (strided) and 14
             assert sparse.model[15].dense_out is False and sparse.model[16].dense_out is True
 
 
 @pytest.mark.parametrize("crossover", [1.0, 0.0], ids=["sparse path", "dense switch"])
-def test_converted_model_equals_dense_on_a_fully_active_input(dense, p3, crossover):
+@pytest.mark.parametrize("kind", ["p3", "p34"])
+def test_converted_model_equals_dense_on_a_fully_active_input(dense, kind, crossover, request):
+    p3 = request.getfixturevalue(kind)
     set_crossover(p3, crossover)
     x = torch.rand(2, 3, 128, 160) + 0.05  # every pixel active
     od, yd = _outputs(dense, x)
@@ -78,6 +91,17 @@ def test_converted_model_equals_dense_on_a_fully_active_input(dense, p3, crossov
     set_crossover(p3, None)
 
 
+def _predictions(y: torch.Tensor) -> list[torch.Tensor]:
+    """Per image, the decoded rows `(n, 4 + nc)` whose best class score is non-zero, sorted by box centre."""
+    out = []
+    for yb in y:
+        rows = yb.t()[yb[4:].amax(0) > 1e-20]
+        for col in (3, 2, 1, 0):  # lexicographic on boxes rounded to 0.1 px (float noise must not reorder)
+            rows = rows[torch.argsort((rows[:, col] * 10).round(), stable=True)]
+        out.append(rows)
+    return out
+
+
 def _sparse_image(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(2, 3, 128, 192)
@@ -87,7 +111,9 @@ def _sparse_image(seed=0):
     return x
 
 
-def test_sparse_path_equals_dense_masked_path_on_a_sparse_input(p3):
+@pytest.mark.parametrize("kind", ["p3", "p34"])
+def test_sparse_path_equals_dense_masked_path_on_a_sparse_input(kind, request):
+    p3 = request.getfixturevalue(kind)
     x = _sparse_image()
     set_crossover(p3, 1.0)
     o_sparse, y_sparse = _outputs(p3, x)
@@ -96,9 +122,15 @@ def test_sparse_path_equals_dense_masked_path_on_a_sparse_input(p3):
     set_crossover(p3, None)
     assert isinstance(o_sparse[15], SparseConvTensor) and isinstance(o_dense[15], DenseMasked)
     assert 0.05 < o_sparse[15].density < 0.9
+    if kind == "p34":
+        assert isinstance(o_sparse[18], SparseConvTensor) and 0.1 < o_sparse[18].density < 0.9
     for i in (4, 5, 14, 15, 16, 18, 21):
         torch.testing.assert_close(as_dense(o_sparse[i]), as_dense(o_dense[i]), rtol=1e-4, atol=2e-4)
-    torch.testing.assert_close(y_sparse[0], y_dense[0], rtol=1e-4, atol=2e-3)
+    assert y_sparse[0].shape[2] < y_dense[0].shape[2]  # the sparse path decodes active anchors only
+    for a, b in zip(_predictions(y_sparse[0]), _predictions(y_dense[0]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
+    for key in ("boxes", "scores"):  # the raw output in Detect's layout, built when read
+        torch.testing.assert_close(y_sparse[1][key], y_dense[1][key], rtol=1e-4, atol=2e-3)
 
 
 def test_inactive_p3_positions_give_no_detection(p3):
@@ -110,10 +142,12 @@ def test_inactive_p3_positions_give_no_detection(p3):
     H, W = s.spatial_shape
     active = torch.zeros(2, H * W, dtype=torch.bool)
     active[s.indices[:, 0].long(), (s.indices[:, 1] * W + s.indices[:, 2]).long()] = True
-    scores = y[0][:, 4:, : H * W]  # P3 anchors come first, row-major
-    assert float(scores.masked_select(~active.unsqueeze(1)).max()) < 1e-30
-    assert float(scores.masked_select(active.unsqueeze(1)).min()) > 1e-6  # active ones are real predictions
-    raw = y[1]["scores"][:, :, : H * W]
+    n_dense = sum(o[i].shape[-2] * o[i].shape[-1] for i in (18, 21))  # P4 and P5 run dense
+    counts = active.sum(1)
+    assert y[0].shape[2] == int(counts.max()) + n_dense  # P3: active anchors only; the shorter image is padded
+    short = int(counts.argmin())
+    assert float(y[0][short, 4:, int(counts.min()) + n_dense :].abs().max()) == 0.0
+    raw = y[1]["scores"][:, :, : H * W]  # Detect's full layout: P3 anchors first, row-major
     assert torch.all(raw.masked_select(~active.unsqueeze(1)) == INACTIVE_LOGIT)
 
 
@@ -169,8 +203,9 @@ def test_onnx_export_runs_the_dense_masked_p3_path(tmp_path, p3):
     with torch.no_grad():
         ref = m.model(x)[0].numpy()
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=2e-3)
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    assert got.shape[2] == 8 * 8 + 4 * 4 + 16 * 16  # the exported graph: every anchor (inactive ones score 0)
+    torch.testing.assert_close(_predictions(got)[0], _predictions(torch.from_numpy(ref))[0], rtol=1e-3, atol=2e-3)
     onnx2 = YOLO(str(path)).export(format="onnx", imgsz=64, simplify=False)  # the Python API does the same
     assert str(onnx2).endswith(".onnx")
 
@@ -260,3 +295,26 @@ def test_convert_cli_p3_and_crossover_in_api_and_cli(dense, tmp_path):
         YOLO("yolov8n.yaml").set_crossover(0.5)
     assert cli_main(["predict", f"model={out}", "imgsz=64", "crossover=0.3", "save=False"]) == 0
     assert cli_main(["predict", f"model={out}", "imgsz=64", "crossover=7", "save=False"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["p3", "p34"])
+def test_executed_flops_follow_the_path_that_ran(dense, kind, request):
+    from sparseyolo.eval.flops import executed_flops
+
+    model = request.getfixturevalue(kind)
+    x = torch.rand(1, 3, 128, 160) + 0.05  # fully active
+    ref = executed_flops(dense, x)["layers"]
+    set_crossover(model, 0.0)  # the dense switch runs the dense ops: the counter sees exactly the dense FLOPs
+    switched = executed_flops(model, x)["layers"]
+    assert switched.keys() == ref.keys()
+    for i in ref:
+        assert switched[i] == pytest.approx(ref[i], rel=1e-6), i
+    set_crossover(model, 1.0)  # sparse: analytic at the sites; skips the zero-padding taps the counter counts
+    sparse = executed_flops(model, x)["layers"]
+    for i in (*range(5), 15, 22):
+        assert 0.8 * ref[i] <= sparse[i] <= ref[i] * (1 + 1e-6), i
+    x = _sparse_image()[:1]
+    few = executed_flops(model, x)["groups"]
+    full = executed_flops(dense, x)["groups"]
+    assert few["head"] < 0.8 * full["head"] and few["neck 10-21"] < full["neck 10-21"]
+    set_crossover(model, None)
