@@ -4,6 +4,9 @@ The pure-PyTorch path is the reference and the fallback: when the build fails (n
 warning is issued once and everything still works, only slower. Set `SPARSEYOLO_NO_EXT=1` to force the
 fallback; `load(required=True)` raises instead of falling back.
 
+The kernels read raw CPU memory: the engine asks for them through :func:`for_device` with the device of the
+tensors at hand, which gives None (the PyTorch path) for any device but the CPU.
+
 The kernels are built with `-march=native`, so a build only runs on CPUs with the same instruction set: builds
 are cached per torch version *and* per CPU (model and feature flags), under `$SPARSEYOLO_CACHE` (default
 `~/.cache/sparseyolo`)`/torch_extensions/`. A home directory shared by machines with different CPUs gets one
@@ -71,6 +74,11 @@ def load(required: bool = False):
         why = f"the build failed: {error!s:.500}" if error is not None else "they are disabled (_ext.disabled())"
         raise RuntimeError(f"sparseyolo: compiled sparse kernels are required but {why}") from error
     return module
+
+
+def for_device(device):
+    """The compiled module for tensors on `device` (a `torch.device`): None off the CPU, or when unavailable."""
+    return load() if device.type == "cpu" else None
 
 
 def _build(warn: bool) -> None:

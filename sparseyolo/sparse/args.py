@@ -1,7 +1,8 @@
 """Argument checks shared by the functional ops and the modules (internal; every error names the bad value).
 
 `as_tuple` turns an int or D ints into D ints; `check_input`, `check_ndim` and `check_weight` validate what an
-op receives. Wrong types raise `TypeError`; wrong values, shapes, dimensionality or dtypes raise `ValueError`.
+op receives. Wrong types raise `TypeError`; wrong values, shapes, dimensionality, dtypes or devices raise
+`ValueError`.
 """
 
 from __future__ import annotations
@@ -71,4 +72,9 @@ def check_weight(x: SparseConvTensor, weight: Tensor, groups: int, transposed: b
         raise ValueError(f"{op}: weight expects {c_in} input channels, the tensor has {channels}")
     if weight.dtype != x.features.dtype:
         raise ValueError(f"{op}: features are {x.features.dtype} but weight is {weight.dtype}; cast one")
+    if weight.device != x.features.device:
+        raise ValueError(
+            f"{op}: weight is on {weight.device} but features are on {x.features.device}; "
+            f"move the module (or weight) with .to(features.device)"
+        )
     return tuple(weight.shape[2:]), c_in, c_out

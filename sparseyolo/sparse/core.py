@@ -2,8 +2,8 @@
 
 One entry point, :func:`conv_features`: feature rows in, feature rows out, for any conv kind (the kind is in
 the map). Its backward reuses the same map (input gradient: the transposed map; weight gradient: the same
-pairs). The compiled kernels (`_ext`) run for float32/float64; every other case, and a build without the
-extension, takes the pure-PyTorch path, which is the reference.
+pairs). The compiled kernels (`_ext`) run for float32/float64 CPU tensors; every other case (other dtypes,
+CUDA or any other device, a build without the extension) takes the pure-PyTorch path, which is the reference.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ EXT_DTYPES = (torch.float32, torch.float64)  # the compiled kernels' types; othe
 WEIGHT_GRAD_ROWS = 2048  # rows per partial product of `grouped_weight_grad`
 
 
-def compiled(dtype: torch.dtype):
-    """The compiled module when it is available and serves `dtype`, else None (the PyTorch path)."""
-    return _ext.load() if dtype in EXT_DTYPES else None
+def compiled(dtype: torch.dtype, device: torch.device):
+    """The compiled module when it is available and serves `dtype` on `device` (CPU only), else None."""
+    return _ext.for_device(device) if dtype in EXT_DTYPES else None
 
 
 def kernel_major(weight: Tensor, groups: int, transposed: bool) -> Tensor:
@@ -64,7 +64,7 @@ def grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
 
 def apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
     """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]; weight `(K, G, I, O)` contiguous."""
-    ext = compiled(features.dtype)
+    ext = compiled(features.dtype, features.device)
     if ext is not None:
         return ext.gather_conv(features, weight, kmap.table)
     c_out = weight.shape[1] * weight.shape[3]
@@ -82,10 +82,10 @@ def apply_map(features: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
 def weight_grad(features: Tensor, grad_out: Tensor, weight: Tensor, kmap: km.KernelMap) -> Tensor:
     """d loss / d weight `(K, G, I, O)` for `apply_map`."""
     K, G, I, O = weight.shape
-    ext = compiled(features.dtype)
+    ext = compiled(features.dtype, features.device)
     if ext is not None:
         in_rows, out_rows = kmap.in_rows, kmap.out_rows
-        bounds = torch.tensor(kmap.bounds, dtype=torch.int64)
+        bounds = torch.tensor(kmap.bounds, dtype=torch.int64, device=features.device)
         identity = -1 if kmap.identity is None else kmap.identity
         return ext.gather_conv_weight_grad(features, grad_out, in_rows, out_rows, bounds, identity, G, I, O)
     grad_weight = torch.zeros_like(weight)
@@ -133,7 +133,7 @@ def conv_features(
         features (Tensor[N, C_in], float): the input rows the map refers to.
         weight: PyTorch layout, conv `(C_out, C_in // groups, *kernel)` or, when `transposed`, transposed/inverse
             conv `(C_in, C_out // groups, *kernel)`; checked against the input by `args.check_weight` beforehand.
-        bias (Tensor[C_out], optional): same dtype as `weight`.
+        bias (Tensor[C_out], optional): same dtype as `weight`, on the features' device.
         op: the public op's name, for error messages.
     """
     c_out = weight.shape[1] * groups if transposed else weight.shape[0]
@@ -142,6 +142,11 @@ def conv_features(
     ):
         got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
         raise ValueError(f"{op}: bias must be a {weight.dtype} tensor of shape ({c_out},), got {got}")
+    if bias is not None and bias.device != features.device:
+        raise ValueError(
+            f"{op}: bias is on {bias.device} but features are on {features.device}; "
+            f"move the module (or bias) with .to(features.device)"
+        )
     w = kernel_major(weight, groups, transposed)
     if kmap.kernel_volume != w.shape[0]:
         raise ValueError(f"{op}: weight has {w.shape[0]} kernel offsets, the map has {kmap.kernel_volume}")

@@ -5,7 +5,8 @@ Function whose backward reuses the same map (no dense fallback). Weights use PyT
 conv `(C_out, C_in // groups, *kernel)`, transposed/inverse conv `(C_in, C_out // groups, *kernel)`.
 
 Each op checks its arguments (`args`), asks the map cache for its map (`cache`), runs the conv core (`core`)
-and returns a tensor that shares the input's cache.
+and returns a tensor that shares the input's cache. Everything runs on the input's device; weights, biases and
+masks must be on it too (`ValueError` otherwise).
 """
 
 from __future__ import annotations
@@ -230,6 +231,8 @@ def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = Tru
     elif not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(last.shape[:-1]):
         got = f"{mask.dtype} with shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a bool tensor of shape {tuple(last.shape[:-1])}, got {got}")
+    elif mask.device != x.device:
+        raise ValueError(f"from_dense: mask is on {mask.device} but x is on {x.device}; move it with mask.to(x.device)")
     indices = mask.nonzero().to(torch.int32)
     features = last[mask]
     return SparseConvTensor(features, indices, tuple(last.shape[1:-1]), int(last.shape[0]), check=False)
@@ -242,6 +245,7 @@ def conv2d_at_sites(
 
     Equals `conv2d(x * mask, weight, stride=stride, padding=padding, dilation=dilation)` read at `sites`.
     Meant for a network's first layer: a dense image with few channels, output sites chosen by a mask.
+    `weight`, `sites` and `mask` must be on `x`'s device.
 
     Args:
         x (Tensor[B, C, H, W], float): the dense input.
@@ -250,7 +254,7 @@ def conv2d_at_sites(
         mask (Tensor[B, H, W], bool, optional): input pixels that count; the others read as zero.
     Returns:
         Tensor[N, O]: one feature row per site. Differentiable in `x` and `weight`; without gradients the
-        compiled kernel runs (float32/float64), otherwise an index-select -> GEMM path.
+        compiled kernel runs (float32/float64 on the CPU), otherwise an index-select -> GEMM path.
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
@@ -262,10 +266,17 @@ def conv2d_at_sites(
         )
     if sites.dtype != torch.int32 or sites.dim() != 2 or sites.shape[1] != 3:
         raise ValueError(f"conv2d_at_sites: sites must be int32 (N, 3), got {sites.dtype} {tuple(sites.shape)}")
-    if sites.numel() and (int(sites[:, 0].min()) < 0 or int(sites[:, 0].max()) >= B):
-        raise ValueError(f"conv2d_at_sites: site batch indices must lie in [0, {B - 1}]")
     if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, H, W)):
         raise ValueError(f"conv2d_at_sites: mask must be bool ({B}, {H}, {W}), got {mask.dtype} {tuple(mask.shape)}")
+    for name, t in (("weight", weight), ("sites", sites), ("mask", mask)):
+        if t is not None and t.device != x.device:
+            raise ValueError(
+                f"conv2d_at_sites: {name} is on {t.device} but x is on {x.device}; move it with .to(x.device)"
+            )
+    if sites.numel():
+        low, high = torch.stack(torch.aminmax(sites[:, 0])).tolist()  # one sync
+        if low < 0 or high >= B:
+            raise ValueError(f"conv2d_at_sites: site batch indices must lie in [0, {B - 1}]")
     k = int(weight.shape[2])
     (s,), (p,), (d,) = (
         as_tuple(stride, 1, "stride", 1),
@@ -273,15 +284,15 @@ def conv2d_at_sites(
         as_tuple(dilation, 1, "dilation", 1),
     )
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    ext = None if grad else core.compiled(x.dtype)
+    ext = None if grad else core.compiled(x.dtype, x.device)
     if ext is not None:
         sites = sites.contiguous()
-        no_mask = torch.empty(0, dtype=torch.bool)
+        no_mask = torch.empty(0, dtype=torch.bool, device=x.device)
         w = weight.permute(2, 3, 1, 0).contiguous()  # (k, k, C, O)
         return ext.conv2d_at_sites(x.contiguous(), w, sites, no_mask if mask is None else mask.contiguous(), s, p, d)
     itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
     b, oy, ox = sites.to(itype).unbind(1)
-    offs = torch.arange(k, dtype=itype) * d - p
+    offs = torch.arange(k, dtype=itype, device=x.device) * d - p
     iy = (oy * s).unsqueeze(1) + offs  # (N, k)
     ix = (ox * s).unsqueeze(1) + offs
     vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)

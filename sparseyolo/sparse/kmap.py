@@ -13,6 +13,9 @@ chosen by :func:`use_grid`.
 Every map lists its pairs offset by offset (k-major). Within one offset both the input rows and the output
 rows are distinct, so the per-offset scatter-add has no write conflicts: results do not depend on the
 number of threads.
+
+Tables, keys and lookups live on the device of the coordinates; the compiled kernels serve CPU coordinates
+only (`_ext.for_device`), any other device takes the PyTorch path.
 """
 
 from __future__ import annotations
@@ -71,8 +74,6 @@ class CoordinateIndex:
             )
         strides = _row_major_strides(box)
         self.key_strides = strides  # [batch, *spatial] strides of the key linearisation
-        self.batch_stride = strides[0]
-        self.spatial_strides = torch.tensor(strides[1:], dtype=torch.int64)
         self.shift = sum(m * s for m, s in zip(self.margin, strides[1:]))
         self.n = int(indices.shape[0])
         self.source = indices  # the rows indexed (not copied); `keys` are theirs
@@ -82,12 +83,12 @@ class CoordinateIndex:
             raise ValueError(f"force must be 'grid', 'hash' or None, got {force!r}")
         self.mode = mode
         self.hash_table = None  # compiled hash mode: (module, slots, slot rows)
-        ext = _ext.load()
+        ext = _ext.for_device(indices.device)
         if mode == "grid" and ext is not None:
             self.grid, duplicated = ext.grid_build(keys, self.cells)
         elif mode == "grid":
-            self.grid = torch.full((self.cells,), -1, dtype=torch.int32)
-            rows = torch.arange(self.n, dtype=torch.int32)
+            self.grid = torch.full((self.cells,), -1, dtype=torch.int32, device=keys.device)
+            rows = torch.arange(self.n, dtype=torch.int32, device=keys.device)
             self.grid[keys] = rows
             winners = self.grid[keys]
             duplicated = bool((winners != rows).any()) if self.n else False
@@ -104,20 +105,20 @@ class CoordinateIndex:
                 "duplicates='sum'|'mean'|'max')) or remove them"
             )
 
-    def encode(self, indices: Tensor, displacement: Tensor | None = None) -> Tensor:
-        """Keys `(N,)` int64 of `(batch, *coords)` rows (coords may lie in the margins)."""
-        ext = _ext.load()
-        if displacement is None and ext is not None and indices.dtype == torch.int32 and indices.dim() == 2:
+    def encode(self, indices: Tensor) -> Tensor:
+        """Keys `(N,)` int64 of `(batch, *coords)` rows `(N, 1+D)` (coords may lie in the margins)."""
+        ext = _ext.for_device(indices.device)
+        if ext is not None and indices.dtype == torch.int32 and indices.dim() == 2:
             return ext.encode_keys(indices, self.key_strides, self.shift)
         idx = indices.to(torch.int64)
-        coords = idx[:, 1:]
-        if displacement is not None:
-            coords = coords + displacement
-        return idx[:, 0] * self.batch_stride + coords @ self.spatial_strides + self.shift
+        keys = idx[:, 0] * self.key_strides[0]
+        for axis, stride in enumerate(self.key_strides[1:], start=1):  # column by column: CUDA has no int64 matmul
+            keys.add_(idx[:, axis], alpha=stride)
+        return keys.add_(self.shift)
 
     def offset_key(self, delta) -> int:
         """Key difference produced by a spatial displacement `delta` (D ints)."""
-        return int(sum(int(d) * int(s) for d, s in zip(delta, self.spatial_strides.tolist())))
+        return sum(int(d) * s for d, s in zip(delta, self.key_strides[1:]))
 
     def find(self, keys: Tensor) -> Tensor:
         """Row (int32) of each key (any shape), -1 where no site sits. Keys must lie inside the padded box."""
@@ -126,9 +127,10 @@ class CoordinateIndex:
         flat = keys.reshape(-1)
         if self.hash_table is not None:
             ext, slots, slot_rows = self.hash_table
-            return ext.hash_lookup(slots, slot_rows, flat, torch.zeros(1, dtype=torch.int64)).reshape(keys.shape)
+            zero = torch.zeros(1, dtype=torch.int64, device=flat.device)
+            return ext.hash_lookup(slots, slot_rows, flat, zero).reshape(keys.shape)
         if self.n == 0:
-            return torch.full(keys.shape, -1, dtype=torch.int32)
+            return torch.full(keys.shape, -1, dtype=torch.int32, device=keys.device)
         pos = torch.searchsorted(self.sorted_keys, flat).clamp_(max=self.n - 1)
         hit = self.sorted_keys[pos] == flat
         rows = torch.where(hit, self.sorted_rows[pos], torch.full_like(pos, -1))
@@ -136,7 +138,7 @@ class CoordinateIndex:
 
     def lookup(self, base: Tensor, step: Tensor) -> Tensor:
         """Table `(K, N)` int32 of the rows at keys `base[n] + step[k]` (-1 where empty)."""
-        ext = _ext.load()
+        ext = _ext.for_device(base.device)
         if self.mode == "grid" and ext is not None and base.numel():
             return ext.grid_lookup(self.grid, base, step)
         if self.hash_table is not None:
@@ -175,7 +177,7 @@ class KernelMap:
 
     def _pairs_all(self):
         if self._pair_lists is None:
-            ext = _ext.load()
+            ext = _ext.for_device(self.table.device)
             if ext is not None:
                 skip = -1 if self.identity is None else self.identity
                 in_rows, out_rows, counts = ext.table_pairs(self.table.contiguous(), skip)
@@ -186,7 +188,7 @@ class KernelMap:
                     table = table.clone()
                     table[self.identity] = -1
                 valid = table >= 0
-                counts = valid.sum(dim=1).tolist()
+                counts = valid.sum(dim=1).tolist()  # the offsets' pair counts: host ints, to slice by
                 _, out_rows = valid.nonzero(as_tuple=True)
                 in_rows = table[valid].to(torch.int64)
             self._pair_lists = (in_rows, out_rows, [0, *itertools.accumulate(counts)])
@@ -228,10 +230,10 @@ class KernelMap:
 
 def invert_table(table: Tensor, n_rows: int) -> Tensor:
     """`(K, N)` table of rows in `[0, n_rows)` -> `(K, n_rows)` table with `inv[k, table[k, o]] = o`."""
-    ext = _ext.load()
+    ext = _ext.for_device(table.device)
     if ext is not None and table.dtype == torch.int32:
         return ext.invert_table(table.contiguous(), n_rows)
-    inv = torch.full((table.shape[0], n_rows), -1, dtype=torch.int32)
+    inv = torch.full((table.shape[0], n_rows), -1, dtype=torch.int32, device=table.device)
     k, o = (table >= 0).nonzero(as_tuple=True)
     inv[k, table[k, o].to(torch.int64)] = o.to(torch.int32)
     return inv
@@ -252,7 +254,7 @@ def subm_map(index: CoordinateIndex, indices: Tensor, kernel_size, dilation) -> 
     deltas = [[(o - h) * d for o, h, d in zip(off, half, dilation)] for off in offsets]
     centre = offsets.index(tuple(half)) if all(k % 2 == 1 for k in kernel_size) else None
     base = index.keys if indices is index.source else index.encode(indices)
-    step = torch.tensor([index.offset_key(d) for d in deltas], dtype=torch.int64)
+    step = torch.tensor([index.offset_key(d) for d in deltas], dtype=torch.int64, device=base.device)
     return KernelMap(index.lookup(base, step), int(indices.shape[0]), centre)
 
 
@@ -296,7 +298,7 @@ def _output_sites(
     cells = math.prod(box)
     if cells >= MAX_KEY_CELLS:
         raise ValueError(f"the output box {box} has {cells} cells, more than 64-bit keys can address")
-    ext = _ext.load()
+    ext = _ext.for_device(indices.device)
     if ext is not None and use_grid(cells, max(int(indices.shape[0]), 1)) and max(kernel_size) <= MAX_MARKED_TAPS:
         occupied = ext.mark_output_sites(
             indices.contiguous(),
@@ -322,18 +324,18 @@ def _output_sites(
     per_axis = _separable_candidates(coords, kernel_size, candidate)
     batch = indices[:, 0].to(torch.int64)
     strides = _row_major_strides(box)
-    keys = []
-    for taps in itertools.product(*[range(len(p)) for p in per_axis]):
-        key = batch * strides[0]
-        ok = None
+    offsets = list(itertools.product(*[range(len(p)) for p in per_axis]))  # one tap per axis
+    keys = torch.empty((len(offsets), batch.shape[0]), dtype=torch.int64, device=batch.device)  # (K, N)
+    oks = torch.ones((len(offsets), batch.shape[0]), dtype=torch.bool, device=batch.device)
+    for key, ok, taps in zip(keys, oks, offsets):  # rows, filled in place
+        torch.mul(batch, strides[0], out=key)
         for a, t in enumerate(taps):
             value, valid = per_axis[a][t]
-            key = key + value * strides[a + 1]
-            ok = valid if ok is None else ok & valid
-        keys.append(key[ok])
-    keys = torch.cat(keys) if keys else torch.empty(0, dtype=torch.int64)
+            key.add_(value, alpha=strides[a + 1])
+            ok &= valid
+    keys = keys.masked_select(oks)  # one select (one device sync) for all taps
     if use_grid(cells, max(int(keys.numel()), 1)):
-        occupied = torch.zeros(cells, dtype=torch.bool)
+        occupied = torch.zeros(cells, dtype=torch.bool, device=keys.device)
         occupied[keys] = True
         keys = occupied.nonzero().squeeze(1)
     else:
@@ -353,6 +355,13 @@ def conv_out_indices(indices: Tensor, spatial_shape, batch_size, kernel_size, st
     return sites, out_shape
 
 
+def _window_origins(indices: Tensor, stride, padding) -> Tensor:
+    """Rows `(batch, *coords * stride - padding)` `(N, 1+D)` int64 of `indices (N, 1+D)`: offset 0 of each window."""
+    scale = torch.tensor([1, *stride], dtype=torch.int64, device=indices.device)
+    shift = torch.tensor([0, *padding], dtype=torch.int64, device=indices.device)
+    return indices.to(torch.int64) * scale - shift
+
+
 def conv_map(
     index: CoordinateIndex, out_indices: Tensor, kernel_size, stride, padding, dilation, n_in: int
 ) -> KernelMap:
@@ -361,10 +370,11 @@ def conv_map(
     `index` (of the input sites) must cover that reach (see :func:`conv_margin`).
     """
     offsets = kernel_offsets(kernel_size)
-    corner = out_indices[:, 1:].to(torch.int64) * torch.tensor(stride) - torch.tensor(padding)
-    base = index.encode(torch.cat([out_indices[:, :1].to(torch.int64), corner], dim=1))
+    base = index.encode(_window_origins(out_indices, stride, padding))
     step = torch.tensor(
-        [index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets], dtype=torch.int64
+        [index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets],
+        dtype=torch.int64,
+        device=base.device,
     )
     return KernelMap(index.lookup(base, step), n_in)
 
@@ -386,10 +396,11 @@ def conv_transpose_map(
 ) -> KernelMap:
     """Transposed conv map, input-stationary lookup of output rows (see `conv_transpose_out_indices`)."""
     offsets = kernel_offsets(kernel_size)
-    corner = in_indices[:, 1:].to(torch.int64) * torch.tensor(stride) - torch.tensor(padding)
-    base = out_index.encode(torch.cat([in_indices[:, :1].to(torch.int64), corner], dim=1))
+    base = out_index.encode(_window_origins(in_indices, stride, padding))
     step = torch.tensor(
-        [out_index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets], dtype=torch.int64
+        [out_index.offset_key([o * d for o, d in zip(off, dilation)]) for off in offsets],
+        dtype=torch.int64,
+        device=base.device,
     )
     # Output rows per input row = the table of the transposed map; invert it once.
     return KernelMap(out_index.lookup(base, step), n_out).transposed()

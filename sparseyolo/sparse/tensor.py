@@ -20,7 +20,8 @@ class SparseConvTensor:
 
     Args:
         features (Tensor[N, C], float): one row per active site.
-        indices (Tensor[N, 1+D], int32): batch index first, then D coordinates; each row unique.
+        indices (Tensor[N, 1+D], int32): batch index first, then D coordinates; each row unique. On the
+            features' device (any device: CPU runs the compiled kernels, others the PyTorch path).
         spatial_shape (Sequence[int]): D sizes of the (virtual) dense map.
         batch_size (int): number of maps in the batch.
         duplicates: what to do with repeated coordinates: "error" (default), or merge their features
@@ -84,6 +85,7 @@ class SparseConvTensor:
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[0] != self.num_active:
             got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"replace_feature needs features of shape ({self.num_active}, C), got {got}")
+        _check_same_device(features, self.indices)
         return SparseConvTensor(
             features,
             self.indices,
@@ -158,13 +160,11 @@ def _validate(features, indices, spatial_shape, batch_size, duplicates):
         )
     if features.shape[0] != indices.shape[0]:
         raise ValueError(f"features has {features.shape[0]} rows but indices has {indices.shape[0]}")
-    if features.device.type != "cpu" or indices.device.type != "cpu":
-        raise ValueError("sparseyolo.sparse runs on CPU tensors; move features and indices to 'cpu'")
+    _check_same_device(features, indices)
     if indices.shape[0]:
-        low = indices.min(dim=0).values
-        high = indices.max(dim=0).values
+        low, high = torch.stack([indices.min(dim=0).values, indices.max(dim=0).values]).tolist()  # one sync
         bounds = (batch_size, *spatial_shape)
-        for axis, (lo, hi, size) in enumerate(zip(low.tolist(), high.tolist(), bounds)):
+        for axis, (lo, hi, size) in enumerate(zip(low, high, bounds)):
             if lo < 0 or hi >= size:
                 name = "batch index" if axis == 0 else f"coordinate {axis - 1}"
                 raise ValueError(
@@ -177,15 +177,26 @@ def _validate(features, indices, spatial_shape, batch_size, duplicates):
     return features, indices, spatial_shape, batch_size
 
 
+def _check_same_device(features: Tensor, indices: Tensor) -> None:
+    if features.device != indices.device:
+        raise ValueError(
+            f"features are on {features.device} but indices are on {indices.device}; both must be on one "
+            f"device: move one with .to(...) (e.g. indices.to(features.device))"
+        )
+
+
 def _merge_duplicates(features, indices, spatial_shape, batch_size, how):
     if how not in ("sum", "mean", "max"):
         raise ValueError(f"duplicates must be 'error', 'sum', 'mean' or 'max', got {how!r}")
     box = (batch_size, *spatial_shape)
-    strides = torch.tensor([math.prod(box[i + 1 :]) for i in range(len(box))], dtype=torch.int64)
-    keys = indices.to(torch.int64) @ strides
+    idx = indices.to(torch.int64)
+    keys = idx[:, 0] * math.prod(box[1:])
+    for axis in range(1, len(box)):  # row-major keys of `box`, column by column: CUDA has no int64 matmul
+        keys.add_(idx[:, axis], alpha=math.prod(box[axis + 1 :]))
     unique_keys, inverse = torch.unique(keys, return_inverse=True)
-    first = torch.full((unique_keys.numel(),), indices.shape[0], dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, torch.arange(indices.shape[0]), "amin")
+    rows = torch.arange(indices.shape[0], device=indices.device)
+    first = torch.full((unique_keys.numel(),), indices.shape[0], dtype=torch.int64, device=indices.device)
+    first.scatter_reduce_(0, inverse, rows, "amin")
     reduce = {"sum": "sum", "mean": "mean", "max": "amax"}[how]
     merged = features.new_zeros(unique_keys.numel(), features.shape[1])
     index = inverse.unsqueeze(1).expand_as(features)
