@@ -2,14 +2,21 @@
 
 Nothing here calls the engine's own dense conversion (`to_dense`/`from_dense`): the oracle builds its dense
 maps with `index_put` so that an engine bug cannot hide in both sides of a comparison.
+
+Random tensors are drawn on the CPU (seeded) and then moved to the requested device, so every device sees the
+same values; derived tensors follow their inputs' device.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from sparseyolo.sparse import SparseConvTensor
+
+# The CUDA cases (the `device` fixture's "cuda", CUDA-only tests): skipped, with this line in the summary, without one.
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CUDA oracle suite skipped")
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -35,12 +42,12 @@ def random_sites(shape, batch, density=0.3, seed=0, min_per_batch=1):
     return mask.nonzero().to(torch.int32)
 
 
-def random_sparse(shape, batch, channels, density=0.3, seed=0, dtype=torch.float64, requires_grad=False):
-    """A random `SparseConvTensor`; its features are a leaf (optionally requiring grad)."""
+def random_sparse(shape, batch, channels, density=0.3, seed=0, dtype=torch.float64, requires_grad=False, device="cpu"):
+    """A random `SparseConvTensor` on `device`; its features are a leaf (optionally requiring grad)."""
     idx = random_sites(shape, batch, density, seed)
     g = torch.Generator().manual_seed(seed + 1000)
-    feats = torch.randn(idx.shape[0], channels, generator=g, dtype=dtype).requires_grad_(requires_grad)
-    return SparseConvTensor(feats, idx, shape, batch)
+    feats = torch.randn(idx.shape[0], channels, generator=g, dtype=dtype)
+    return SparseConvTensor(feats.to(device).requires_grad_(requires_grad), idx.to(device), shape, batch)
 
 
 def densify(features, indices, shape, batch, fill=0.0):
@@ -58,7 +65,7 @@ def at_sites(dense, indices):
 
 def occupancy(indices, shape, batch, dtype=torch.float64):
     """Dense `(B, 1, *shape)` 0/1 mask of the sites."""
-    ones = torch.ones(indices.shape[0], 1, dtype=dtype)
+    ones = torch.ones(indices.shape[0], 1, dtype=dtype, device=indices.device)
     return densify(ones, indices, shape, batch)
 
 
@@ -72,7 +79,7 @@ def sorted_rows(indices):
     idx = indices.to(torch.int64)
     if idx.shape[0] == 0:
         return idx
-    order = torch.arange(idx.shape[0])
+    order = torch.arange(idx.shape[0], device=idx.device)
     for col in reversed(range(idx.shape[1])):  # stable LSD sort
         order = order[torch.sort(idx[order, col], stable=True).indices]
     return idx[order]
@@ -88,8 +95,8 @@ def assert_unique_rows(indices):
     assert torch.unique(indices.to(torch.int64), dim=0).shape[0] == indices.shape[0], "duplicate sites"
 
 
-def cotangent(n, c, seed, dtype=torch.float64):
-    return torch.randn(n, c, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def cotangent(n, c, seed, dtype=torch.float64, device="cpu"):
+    return torch.randn(n, c, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
 
 
 def seed_of(*args) -> int:

@@ -1,7 +1,8 @@
 """`conv2d_at_sites` (a dense image's conv evaluated at chosen output sites) vs dense `F.conv2d`.
 
 Oracle: `conv2d(x * mask, w, stride, padding, dilation)` read at the sites. The compiled kernel (no gradients)
-and the PyTorch path (gradients, or the extension disabled) are both checked, forward and gradients.
+and the PyTorch path (gradients, or the extension disabled) are both checked, forward and gradients, on the
+CPU and on CUDA when present (the `device` fixture).
 """
 
 from __future__ import annotations
@@ -25,26 +26,26 @@ CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
 ]
 
 
-def _inputs(B, C, H, W, O, k, seed, dtype=torch.float64):
+def _inputs(B, C, H, W, O, k, seed, dtype=torch.float64, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, C, H, W, generator=g, dtype=dtype)
     w = torch.randn(O, C, k, k, generator=g, dtype=dtype)
     mask = torch.rand(B, H, W, generator=g) < 0.4
-    return x, w, mask
+    return x.to(device), w.to(device), mask.to(device)
 
 
-def _sites(B, Ho, Wo, seed):
+def _sites(B, Ho, Wo, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed + 7)
-    return (torch.rand(B, Ho, Wo, generator=g) < 0.5).nonzero().to(torch.int32)
+    return (torch.rand(B, Ho, Wo, generator=g) < 0.5).nonzero().to(device, torch.int32)
 
 
 @pytest.mark.usefixtures("engine_path")  # compiled kernels and pure PyTorch (conftest.py)
 @pytest.mark.parametrize("use_mask", [False, True])
 @pytest.mark.parametrize("B,C,H,W,O,k,s,p,d", CASES)
-def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask):
-    x, w, mask = _inputs(B, C, H, W, O, k, seed=B * 100 + k)
+def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask, device):
+    x, w, mask = _inputs(B, C, H, W, O, k, seed=B * 100 + k, device=device)
     dense = F.conv2d(x * mask[:, None] if use_mask else x, w, stride=s, padding=p, dilation=d)
-    sites = _sites(B, *dense.shape[-2:], seed=k)
+    sites = _sites(B, *dense.shape[-2:], seed=k, device=device)
     with torch.no_grad():
         got = SF.conv2d_at_sites(x, w, sites, s, p, d, mask=mask if use_mask else None)
     assert got.shape == (sites.shape[0], O)
@@ -56,14 +57,14 @@ def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask):
 
 
 @pytest.mark.parametrize("B,C,H,W,O,k,s,p,d", CASES[:4])
-def test_gradients_vs_dense(B, C, H, W, O, k, s, p, d):
-    x, w, mask = _inputs(B, C, H, W, O, k, seed=3)
+def test_gradients_vs_dense(B, C, H, W, O, k, s, p, d, device):
+    x, w, mask = _inputs(B, C, H, W, O, k, seed=3, device=device)
     x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
     x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
     dense = F.conv2d(x2 * mask[:, None], w2, stride=s, padding=p, dilation=d)
-    sites = _sites(B, *dense.shape[-2:], seed=5)
+    sites = _sites(B, *dense.shape[-2:], seed=5, device=device)
     got = SF.conv2d_at_sites(x1, w1, sites, s, p, d, mask=mask)
-    cot = torch.randn(got.shape, dtype=got.dtype, generator=torch.Generator().manual_seed(9))
+    cot = torch.randn(got.shape, dtype=got.dtype, generator=torch.Generator().manual_seed(9)).to(device)
     (got * cot).sum().backward()
     (at_sites(dense, sites) * cot).sum().backward()
     assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)

@@ -196,15 +196,15 @@ def test_from_dense_with_and_without_mask():
 
 
 @pytest.mark.parametrize("D", [1, 2, 3])
-def test_dense_round_trip(D):
-    x = random_sparse(SHAPES[D], 3, 2, seed=D)
-    perm = torch.randperm(x.num_active, generator=torch.Generator().manual_seed(0))
+def test_dense_round_trip(D, device):
+    x = random_sparse(SHAPES[D], 3, 2, seed=D, device=device)
+    perm = torch.randperm(x.num_active, generator=torch.Generator().manual_seed(0)).to(device)
     shuffled = SparseConvTensor(x.features[perm], x.indices[perm], x.spatial_shape, 3)  # unsorted rows
     d = shuffled.dense()
-    assert tuple(d.shape) == (3, 2, *SHAPES[D])
+    assert tuple(d.shape) == (3, 2, *SHAPES[D]) and d.device == x.features.device
     assert torch.equal(d, densify(x.features, x.indices, SHAPES[D], 3))
     assert torch.equal(shuffled.dense(channels_first=False), d.movedim(1, -1))
-    mask = torch.zeros(3, *SHAPES[D], dtype=torch.bool)
+    mask = torch.zeros(3, *SHAPES[D], dtype=torch.bool, device=device)
     mask[tuple(x.indices.long().unbind(1))] = True
     back = SparseConvTensor.from_dense(d, mask)
     assert torch.equal(back.indices, x.indices) and torch.equal(back.features, x.features)  # x is sorted

@@ -3,7 +3,8 @@
 Parameter sets are a hand-picked covering list (not the full product): kernels 1, 2, 3, 5 and non-square,
 stride 1/2/3, padding 0/1/2, dilation 1/2, groups 1/2/depthwise (with channel multiplier 2), batch 1/3, 1D-3D.
 Gradients are compared against autograd through the dense oracle, with the loss taken only at output sites.
-Every case runs on both engine paths, compiled kernels and pure PyTorch (the `engine_path` fixture).
+Every case runs on both engine paths, compiled kernels and pure PyTorch (the `engine_path` fixture), and on each
+device (the `device` fixture: CPU, and CUDA when present; the oracle then runs on CUDA too).
 """
 
 from __future__ import annotations
@@ -52,17 +53,22 @@ def leaf(t):
     return t.detach().clone().requires_grad_(True)
 
 
-def params(cout, cin_per_group, kernel, seed):
+def params(shape, cout, seed, device):
+    """Weight of `shape` and bias `(cout,)`, leaves on `device`."""
     g = torch.Generator().manual_seed(seed)
-    w = torch.randn(cout, cin_per_group, *kernel, generator=g, dtype=F64).requires_grad_(True)
-    b = torch.randn(cout, generator=g, dtype=F64).requires_grad_(True)
-    return w, b
+    w = torch.randn(shape, generator=g, dtype=F64)
+    b = torch.randn(cout, generator=g, dtype=F64)
+    return w.to(device).requires_grad_(True), b.to(device).requires_grad_(True)
+
+
+def ones_kernel(kernel, device):
+    return torch.ones(1, 1, *kernel, dtype=F64, device=device)
 
 
 def backprop_and_compare(sparse_out, dense_out, seed, pairs):
     """loss = sum(out * cotangent) on both sides; then compare each (sparse leaf, dense leaf) grad."""
     assert_close(sparse_out, dense_out, **TOL)
-    cot = cotangent(*sparse_out.shape, seed)
+    cot = cotangent(*sparse_out.shape, seed, device=sparse_out.device)
     (sparse_out * cot).sum().backward()
     (dense_out * cot).sum().backward()
     for name, (s, d) in pairs.items():
@@ -94,11 +100,11 @@ SUBM_CASES = [
 
 
 @pytest.mark.parametrize("D,kernel,dilation,cin,cout,groups,batch", SUBM_CASES)
-def test_subm_conv_vs_dense(D, kernel, dilation, cin, cout, groups, batch):
+def test_subm_conv_vs_dense(D, kernel, dilation, cin, cout, groups, batch, device):
     shape, kernel, dilation = SHAPES[D], tup(kernel, D), tup(dilation, D)
     seed = seed_of(D, kernel, dilation, cin, cout, groups, batch)
-    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True)
-    w, b = params(cout, cin // groups, kernel, seed)
+    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True, device=device)
+    w, b = params((cout, cin // groups, *kernel), cout, seed, device)
     y = SF.subm_conv(x, w, b, dilation=dilation, groups=groups)
     assert torch.equal(y.indices, x.indices) and y.spatial_shape == shape
 
@@ -141,17 +147,17 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,dilation,cin,cout,groups,batch", CONV_CASES)
-def test_sparse_conv_vs_dense(D, kernel, stride, padding, dilation, cin, cout, groups, batch):
+def test_sparse_conv_vs_dense(D, kernel, stride, padding, dilation, cin, cout, groups, batch, device):
     shape, kernel = SHAPES[D], tup(kernel, D)
     seed = seed_of(D, kernel, stride, padding, dilation, cin, cout, groups, batch)
-    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True)
-    w, b = params(cout, cin // groups, kernel, seed)
+    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True, device=device)
+    w, b = params((cout, cin // groups, *kernel), cout, seed, device)
     y = SF.sparse_conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     conv = CONV[D]
     reach = conv(
         occupancy(x.indices, shape, batch),
-        torch.ones(1, 1, *kernel, dtype=F64),
+        ones_kernel(kernel, device),
         stride=stride,
         padding=padding,
         dilation=dilation,
@@ -201,13 +207,13 @@ TRANSPOSE_CASES = [
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,output_padding,dilation,cin,cout,groups,batch", TRANSPOSE_CASES)
-def test_sparse_conv_transpose_vs_dense(D, kernel, stride, padding, output_padding, dilation, cin, cout, groups, batch):
+def test_sparse_conv_transpose_vs_dense(
+    D, kernel, stride, padding, output_padding, dilation, cin, cout, groups, batch, device
+):
     shape, kernel = SHAPES[D], tup(kernel, D)
     seed = seed_of(D, kernel, stride, padding, output_padding, dilation, cin, cout, groups, batch)
-    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True)
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(cin, cout // groups, *kernel, generator=g, dtype=F64).requires_grad_(True)
-    b = torch.randn(cout, generator=g, dtype=F64).requires_grad_(True)
+    x = random_sparse(shape, batch, cin, seed=seed, requires_grad=True, device=device)
+    w, b = params((cin, cout // groups, *kernel), cout, seed, device)
     y = SF.sparse_conv_transpose(
         x, w, b, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups
     )
@@ -215,7 +221,7 @@ def test_sparse_conv_transpose_vs_dense(D, kernel, stride, padding, output_paddi
     conv_t = CONV_T[D]
     reach = conv_t(
         occupancy(x.indices, shape, batch),
-        torch.ones(1, 1, *kernel, dtype=F64),
+        ones_kernel(kernel, device),
         stride=stride,
         padding=padding,
         output_padding=output_padding,
@@ -271,7 +277,7 @@ INVERSE_CASES = [
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,dilation,cx,cmid,cout,groups,batch", INVERSE_CASES)
-def test_inverse_conv_vs_dense(D, kernel, stride, padding, dilation, cx, cmid, cout, groups, batch):
+def test_inverse_conv_vs_dense(D, kernel, stride, padding, dilation, cx, cmid, cout, groups, batch, device):
     """x -> SparseConv(key) -> SparseInverseConv(key): back on x's sites; whole chain and its grads."""
     shape, kernel = SHAPES[D], tup(kernel, D)
     stride, padding, dilation = tup(stride, D), tup(padding, D), tup(dilation, D)
@@ -282,7 +288,8 @@ def test_inverse_conv_vs_dense(D, kernel, stride, padding, dilation, cx, cmid, c
     inv = inv_cls(cmid, cout, kernel, indice_key="down", groups=groups).double()
     with torch.no_grad():  # make the bias matter
         inv.bias.normal_()
-    x = random_sparse(shape, batch, cx, seed=seed, requires_grad=True)
+    conv, inv = conv.to(device), inv.to(device)
+    x = random_sparse(shape, batch, cx, seed=seed, requires_grad=True, device=device)
     y = conv(x)
     z = inv(y)
     assert torch.equal(z.indices, x.indices) and z.spatial_shape == shape and z.batch_size == batch
@@ -337,7 +344,7 @@ POOL_CASES = [
 def _pool_reach(x, kernel, stride, padding, dilation, shape, batch, D):
     return CONV[D](
         occupancy(x.indices, shape, batch),
-        torch.ones(1, 1, *kernel, dtype=F64),
+        ones_kernel(kernel, x.indices.device),
         stride=stride,
         padding=padding,
         dilation=dilation,
@@ -345,11 +352,11 @@ def _pool_reach(x, kernel, stride, padding, dilation, shape, batch, D):
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,dilation,channels,batch", POOL_CASES)
-def test_max_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch):
+def test_max_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch, device):
     shape, kernel = SHAPES[D], tup(kernel, D)
     stride_ = kernel if stride is None else stride
     seed = seed_of(D, kernel, stride, padding, dilation, channels, batch, "max")
-    x = random_sparse(shape, batch, channels, seed=seed, requires_grad=True)
+    x = random_sparse(shape, batch, channels, seed=seed, requires_grad=True, device=device)
     y = SF.sparse_max_pool(x, kernel, stride, padding, dilation)
     reach = _pool_reach(x, kernel, stride_, padding, dilation, shape, batch, D)
     assert y.spatial_shape == tuple(reach.shape[2:])
@@ -361,11 +368,11 @@ def test_max_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch
 
 
 @pytest.mark.parametrize("D,kernel,stride,padding,dilation,channels,batch", [c for c in POOL_CASES if c[4] == 1])
-def test_avg_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch):
+def test_avg_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch, device):
     shape, kernel = SHAPES[D], tup(kernel, D)
     stride_ = kernel if stride is None else stride
     seed = seed_of(D, kernel, stride, padding, channels, batch, "avg")
-    x = random_sparse(shape, batch, channels, seed=seed, requires_grad=True)
+    x = random_sparse(shape, batch, channels, seed=seed, requires_grad=True, device=device)
     y = SF.sparse_avg_pool(x, kernel, stride, padding)
     reach = _pool_reach(x, kernel, stride_, padding, 1, shape, batch, D)
     assert y.spatial_shape == tuple(reach.shape[2:])
@@ -377,10 +384,11 @@ def test_avg_pool_vs_dense(D, kernel, stride, padding, dilation, channels, batch
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
-def test_global_pool_per_batch_entry(mode):
+def test_global_pool_per_batch_entry(mode, device):
     g = torch.Generator().manual_seed(3)
     idx = torch.tensor([[0, 1, 2], [0, 4, 4], [2, 0, 0], [2, 3, 1], [2, 5, 5], [0, 0, 7]], dtype=torch.int32)
-    feats = torch.randn(6, 4, generator=g, dtype=F64, requires_grad=True)
+    idx = idx.to(device)
+    feats = torch.randn(6, 4, generator=g, dtype=F64).to(device).requires_grad_(True)
     x = SparseConvTensor(feats, idx, (6, 8), 4)  # entries 1 and 3 have no sites
     out = SF.global_max_pool(x) if mode == "max" else SF.global_avg_pool(x)
     f_d = leaf(feats)
@@ -388,7 +396,7 @@ def test_global_pool_per_batch_entry(mode):
     for b in range(4):
         sel = f_d[idx[:, 0] == b]
         if sel.shape[0] == 0:
-            rows.append(torch.zeros(4, dtype=F64))
+            rows.append(torch.zeros(4, dtype=F64, device=device))
         else:
             rows.append(sel.max(0).values if mode == "max" else sel.mean(0))
     ref = torch.stack(rows)
@@ -408,18 +416,13 @@ def test_global_pool_per_batch_entry(mode):
         ("transpose", 7, 37, 1),
     ],
 )
-def test_wide_channels_vs_dense(op, cin, cout, groups):
+def test_wide_channels_vs_dense(op, cin, cout, groups, device):
     shape, batch = (80, 96), 1
     seed = seed_of(op, cin, cout, groups)
-    x = random_sparse(shape, batch, cin, density=0.6, seed=seed, requires_grad=True)
+    x = random_sparse(shape, batch, cin, density=0.6, seed=seed, requires_grad=True, device=device)
     assert x.num_active > 4000  # ~0.6 * N > 2048 pairs for every SubM offset
-    g = torch.Generator().manual_seed(seed)
     f_d = leaf(x.features)
-    if op == "transpose":
-        w = torch.randn(cin, cout // groups, 3, 3, generator=g, dtype=F64).requires_grad_(True)
-    else:
-        w = torch.randn(cout, cin // groups, 3, 3, generator=g, dtype=F64).requires_grad_(True)
-    b = torch.randn(cout, generator=g, dtype=F64).requires_grad_(True)
+    w, b = params((cin, cout // groups, 3, 3) if op == "transpose" else (cout, cin // groups, 3, 3), cout, seed, device)
     w_d, b_d = leaf(w), leaf(b)
     dense_x = densify(f_d, x.indices, shape, batch)
     if op == "subm":
@@ -441,15 +444,15 @@ def test_wide_channels_vs_dense(op, cin, cout, groups):
 
 
 @pytest.mark.parametrize("op", ["subm", "conv", "transpose", "max", "avg"])
-def test_empty_batch_entries_in_the_middle(op):
+def test_empty_batch_entries_in_the_middle(op, device):
     """batch_size 4 with sites only in entries 0 and 2: nothing leaks into or out of the empty entries."""
     shape = (9, 11)
-    x0 = random_sparse(shape, 4, 3, seed=21)
+    x0 = random_sparse(shape, 4, 3, seed=21, device=device)
     keep = (x0.indices[:, 0] == 0) | (x0.indices[:, 0] == 2)
     x = SparseConvTensor(x0.features[keep].clone().requires_grad_(True), x0.indices[keep], shape, 4)
     f_d = leaf(x.features)
     dense_x = densify(f_d, x.indices, shape, 4, fill=float("-inf") if op == "max" else 0.0)
-    w = torch.randn(4, 3, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(4, 3, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(0)).to(device)
     if op == "subm":
         y, dense = SF.subm_conv(x, w), CONV[2](dense_x, w, padding=1)
     elif op == "conv":
@@ -466,16 +469,16 @@ def test_empty_batch_entries_in_the_middle(op):
     backprop_and_compare(y.features, at_sites(dense, y.indices), 3, {"features": (x.features, f_d)})
 
 
-def test_two_level_unet_with_keyed_inverse_convs():
+def test_two_level_unet_with_keyed_inverse_convs(device):
     """x -> down(k1) -> SubM -> down(k2) -> inv(k2) -> inv(k1): each inverse returns to the right sites."""
     torch.manual_seed(0)
     shape, batch = (16, 18), 2
-    down1 = SparseConv2d(3, 4, 3, 2, 1, indice_key="k1").double()
-    sub = sp.SubMConv2d(4, 4, 3, indice_key="s1").double()
-    down2 = SparseConv2d(4, 5, 2, 2, 0, indice_key="k2").double()
-    up2 = SparseInverseConv2d(5, 4, 2, indice_key="k2").double()
-    up1 = SparseInverseConv2d(4, 2, 3, indice_key="k1").double()
-    x = random_sparse(shape, batch, 3, seed=4, requires_grad=True)
+    down1 = SparseConv2d(3, 4, 3, 2, 1, indice_key="k1").to(device, F64)
+    sub = sp.SubMConv2d(4, 4, 3, indice_key="s1").to(device, F64)
+    down2 = SparseConv2d(4, 5, 2, 2, 0, indice_key="k2").to(device, F64)
+    up2 = SparseInverseConv2d(5, 4, 2, indice_key="k2").to(device, F64)
+    up1 = SparseInverseConv2d(4, 2, 3, indice_key="k1").to(device, F64)
+    x = random_sparse(shape, batch, 3, seed=4, requires_grad=True, device=device)
     y1 = sub(down1(x))
     y2 = down2(y1)
     z1 = up2(y2)
