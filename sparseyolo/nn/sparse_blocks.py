@@ -303,8 +303,9 @@ class SparseStem(SConv):
         mask, gate = self.sparsify(x)
         if gate is not None:
             x = x * gate
-        if self.export_dense or self.switch_dense(float(mask.float().mean()), x.device):
-            if not self.export_dense and bool(mask.all()):
+        density = None if self.export_dense else float(mask.float().mean())  # the one sync (sizes need it anyway)
+        if self.export_dense or self.switch_dense(density, x.device):
+            if density == 1.0:  # every pixel active: nothing to mask
                 return self.finish(self.forward_masked(DenseMasked(x, None)))
             m = mask.unsqueeze(1).to(x.dtype)
             return self.finish(self.forward_masked(DenseMasked(x * m, m)))

@@ -318,3 +318,21 @@ def test_executed_flops_follow_the_path_that_ran(dense, kind, request):
     full = executed_flops(dense, x)["groups"]
     assert few["head"] < 0.8 * full["head"] and few["neck 10-21"] < full["neck 10-21"]
     set_crossover(model, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: sparse P3/P4 model on CUDA skipped")
+@pytest.mark.parametrize("kind", ["p3", "p34"])
+def test_sparse_paths_on_cuda_match_the_cpu(dense, kind, request):
+    import copy
+
+    cpu = request.getfixturevalue(kind)
+    gpu = copy.deepcopy(cpu).cuda()
+    x = _sparse_image()
+    for c in (1.0, 0.0):
+        set_crossover(cpu, c)
+        set_crossover(gpu, c)
+        with torch.no_grad():
+            a, b = cpu(x)[0], gpu(x.cuda())[0].cpu()
+        for u, v in zip(_predictions(a), _predictions(b), strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-2)
+    set_crossover(cpu, None)
