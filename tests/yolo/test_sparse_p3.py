@@ -189,8 +189,10 @@ def test_predict_and_val_run_unchanged_on_a_sparse_p3_model(tiny_data, tmp_path)
     assert 0.0 <= metrics.box.map <= 1.0
 
 
-def test_onnx_export_runs_the_dense_masked_p3_path(tmp_path, p3):
+@pytest.mark.parametrize("kind", ["p3", "p34"])
+def test_onnx_export_runs_the_dense_masked_p3_path(tmp_path, kind, request):
     ort = pytest.importorskip("onnxruntime")
+    p3 = request.getfixturevalue(kind)
     from sparseyolo.yolo.export import export
 
     p3.names = {i: str(i) for i in range(80)}
