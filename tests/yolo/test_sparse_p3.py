@@ -151,11 +151,12 @@ def test_inactive_p3_positions_give_no_detection(p3):
     assert torch.all(raw.masked_select(~active.unsqueeze(1)) == INACTIVE_LOGIT)
 
 
-def test_training_step_gives_gradients_through_the_sparse_path(tiny_data):
-    torch.manual_seed(0)
-    m = SparseDetectionModel("yolov8n-sparse-p3.yaml", nc=2, verbose=False)
-    m.args = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+@pytest.mark.parametrize("name", ["p3", "p34"])
+def test_training_step_gives_gradients_through_the_sparse_path(name):
     from ultralytics.cfg import get_cfg
+
+    torch.manual_seed(0)
+    m = SparseDetectionModel(f"yolov8n-sparse-{name}.yaml", nc=2, verbose=False)
 
     m.args = get_cfg()
     m.train()
@@ -169,9 +170,12 @@ def test_training_step_gives_gradients_through_the_sparse_path(tiny_data):
     loss, items = m.loss(batch)
     assert torch.isfinite(loss).all()
     loss.sum().backward()
-    for i, name in ((15, "cv1.conv.weight"), (22, "cv2.0.0.conv.weight"), (22, "cv3.0.1.conv.weight")):
-        g = dict(m.model[i].named_parameters())[name].grad
-        assert g is not None and float(g.abs().sum()) > 0, (i, name)
+    params = [(15, "cv1.conv.weight"), (22, "cv2.0.0.conv.weight"), (22, "cv3.0.1.conv.weight")]
+    if name == "p34":
+        params += [(6, "m.0.cv1.conv.weight"), (18, "cv2.conv.weight"), (22, "cv3.1.1.conv.weight")]
+    for i, p in params:
+        g = dict(m.model[i].named_parameters())[p].grad
+        assert g is not None and float(g.abs().sum()) > 0, (i, p)
 
 
 def test_predict_and_val_run_unchanged_on_a_sparse_p3_model(tiny_data, tmp_path):
