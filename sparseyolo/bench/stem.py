@@ -123,8 +123,7 @@ def occupancy(model, img) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from sparseyolo.eval.flops import site_mask
-    from sparseyolo.nn import set_crossover
+    from sparseyolo.nn import set_crossover, site_mask
 
     seen = {}
     hook = model.model[4].register_forward_hook(lambda m, a, o: seen.__setitem__("p3", o))
@@ -254,91 +253,64 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
 # --- plot ---------------------------------------------------------------------------------------------
 
 
-def plot(rows: list[dict], path: Path) -> Path | None:
-    """Stem p50 latency and peak memory vs synthetic foreground, hybrid vs dense, one line pair per size;
-    the real aerial scene as a separate marker. None when there is nothing to draw."""
+def _plot_vs_active(rows, lines: dict, path: Path, titles: tuple[str, str], suptitle: str, xscale: str) -> Path:
+    """p50 latency and peak memory vs active pixels: one line per variant in `lines` (variant -> (colour,
+    label)) and size over the synthetic and full scenes; the aerial scene as a star of the variant's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stem = [r for r in rows if r["part"] == "stem" and r.get("p50_ms")]
-    if not stem:
-        return None
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4.6))
-    colours = {"hybrid stem (sparse 0-4)": "tab:blue", "dense stem (0-4)": "tab:gray"}
     styles = ["-", "--", ":", "-."]
-    for si, size in enumerate(dict.fromkeys(r["size"] for r in stem)):
-        for variant, colour in colours.items():
-            pts = [r for r in stem if r["size"] == size and r["variant"] == variant]
-            syn = sorted((r["active_%"], r) for r in pts if r["scene"].startswith("synthetic"))
-            real = [r for r in pts if not r["scene"].startswith("synthetic")]
-            label = f"{variant.split(' (')[0]}, {size}"
-            for ax, key in ((ax_t, "p50_ms"), (ax_m, "peak_mb")):
-                xs = [a for a, r in syn if r.get(key) is not None]
-                ys = [r[key] for _, r in syn if r.get(key) is not None]
-                if xs:
-                    ax.plot(xs, ys, styles[si % len(styles)], color=colour, marker="o", label=label)
-                for r in real:
-                    if r.get(key) is not None:
-                        ax.plot([r["active_%"]], [r[key]], "*", color=colour, markersize=12)
-    ax_t.set(
-        xlabel="active pixels (%)", ylabel="p50 latency (ms, log)", yscale="log", title="layers 0-4 latency, batch 1"
-    )
-    ax_m.set(xlabel="active pixels (%)", ylabel="peak RSS growth (MiB)", title="layers 0-4 peak memory")
-    for ax in (ax_t, ax_m):
-        ax.grid(True, which="both", alpha=0.3)
-    ax_t.plot([], [], "*", color="black", markersize=12, label="real aerial scene (deepforest)")
-    ax_t.legend(fontsize=8)
-    fig.suptitle("sparseyolo bench stem: hybrid sparse stem vs dense stem (YOLOv8n layers 0-4)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_e2e(rows: list[dict], path: Path) -> Path | None:
-    """End-to-end p50 latency and peak memory vs active pixels, one line per model and size (synthetic scenes;
-    the aerial scene as a star). None when there is nothing to draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    e2e = [r for r in rows if r["part"] == "end-to-end" and r.get("p50_ms") and r["variant"] != DENSE_640]
-    if not e2e:
-        return None
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4.6))
-    colours = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", SPARSE_P34_MODEL: "tab:purple"}
-    colours[DENSE_MODEL] = "tab:gray"
-    styles = ["-", "--", ":", "-."]
-    for si, size in enumerate(dict.fromkeys(r["size"] for r in e2e)):
-        for variant, colour in colours.items():
-            pts = [r for r in e2e if r["size"] == size and r["variant"] == variant]
+    for si, size in enumerate(dict.fromkeys(r["size"] for r in rows)):
+        for variant, (colour, label) in lines.items():
+            pts = [r for r in rows if r["size"] == size and r["variant"] == variant]
             syn = sorted((r["active_%"], r) for r in pts if not r["scene"].startswith("aerial"))
             real = [r for r in pts if r["scene"].startswith("aerial")]
             for ax, key in ((ax_t, "p50_ms"), (ax_m, "peak_mb")):
                 xs = [a for a, r in syn if r.get(key) is not None]
                 ys = [r[key] for _, r in syn if r.get(key) is not None]
                 if xs:
-                    ax.plot(xs, ys, styles[si % len(styles)], color=colour, marker="o", label=f"{variant}, {size}")
+                    ax.plot(xs, ys, styles[si % len(styles)], color=colour, marker="o", label=f"{label}, {size}")
                 for r in real:
                     if r.get(key) is not None:
                         ax.plot([r["active_%"]], [r[key]], "*", color=colour, markersize=12)
-    ax_t.set(xlabel="active pixels (%)", ylabel="p50 latency (ms, log)", yscale="log", xscale="log")
-    ax_t.set_title("whole model, batch 1")
-    ax_m.set(xlabel="active pixels (%)", ylabel="peak RSS growth (MiB)", xscale="log", title="whole model peak memory")
+    ax_t.set(xlabel="active pixels (%)", ylabel="p50 latency (ms, log)", yscale="log", xscale=xscale, title=titles[0])
+    ax_m.set(xlabel="active pixels (%)", ylabel="peak RSS growth (MiB)", xscale=xscale, title=titles[1])
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
     ax_t.plot([], [], "*", color="black", markersize=12, label="real aerial scene (deepforest)")
     ax_t.legend(fontsize=7)
-    fig.suptitle("sparseyolo bench stem: end to end, sparse stem / sparse P3 path / dense (YOLOv8n, full resolution)")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Layers 0-4: hybrid vs dense stem (see `_plot_vs_active`). None when there is nothing to draw."""
+    stem = [r for r in rows if r["part"] == "stem" and r.get("p50_ms")]
+    if not stem:
+        return None
+    lines = {HYBRID_STEM: ("tab:blue", "hybrid stem"), DENSE_STEM: ("tab:gray", "dense stem")}
+    titles = ("layers 0-4 latency, batch 1", "layers 0-4 peak memory")
+    suptitle = "sparseyolo bench stem: hybrid sparse stem vs dense stem (YOLOv8n layers 0-4)"
+    return _plot_vs_active(stem, lines, path, titles, suptitle, "linear")
+
+
+def plot_e2e(rows: list[dict], path: Path) -> Path | None:
+    """Whole models at full resolution (see `_plot_vs_active`). None when there is nothing to draw."""
+    e2e = [r for r in rows if r["part"] == "end-to-end" and r.get("p50_ms") and r["variant"] != DENSE_640]
+    if not e2e:
+        return None
+    lines = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", SPARSE_P34_MODEL: "tab:purple"}
+    lines = {v: (c, v) for v, c in {**lines, DENSE_MODEL: "tab:gray"}.items()}
+    titles = ("whole model, batch 1", "whole model peak memory")
+    suptitle = "sparseyolo bench stem: end to end, sparse stem / sparse P3 path / dense (YOLOv8n, full resolution)"
+    return _plot_vs_active(e2e, lines, path, titles, suptitle, "log")
 
 
 # --- measuring -----------------------------------------------------------------------------------------

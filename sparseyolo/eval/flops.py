@@ -52,15 +52,6 @@ def _stem_flops(stem, mask: Tensor) -> tuple[float, Tensor]:
     return 2.0 * float(pairs) * stem.c1 * stem.c2 / stem.g, out
 
 
-def site_mask(x) -> Tensor:
-    """Bool `(B, H, W)` of the sites of a 2D `SparseConvTensor`."""
-    B, (H, W) = x.batch_size, x.spatial_shape
-    mask = torch.zeros(B, H, W, dtype=torch.bool, device=x.indices.device)
-    b, yy, xx = x.indices.to(torch.int64).unbind(1)
-    mask[b, yy, xx] = True
-    return mask
-
-
 def _module_conv_flops(module, mask: Tensor) -> tuple[float, Tensor]:
     """`_conv_flops` for an `nn.Conv2d` or a `Conv`-like module (`.conv`) run at the sites of `mask` (stride 1)."""
     from types import SimpleNamespace
@@ -76,7 +67,7 @@ def sparse_head_flops(head, x: list) -> float:
     dense levels by the counter, and DFL decoding over the anchors it decodes (the active ones)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sparseyolo.nn import as_dense
+    from sparseyolo.nn import as_dense, site_mask
     from sparseyolo.sparse import SparseConvTensor
 
     total, anchors = 0.0, 0
@@ -149,7 +140,7 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     dense path (above the crossover density, or in export mode) is counted by the counter, as run."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sparseyolo.nn import DFFNeck, SparseBlock, SparseStem
+    from sparseyolo.nn import DFFNeck, SparseBlock, SparseStem, site_mask
     from sparseyolo.yolo.sparse_detect import SparseDetect
 
     if not isinstance(x, Tensor) or x.dim() != 4:

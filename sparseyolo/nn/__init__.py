@@ -15,6 +15,7 @@ from sparseyolo.nn.sparse_blocks import (
     SparseBlock,
     SparseStem,
     set_export_dense,
+    site_mask,
 )
 from sparseyolo.nn.sparse_neck import NearestUp, SConcat, SUpsample, as_dense, conv_module_sparse
 
@@ -36,6 +37,7 @@ __all__ = [  # fmt: skip
     "SC2f",
     "set_export_dense",
     "DenseMasked",
+    "site_mask",
     "NearestUp",
     "SConcat",
     "SUpsample",

@@ -1,12 +1,20 @@
-"""Dense helper blocks for model YAMLs: several outputs (`Chunk`, `Pick`), several inputs (`FuseAdd`)."""
+"""Dense helper blocks for model YAMLs: several outputs (`Chunk`, `Pick`), several inputs (`FuseAdd`); and
+`fold_batchnorm`, the inference-mode Conv+BN folding every block uses."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from sparseyolo.nn.base import Channels, YamlBlock, YamlContext
+
+
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Conv `weight (C_out, C_in/g, k, k)` and `bias (C_out,)` (None: zero) with an inference-mode `bn` folded in."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    folded_bias = bn.bias - bn.running_mean * scale
+    return weight * scale.view(-1, 1, 1, 1), folded_bias if bias is None else folded_bias + bias * scale
 
 
 class Chunk(nn.Module):

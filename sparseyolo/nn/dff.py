@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import Channels, YamlContext
+from sparseyolo.nn.common import fold_batchnorm
 from sparseyolo.nn.gates import (
     DEFAULT_THRESHOLD,
     check_gate,
@@ -65,9 +66,7 @@ class ConvBN(nn.Module):
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """Eval-mode weight `(c2, c1, k, k)` and bias `(c2,)` with BatchNorm folded in."""
-        bn = self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return self.conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+        return fold_batchnorm(self.conv.weight, None, self.bn)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlBlock, YamlContext
+from sparseyolo.nn.common import fold_batchnorm
 from sparseyolo.nn.crossover import default_crossover
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
 from sparseyolo.sparse import functional as SF
@@ -48,13 +49,18 @@ class DenseMasked:
     @classmethod
     def from_sparse(cls, x: SparseConvTensor) -> DenseMasked:
         """The dense form of a 2D sparse tensor; the mask marks its sites exactly."""
-        B, (H, W) = x.batch_size, x.spatial_shape
-        if x.num_active == B * H * W:
+        if x.num_active == x.batch_size * x.spatial_shape[0] * x.spatial_shape[1]:
             return cls(x.dense(), None)
-        mask = x.features.new_zeros(B, 1, H, W)
-        b, yy, xx = x.indices.to(torch.int64).unbind(1)
-        mask[b, 0, yy, xx] = 1.0
-        return cls(x.dense(), mask)
+        return cls(x.dense(), site_mask(x).unsqueeze(1).to(x.features.dtype))
+
+
+def site_mask(x: SparseConvTensor) -> Tensor:
+    """Bool `(B, H, W)` marking the sites of a 2D sparse tensor."""
+    B, (H, W) = x.batch_size, x.spatial_shape
+    mask = torch.zeros(B, H, W, dtype=torch.bool, device=x.indices.device)
+    b, yy, xx = x.indices.to(torch.int64).unbind(1)
+    mask[b, yy, xx] = True
+    return mask
 
 
 def to_sparse(x, c1: int, name: str) -> SparseConvTensor:
@@ -150,8 +156,7 @@ class SConv(SparseBlock):
         bn = self.bn
         if self.training or bn.training or bn.running_var is None:
             return self.conv.weight, None
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return self.conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+        return fold_batchnorm(self.conv.weight, None, bn)
 
     def _post(self, f: Tensor, bias: Tensor | None) -> Tensor:
         """BatchNorm (folded into `bias` in inference) and activation of this conv's own fresh output `f`."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlContext
+from sparseyolo.nn.common import fold_batchnorm
 from sparseyolo.nn.sparse_blocks import DenseMasked, SparseBlock
 from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.sparse import functional as SF
@@ -143,10 +144,11 @@ class SConcat(SparseBlock):
 
     def _dense(self, xs):
         """All inputs dense: `torch.cat`, keeping the mask of a `DenseMasked` (zero off it)."""
-        mask = next((x.mask for x in xs if isinstance(x, DenseMasked)), None)
         out = torch.cat([as_dense(x) for x in xs], 1)
-        if mask is None and not any(isinstance(x, DenseMasked) for x in xs):
+        masked = [x for x in xs if isinstance(x, DenseMasked)]
+        if not masked:
             return out
+        mask = masked[0].mask
         return DenseMasked(out if mask is None else out * mask, mask)
 
 
@@ -163,9 +165,7 @@ def conv_module_sparse(module: nn.Module, x: SparseConvTensor) -> SparseConvTens
     bn = None if isinstance(module, nn.Conv2d) else getattr(module, "bn", None)
     w, b = conv.weight, conv.bias
     if bn is not None and not bn.training:  # inference: BN folded into the conv
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        w = w * scale.view(-1, 1, 1, 1)
-        b = bn.bias - bn.running_mean * scale + (0 if b is None else b * scale)
+        w, b = fold_batchnorm(w, b, bn)
         bn = None
     if k == 1 and g == 1:
         f = F.linear(x.features, w.flatten(1), b)

@@ -34,6 +34,30 @@ def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 96, s
     return yaml
 
 
+def trained_like_yolov8n():
+    """Ultralytics' own dense YOLOv8n (seed 0) with non-trivial BatchNorm statistics and affine weights, as after
+    training (random init leaves BN an identity that hides errors)."""
+    import torch
+
+    from sparseyolo import YOLO
+
+    torch.manual_seed(0)
+    d = YOLO("yolov8n.yaml").model
+    for m in d.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return d
+
+
+@pytest.fixture(scope="session")
+def make_trained_like_yolov8n():
+    """`trained_like_yolov8n`, for fixtures that build their own copy."""
+    return trained_like_yolov8n
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny"))

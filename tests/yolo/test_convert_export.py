@@ -14,15 +14,8 @@ from sparseyolo.yolo.convert import convert, save_checkpoint, sparse_yaml
 
 
 @pytest.fixture(scope="module")
-def dense_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    d = YOLO("yolov8n.yaml").model  # Ultralytics' own dense YOLOv8n
-    for m in d.modules():  # non-trivial BN statistics, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
+def dense_ckpt(tmp_path_factory, make_trained_like_yolov8n):
+    d = make_trained_like_yolov8n()
     return d, save_checkpoint(d, tmp_path_factory.mktemp("ckpt") / "dense.pt")
 
 

@@ -20,16 +20,8 @@ P4_LAYERS = {6: "SC2f", 7: "SConv", 10: "SUpsample", 11: "SConcat", 12: "SC2f", 
 
 
 @pytest.fixture(scope="module")
-def dense():
-    torch.manual_seed(0)
-    d = YOLO("yolov8n.yaml").model  # Ultralytics' own dense YOLOv8n
-    for m in d.modules():  # non-trivial BN statistics, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    return d.eval()
+def dense(make_trained_like_yolov8n):
+    return make_trained_like_yolov8n().eval()
 
 
 @pytest.fixture(scope="module")
