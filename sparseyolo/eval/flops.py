@@ -135,8 +135,9 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     """Executed FLOPs of `model` (an Ultralytics DetectionModel, eval mode) on `x (B, 3, H, W)`, over its layers
     `0 .. upto-1` (default: all).
 
-    Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None}`;
-    `active` is the stem's kept fraction of input pixels (None for a dense model). A sparse layer that runs its
+    Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None,
+    "mask": bool[B, H, W] | None}`; `mask` is the sparse stem's active mask on `x` (None for a dense model) and
+    `active` its kept fraction of input pixels. A sparse layer that runs its
     dense path (above the crossover density, or in export mode) is counted by the counter, as run."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -145,7 +146,7 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
 
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"executed_flops expects an input batch Tensor[B, C, H, W], got {getattr(x, 'shape', x)}")
-    layers, y, active = {}, [], None
+    layers, y, active, stem_mask = {}, [], None, None
     n = len(model.model)
     for m in model.model:
         if upto is not None and m.i >= upto:
@@ -154,7 +155,7 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
             x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
         sp = _sparse_input(m, x) if isinstance(m, (SparseBlock, SparseDetect)) else None
         if isinstance(m, SparseStem):
-            mask = m.sparsify(x)[0]
+            mask = stem_mask = m.sparsify(x)[0]
             active = float(mask.float().mean())
             dense_path = m.export_dense or m.switch_dense(active, x.device)
             if not dense_path:
@@ -178,4 +179,4 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     for i, f in layers.items():
         g = group_of(i, n)
         groups[g] = groups.get(g, 0.0) + f
-    return {"total": sum(layers.values()), "groups": groups, "layers": layers, "active": active}
+    return {"total": sum(layers.values()), "groups": groups, "layers": layers, "active": active, "mask": stem_mask}
