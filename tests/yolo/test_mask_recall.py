@@ -87,7 +87,6 @@ def test_executed_flops_returns_the_stem_mask_that_ran():
     """The mask reported with the FLOPs is the one the stem keeps: nonzero pixels (dense model: None)."""
     from sparseyolo import YOLO
     from sparseyolo.eval.flops import executed_flops
-
     from sparseyolo.sparsify import Sparsifier
 
     model = YOLO("yolov8n-sparse.yaml").model.eval()
