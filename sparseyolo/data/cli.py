@@ -1,10 +1,11 @@
-"""`sparseyolo data ...` (also `python -m sparseyolo.data ...`): fetch sample data, build the aerial and the
-synthetic YOLO datasets.
+"""`sparseyolo data ...` (also `python -m sparseyolo.data ...`): fetch sample data, build the aerial, the
+synthetic and the composite YOLO datasets.
 
     sparseyolo data fetch
     sparseyolo data aerial --out DIR [--tile 640] [--overlap 0.2] [--min-visible 0.5] [--val-scenes A,B] [--force]
     sparseyolo data synth --out DIR [--images 8] [--size 1920x1080] [--fg 0.05] [--object-size 8-48] [--count N]
                           [--clutter 0.0] [--seed 0] [--val-fraction 0.25] [--force]
+    sparseyolo data composite --out DIR [--size 3840x2160] [--fg 0.01] [--images 2] [--split val] [--seed 0] [--force]
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def _object_size(text: str) -> tuple[int, int]:
     return parts[0], parts[-1]
 
 
+def _fractions(text: str) -> float | list[float]:
+    """`F` or `F1,F2,...` -> a float or a list of floats."""
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction or comma-separated fractions, got {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
 def _val_scenes(text: str) -> list[str]:
     """Comma-separated scene names; a unique part of a name is enough (`541000` or `OSBS`)."""
     from sparseyolo.data.aerial import SCENES
@@ -58,7 +68,7 @@ def _val_scenes(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description="Sample data and datasets for SparseYOLO.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{fetch,aerial,synth}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{fetch,aerial,synth,composite}")
 
     sub.add_parser("fetch", help="download the sample data (deepforest aerial scenes, laspy LiDAR scans) once")
 
@@ -132,6 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the images for validation (default 0.25)",
     )
     s.add_argument("--force", action="store_true", help="replace an existing build with other parameters")
+
+    c = sub.add_parser(
+        "composite",
+        help="sparse scenes from real pixels: real tree crowns pasted on real object-free ground, as a YOLO dataset",
+        description="Composite frames as a YOLO dataset: ground quilted from object-free meadow windows of the "
+        "training scenes, real crowns pasted until their boxes cover --fg of the frame; val: crowns of the held-out "
+        "scene on held-out ground, train: crowns of the training scenes on training ground.",
+    )
+    c.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    c.add_argument(
+        "--size", type=_image_size, default=(3840, 2160), metavar="WxH", help="WIDTHxHEIGHT (default 3840x2160)"
+    )
+    c.add_argument(
+        "--fg",
+        type=_fractions,
+        default=0.01,
+        metavar="F[,F...]",
+        help="share of the frame covered by boxes, in [0, 0.2]; a list is cycled over the images (default 0.01)",
+    )
+    c.add_argument("--images", type=int, default=2, metavar="N", help="images per split (default 2)")
+    c.add_argument(
+        "--split", choices=("train", "val", "both"), default="val", help="which split(s) to build (default val)"
+    )
+    c.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    c.add_argument("--force", action="store_true", help="replace an existing build with other parameters")
     return ap
 
 
@@ -199,6 +234,29 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _composite(args: argparse.Namespace) -> int:
+    from sparseyolo.data.composite import build_composite_dataset, summary
+
+    manifest = args.out / "build.json"
+    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
+    yaml = build_composite_dataset(
+        args.out,
+        size=args.size,
+        fg=args.fg,
+        images=args.images,
+        split=args.split,
+        seed=args.seed,
+        force=args.force,
+        verbose=True,
+    )
+    manifest = yaml.parent / "build.json"
+    if before is not None and manifest.stat().st_mtime_ns == before:
+        print(f"composite dataset in {yaml.parent} (existing build with the same parameters, reused)")
+        print(summary(json.loads(manifest.read_text())))
+    print(f"data: {yaml}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `sparseyolo data ...`; returns the exit code (0 ok, 1 failed, 2 bad usage), never raises on bad input."""
     ap = build_parser()
@@ -211,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fetch()
         if args.command == "aerial":
             return _aerial(args)
+        if args.command == "composite":
+            return _composite(args)
         return _synth(args)
     except ERRORS as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
