@@ -10,12 +10,15 @@ import contextlib
 import copy
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-# COCOeval.stats order
+# COCOeval.stats order, and the (IoU threshold, area range) each is averaged at (None: 0.50:0.95)
 STAT_NAMES = ("map", "map50", "map75", "ap_small", "ap_medium", "ap_large")
+STAT_SLICES = ((None, "all"), (0.5, "all"), (0.75, "all"), (None, "small"), (None, "medium"), (None, "large"))
+EVAL_MAX_DET = 10_000  # detections kept per image (and per SAHI slice) for AP: far above what a model returns here
 
 
 def load_ground_truth(gt) -> dict:
@@ -82,7 +85,30 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _evaluate(gt: dict, dets: list[dict], img_ids: list[int] | None = None) -> np.ndarray:
+def coco_max_dets(dets: list[dict], max_det: int = EVAL_MAX_DET) -> list[int]:
+    """pycocotools' `maxDets` for `dets`: `[1, 10, N]` with N = max(`max_det`, the most detections on one image),
+    so the last limit, the one every figure here is read at, never drops a detection."""
+    if int(max_det) < 1:
+        raise ValueError(f"max_det must be >= 1, got {max_det!r}")
+    counts = Counter(d["image_id"] for d in dets)
+    return [1, 10, max(int(max_det), max(counts.values(), default=0))]
+
+
+def subset_ground_truth(gt: dict, img_ids) -> dict:
+    """`gt` restricted to the images `img_ids` and their annotations (categories kept)."""
+    ids = set(img_ids)
+    unknown = sorted(ids - {im["id"] for im in gt["images"]})
+    if unknown:
+        raise ValueError(f"image ids not in the ground truth: {unknown[:5]}")
+    return {
+        **gt,
+        "images": [im for im in gt["images"] if im["id"] in ids],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
+    }
+
+
+def _evaluate(gt: dict, dets: list[dict], max_dets: list[int]):
+    """pycocotools' `COCOeval` of `dets` on `gt` at `max_dets`, evaluated and accumulated."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -90,36 +116,77 @@ def _evaluate(gt: dict, dets: list[dict], img_ids: list[int] | None = None) -> n
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
-        if not dets:
-            return np.zeros(12)
-        coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
+        if dets:
+            coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
+        else:  # loadRes refuses an empty list; an empty result set scores 0 where there is ground truth
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
-        if img_ids is not None:
-            ev.params.imgIds = img_ids
+        ev.params.maxDets = list(max_dets)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    return np.maximum(ev.stats, 0.0)  # pycocotools gives -1 where a size range has no objects
+    return ev
 
 
-def coco_metrics(gt, dets: list[dict], per_image: bool = True) -> dict:
-    """`{"map", "map50", "map75", "ap_small", "ap_medium", "ap_large", "per_image": {image_id: {...}}}`.
+def _per_image(ev) -> dict:
+    """`{image id: figures}` from one evaluated `COCOeval`: its per-image matches (`evalImgs`, ordered category,
+    area range, image) accumulated image by image. (pycocotools' `accumulate(p)` with a subset of `imgIds` reads
+    the wrong images: it indexes them by their position in the subset.)"""
+    pe = ev._paramsEval
+    n_img, n_area = len(pe.imgIds), len(pe.areaRng)
+    n_cat = len(pe.catIds) if pe.useCats else 1
+    out = {}
+    for i, img_id in enumerate(pe.imgIds):
+        one = copy.copy(ev)
+        one.params = copy.deepcopy(pe)
+        one.params.imgIds = [img_id]
+        one._paramsEval = one.params
+        one.evalImgs = [ev.evalImgs[(k * n_area + a) * n_img + i] for k in range(n_cat) for a in range(n_area)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            one.accumulate()
+        out[int(img_id)] = ap_figures(one)
+    return out
 
-    Values are in [0, 1]; a size range without ground truth gives 0 (pycocotools' -1 clipped). Detections on
-    image ids absent from the ground truth raise a ValueError."""
+
+def ap_figures(ev) -> dict:
+    """`{name: AP or None}` of STAT_NAMES from an accumulated `COCOeval`, as its `_summarize` computes them but at
+    the last `params.maxDets` (its `stats[0]` is hard-wired to maxDets=100 and reads -1 for any other list).
+
+    precision (ndarray[T, R, K, A, M]): IoU thresholds x recall thresholds x categories x area ranges x maxDets,
+    -1 where a category/size range has no ground truth."""
+    p = ev.params
+    precision = ev.eval["precision"]
+    out = {}
+    for name, (iou, area) in zip(STAT_NAMES, STAT_SLICES, strict=True):
+        s = precision[:, :, :, p.areaRngLbl.index(area), -1]
+        if iou is not None:
+            s = s[np.isclose(p.iouThrs, iou)]
+        valid = s[s > -1]
+        out[name] = float(np.mean(valid)) if valid.size else None
+    return out
+
+
+def coco_metrics(gt, dets: list[dict], per_image: bool = True, max_det: int = EVAL_MAX_DET) -> dict:
+    """`{"map", "map50", "map75", "ap_small", "ap_medium", "ap_large", "n_images", "n_objects", "n_detections",
+    "coco_max_dets", "most_detections", "per_image": {image_id: {...}}}`.
+
+    AP values are in [0, 1], or None where a size range (for `map`...: the images) has no ground truth. Scored
+    with pycocotools at `maxDets` that never drop a detection (`coco_max_dets`); `most_detections` is the largest
+    count on one image. Detections on image ids absent from the ground truth raise a ValueError."""
     gt = load_ground_truth(gt)
     known = {im["id"] for im in gt["images"]}
     unknown = sorted({d["image_id"] for d in dets} - known)
     if unknown:
         raise ValueError(f"detections refer to image ids not in the ground truth: {unknown[:5]}")
-    stats = _evaluate(gt, dets)
-    out = {k: float(v) for k, v in zip(STAT_NAMES, stats[:6], strict=True)}
+    max_dets = coco_max_dets(dets, max_det)
+    ev = _evaluate(gt, dets, max_dets)
+    out = ap_figures(ev)
+    counts = Counter(d["image_id"] for d in dets)
     out["n_images"], out["n_objects"], out["n_detections"] = len(gt["images"]), len(gt["annotations"]), len(dets)
+    out["coco_max_dets"], out["most_detections"] = max_dets[-1], max(counts.values(), default=0)
     if per_image:
-        out["per_image"] = {}
-        for im in gt["images"]:
-            s = _evaluate(gt, [d for d in dets if d["image_id"] == im["id"]], [im["id"]])
-            out["per_image"][im["id"]] = {k: float(v) for k, v in zip(STAT_NAMES, s[:6], strict=True)}
+        out["per_image"] = _per_image(ev)
     return out
 
 

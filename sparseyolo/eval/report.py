@@ -1,4 +1,6 @@
-"""Tables and figures of an evaluation: markdown/CSV/JSON rows and matplotlib plots (PNG)."""
+"""Tables and figures of an evaluation: markdown/CSV/JSON rows and matplotlib plots (PNG).
+
+An AP of None (a size range without ground truth) prints as `n/a` in tables and CSV and is `null` in JSON."""
 
 from __future__ import annotations
 
@@ -24,36 +26,64 @@ COLUMNS = (
 )
 
 
-def fmt(v, digits):
+AP_KEYS = ("map", "map50", "map75", "ap_small", "ap_medium", "ap_large")
+NA = "n/a"
+
+
+def fmt(v, digits, na: str = "-"):
+    """`v` with `digits` decimals (None: no rounding); `na` for None."""
     if v is None:
-        return "-"
+        return na
     if digits is None:
         return str(v)
     return f"{v:.{digits}f}"
 
 
 def rows_table(rows: list[dict], markdown: bool = True) -> str:
-    """A markdown (or aligned plain-text) table of summary rows (`Result.summary()`)."""
-    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    """A markdown (or aligned plain-text) table of summary rows (`Result.summary()`), then a line stating the
+    detection limits they were scored with (`limits_note`). AP columns show `n/a` where a row has no ground truth
+    in that range; other columns are left out when empty and show `-` for None."""
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None or (c[0] in AP_KEYS and c[0] in r) for r in rows)]
     head = [c[1] for c in cols]
-    body = [[fmt(r.get(k), d) for k, _, d in cols] for r in rows]
+    body = [[fmt(r.get(k), d, NA if k in AP_KEYS else "-") for k, _, d in cols] for r in rows]
+    note = limits_note(rows)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body] + ([f"\n{note}"] if note else []))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     out += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
-    return "\n".join(out)
+    return "\n".join(out + ([note] if note else []))
+
+
+def limits_note(rows: list[dict]) -> str:
+    """One line with the detection limits of `rows` (the `Result.summary()` fields) and the most detections one
+    image had; "" when the rows carry none. Names the rows where a limit was reached."""
+    rows = [r for r in rows if r.get("max_det") is not None]
+    if not rows:
+        return ""
+
+    def values(key):
+        return "/".join(str(v) for v in dict.fromkeys(r.get(key) for r in rows))
+
+    most_image = max(r.get("most_detections") or 0 for r in rows)
+    most_call = max(r.get("most_per_call") or 0 for r in rows)
+    note = (
+        f"limits: max_det {values('max_det')} per image/slice, COCO maxDets {values('coco_max_dets')}, "
+        f"NMS candidates {values('max_nms')}; most detections on one image: {most_image}, in one call: {most_call}"
+    )
+    hit = [label(r) for r in rows if r.get("limit_reached")]
+    return note + (f"; LIMIT REACHED (AP is a lower bound): {', '.join(hit)}" if hit else "; no limit reached")
 
 
 def write_rows(rows: list[dict], stem: Path) -> None:
-    """`<stem>.csv` and `<stem>.json` of summary rows."""
+    """`<stem>.csv` (None as `n/a`) and `<stem>.json` (None as `null`) of summary rows."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=keys, restval=NA)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([{k: NA if v is None else v for k, v in r.items()} for r in rows])
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
