@@ -48,6 +48,7 @@ FG_MAX = 0.2
 WINDOW = 192  # ground window (and quilting patch) side in pixels
 OVERLAP = 64  # quilting overlap between neighbouring patches
 CANDIDATES = 8  # random windows tried per patch; the one that best matches its neighbours is used
+CUT_BATCH = 8  # rows of patches whose horizontal cuts are found together (speed vs memory)
 WINDOW_STEP = 16  # ground windows start on this grid
 MARGIN = 32  # no box within this many pixels of a ground window
 SHADOW = (192, 96)  # a box's keep-out zone also reaches this far right and up (its shadow)
@@ -136,12 +137,17 @@ def crowns(split: str) -> Pool:
     return Pool(scenes, items)
 
 
-def _view(pool: Pool, k: int, turn: int = 0) -> np.ndarray:
-    """Item `k` of `pool` as a view `(h, w, 3)`, turned by `turn` in 0..7 (`turn % 4` quarter turns, then a
-    left-right flip when `turn >= 4`)."""
-    scene, _, x0, y0, x1, y1 = pool.items[k]
-    a = np.rot90(pool.scenes[scene][y0:y1, x0:x1], turn % 4)
+def _turned(a: np.ndarray, turn: int) -> np.ndarray:
+    """A view of `a (h, w, ...)` turned by `turn` in 0..7: `turn % 4` quarter turns, then a left-right flip when
+    `turn >= 4`."""
+    a = np.rot90(a, turn % 4)
     return a[:, ::-1] if turn >= 4 else a
+
+
+def _view(pool: Pool, k: int, turn: int = 0) -> np.ndarray:
+    """Item `k` of `pool` as a view `(h, w, 3)` of its scene, turned by `turn` (see `_turned`)."""
+    scene, _, x0, y0, x1, y1 = pool.items[k]
+    return _turned(pool.scenes[scene][y0:y1, x0:x1], turn)
 
 
 def _min_cut(err: np.ndarray) -> np.ndarray:
@@ -151,17 +157,17 @@ def _min_cut(err: np.ndarray) -> np.ndarray:
     cost = np.empty((n, b, m), np.float64)
     cost[0] = err[:, 0]
     pad = np.full((b, m + 2), np.inf)
+    rows, three = np.arange(b)[:, None], np.arange(3)
     for i in range(1, n):
         pad[:, 1:-1] = cost[i - 1]
         np.minimum(np.minimum(pad[:, :-2], pad[:, 1:-1]), pad[:, 2:], out=cost[i])
         cost[i] += err[:, i]
     path = np.empty((b, n), np.int64)
-    rows = np.arange(b)
     j = cost[-1].argmin(axis=1)
     path[:, -1] = j
     for i in range(n - 2, -1, -1):  # step back to the cheapest of the (up to) three columns that lead to j
         pad[:, 1:-1] = cost[i]
-        j = j - 1 + pad[rows[:, None], j[:, None] + np.arange(3)].argmin(axis=1)
+        j = j - 1 + pad[rows, j[:, None] + three].argmin(axis=1)
         path[:, i] = j
     return path
 
@@ -175,51 +181,57 @@ def quilt_ground(rng: np.random.Generator, pool: Pool, height: int, width: int) 
     """`height x width` of ground quilted from the windows of `pool`: `(image uint8 (H, W, 3), window ids used)`.
 
     Patches of `WINDOW` px on a grid of `WINDOW - OVERLAP` px, row by row; each patch is the best of `CANDIDATES`
-    random (window, turn) pairs at matching its left and upper neighbours; neighbours in a row meet along
-    minimum-error vertical cuts, rows along one minimum-error horizontal cut each. Memory: the image plus one row of
-    patches."""
+    random (window, turn) pairs at matching its left and upper neighbours (compared on every 4th pixel); neighbours
+    in a row meet along minimum-error vertical cuts, rows along one minimum-error horizontal cut each (found for
+    `CUT_BATCH` rows at once). Memory: the image plus a few rows of patches."""
     p, o = WINDOW, OVERLAP
     s = p - o
+    p4, s4, o4 = p // 4, s // 4, o // 4
     nx, ny = max(1, -(-(width - o) // s)), max(1, -(-(height - o) // s))
-    wc = nx * s + o
     out = np.empty((height, width, 3), np.uint8)
+    thumbs = np.stack([_view(pool, k)[::4, ::4] for k in range(len(pool.items))]).astype(np.int32)
     used: set[int] = set()
-    prev = None  # bottom `o` rows of the previous row of patches, (o, wc, 3)
-    sub = np.s_[::4, ::4]  # candidates are compared on every 4th pixel (cheap, and as selective)
+    prev = None  # bottom `o` rows of the previous row of patches, (o, nx * s + o, 3)
+    pending = []  # (row, previous row's bottom band) of horizontal cuts not yet applied
+
+    def cut_rows():  # above each cut the previous row of patches, below it the next (already in `out`)
+        err = np.stack([_sq_err(band, out[y : y + o]).T for y, band in pending])
+        for (y, band), cut in zip(pending, _min_cut(err)):
+            above = np.arange(o)[:, None] < cut[None, :]
+            out[y : y + o][above] = band[above]
+        pending.clear()
+
     for r in range(ny):
-        patches = []
+        ks = rng.integers(len(pool.items), size=(nx, CANDIDATES))
+        turns = rng.integers(8, size=(nx, CANDIDATES))
+        top = None if prev is None else prev[::4, ::4].astype(np.int32)
+        patches, left = [], None
         for c in range(nx):
-            best, best_err = None, np.inf
-            for _ in range(CANDIDATES):
-                k, turn = int(rng.integers(len(pool.items))), int(rng.integers(8))
-                cand = _view(pool, k, turn)
-                err = 0
-                if c > 0:
-                    err += _sq_err(patches[-1][1][:, s:][sub], cand[:, :o][sub]).sum()
-                if prev is not None:
-                    err += _sq_err(prev[:, c * s : c * s + p][sub], cand[:o][sub]).sum()
-                if err < best_err:
-                    best, best_err = (k, cand), err
-            patches.append(best)
-            used.add(best[0])
-        strip = np.empty((p, wc, 3), np.uint8)
-        strip[:, :p] = patches[0][1]
-        if nx > 1:  # vertical cuts of the whole row at once: left of the cut the left patch, right of it the next
-            err = np.stack([_sq_err(a[:, s:], b[:, :o]) for (_, a), (_, b) in zip(patches[:-1], patches[1:])])
-            cuts = _min_cut(err)
+            cands = np.stack([_turned(thumbs[k], t) for k, t in zip(ks[c], turns[c])])  # (K, p/4, p/4, 3)
+            err = np.zeros(CANDIDATES)
+            if left is not None:
+                err += ((cands[:, :, :o4] - left) ** 2).sum(axis=(1, 2, 3))
+            if top is not None:
+                err += ((cands[:, :o4] - top[:, c * s4 : c * s4 + p4]) ** 2).sum(axis=(1, 2, 3))
+            i = int(err.argmin())
+            left = cands[i][:, s4:]
+            patches.append(_view(pool, int(ks[c, i]), int(turns[c, i])))
+            used.add(int(ks[c, i]))
+        strip = np.empty((p, nx * s + o, 3), np.uint8)
+        strip[:, :p] = patches[0]
+        if nx > 1:  # vertical cuts of the whole row at once: left of a cut the left patch, right of it the next
+            cuts = _min_cut(np.stack([_sq_err(a[:, s:], b[:, :o]) for a, b in zip(patches[:-1], patches[1:])]))
             for c in range(1, nx):
-                region = strip[:, c * s : c * s + p]
-                new = patches[c][1]
+                region, new = strip[:, c * s : c * s + p], patches[c]
                 region[:, o:] = new[:, o:]
                 right = np.arange(o)[None, :] >= cuts[c - 1][:, None]
                 region[:, :o][right] = new[:, :o][right]
-        if prev is not None:  # horizontal cut: above it the previous row, below it this one
-            cut = _min_cut(_sq_err(prev, strip[:o]).T[None])[0]
-            above = np.arange(o)[:, None] < cut[None, :]
-            strip[:o][above] = prev[above]
         y0 = r * s
-        rows = min(p if r == ny - 1 else s, height - y0)
-        out[y0 : y0 + rows] = strip[:rows, :width]
+        out[y0 : y0 + p] = strip[: height - y0, :width]
+        if prev is not None:
+            pending.append((y0, prev[:, :width]))
+        if len(pending) == CUT_BATCH or (r == ny - 1 and pending):
+            cut_rows()
         prev = strip[s:].copy()
     return out, sorted(used)
 
