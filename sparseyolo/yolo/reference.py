@@ -50,9 +50,26 @@ VARIANTS = {
 }
 
 
+# Training composites a recipe can mix into the forest tiles (`Recipe(composites=COMPOSITES)`): real crowns of the
+# training scenes on real object-free ground (`sparseyolo.data.composite`), a quarter of them empty ground.
+# 320x320 frames, the recipe's tile size, so the crowns keep their native scale: Ultralytics resizes each image's
+# long side to `imgsz` (320), so a 1280x720 composite would shrink its crowns 4x while the forest tiles are seen at
+# 1:1. Building 320-px frames directly is what tiling a large composite would give, without crowns cut at tile
+# borders and with fresh ground in every frame; mosaic augmentation then puts four frames side by side at 1:1.
+# At 320x320, fg 0.01 is about one crown, 0.03 two to three, 0.1 about six. 64 frames add ~65% to the 98 training
+# tiles (and to the epoch time). Not measured: a suggestion, not the shipped recipe.
+COMPOSITES = {"size": (320, 320), "fg": (0.0, 0.01, 0.03, 0.1), "images": 64, "seed": 0}
+COMPOSITE_KEYS = ("size", "fg", "images", "seed")
+
+
 @dataclass
 class Recipe:
-    """The training budget shared by every variant (Ultralytics train arguments)."""
+    """The training budget shared by every variant (Ultralytics train arguments).
+
+    `composites`: None (the shipped recipe: forest tiles only), or the arguments of
+    `build_composite_dataset(split="train", ...)` (`size`, `fg`, `images`, `seed`; e.g. `COMPOSITES`): those
+    training composites are then trained on beside the forest tiles (`training_data`); validation stays on the
+    held-out tiles."""
 
     epochs: int = 200
     imgsz: int = 320
@@ -62,6 +79,7 @@ class Recipe:
     tile: int = 320
     overlap: float = 0.2
     extra: dict = field(default_factory=lambda: {"close_mosaic": 10, "patience": 0, "cache": "ram"})
+    composites: dict | None = None
 
     def train_args(self) -> dict:
         return {
@@ -76,6 +94,54 @@ class Recipe:
             "amp": False,
             **self.extra,
         }
+
+    def as_dict(self) -> dict:
+        """The recipe as recorded with a run and a shipped model, JSON-normalised (tuples as lists); `composites`
+        only when set, so the shipped recipe's record is what it always was."""
+        d = json.loads(json.dumps(asdict(self)))
+        if d["composites"] is None:
+            del d["composites"]
+        return d
+
+    def training_data(self, data_yaml: str | Path, folder: str | Path) -> Path:
+        """The dataset YAML to train on. Without `composites`: `data_yaml` (the aerial tiles) itself. With them:
+        the training composites are built (cached, see `build_composite_dataset`) and a YAML is written in `folder`
+        whose `train` lists the aerial training tiles and the composites, and whose `val` and `names` are
+        `data_yaml`'s (Ultralytics accepts a list of folders for `train`)."""
+        import hashlib
+
+        import yaml
+
+        from sparseyolo.data.composite import build_composite_dataset
+
+        data_yaml = Path(data_yaml)
+        if self.composites is None:
+            return data_yaml
+        if not isinstance(self.composites, dict) or set(self.composites) - set(COMPOSITE_KEYS):
+            raise ValueError(
+                f"Recipe.composites must be None or a dict with keys from {COMPOSITE_KEYS}, got {self.composites!r}"
+            )
+        args = {**self.composites}
+        if "size" in args:
+            args["size"] = tuple(args["size"])
+        comp = build_composite_dataset(split="train", **args).parent
+        data = yaml.safe_load(data_yaml.read_text())
+        root = Path(data.get("path") or data_yaml.parent)
+
+        def absolute(entry) -> list[str]:
+            return [str(root / e) for e in (entry if isinstance(entry, list) else [entry])]
+
+        mixed = {
+            "path": str(root),
+            "train": absolute(data["train"]) + [str(comp / "images" / "train")],
+            "val": absolute(data["val"]),
+            "names": data["names"],
+        }
+        key = hashlib.sha1(json.dumps([str(data_yaml.resolve()), str(comp)]).encode()).hexdigest()[:8]
+        out = Path(folder) / f"data-composites-{key}.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(mixed, sort_keys=False))
+        return out
 
 
 def shipped_names() -> list[str]:
@@ -170,7 +236,7 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     run_dir = project / name
     last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
     done = run_dir / "finished.json"
-    if done.is_file() and json.loads(done.read_text()).get("recipe") == asdict(recipe) and best.is_file():
+    if done.is_file() and json.loads(done.read_text()).get("recipe") == recipe.as_dict() and best.is_file():
         log(f"{variant.name}: already trained ({run_dir}), reused")
         return best
     t0 = time.time()
@@ -181,8 +247,9 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     else:
         log(f"{name}: training {variant.cfg} for {recipe.epochs} epochs, seed {recipe.seed} ({run_dir})")
         model = YOLO(variant.cfg)
-        model.train(data=str(data_yaml), project=str(project), name=name, exist_ok=True, **recipe.train_args())
-    done.write_text(json.dumps({"recipe": asdict(recipe), "seconds": time.time() - t0}))
+        data = recipe.training_data(data_yaml, project)  # the aerial tiles, plus composites when the recipe has them
+        model.train(data=str(data), project=str(project), name=name, exist_ok=True, **recipe.train_args())
+    done.write_text(json.dumps({"recipe": recipe.as_dict(), "seconds": time.time() - t0}))
     return best
 
 
@@ -210,7 +277,7 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
         "cfg": variant.cfg,
         "note": variant.note,
         "command": command,
-        "recipe": asdict(recipe),
+        "recipe": recipe.as_dict(),
         "epochs_trained": len(rows),
         "train_seconds": final.get("time"),
         "final_epoch_val_tiles": {k: v for k, v in final.items() if k.startswith(("metrics/", "val/"))},

@@ -1,0 +1,76 @@
+"""The training recipe with composites mixed in (`Recipe.composites`), and the default recipe left as it was."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import yaml
+
+import sparseyolo.data.composite as composite
+from sparseyolo.yolo.reference import COMPOSITES, Recipe
+
+DEFAULT_TRAIN_ARGS = {  # the shipped models' recipe: must never change silently
+    "epochs": 200,
+    "imgsz": 320,
+    "batch": 8,
+    "nbs": 8,
+    "seed": 0,
+    "deterministic": True,
+    "device": "cpu",
+    "workers": 0,
+    "amp": False,
+    "close_mosaic": 10,
+    "patience": 0,
+    "cache": "ram",
+}
+
+
+def test_default_recipe_is_unchanged(tmp_path):
+    r = Recipe()
+    assert r.train_args() == DEFAULT_TRAIN_ARGS
+    record = {k: v for k, v in asdict(r).items() if k != "composites"}
+    assert r.as_dict() == record and "composites" not in r.as_dict()  # the record stored with runs and weights
+    assert record == {"epochs": 200, "imgsz": 320, "batch": 8, "nbs": 8, "seed": 0, "tile": 320, "overlap": 0.2,
+                      "extra": {"close_mosaic": 10, "patience": 0, "cache": "ram"}}  # fmt: skip
+    data = tmp_path / "data.yaml"
+    assert r.training_data(data, tmp_path / "runs") == data  # no composites: the aerial YAML itself, nothing written
+    assert not (tmp_path / "runs").exists()
+
+
+def test_composites_are_listed_beside_the_forest_tiles(tmp_path, monkeypatch):
+    from sparseyolo.data.aerial import load_scene
+
+    try:
+        load_scene()
+    except RuntimeError as e:
+        pytest.skip(f"deepforest data unavailable: {e}")
+    aer = tmp_path / "aer"
+    for split in ("train", "val"):
+        (aer / "images" / split).mkdir(parents=True)
+    (aer / "data.yaml").write_text(f"path: {aer}\ntrain: images/train\nval: images/val\nnames:\n  0: tree\n")
+    monkeypatch.setattr(composite, "default_out", lambda *a: tmp_path / "comp")  # not the user's cache
+    r = Recipe(composites={"size": (256, 256), "fg": (0.0, 0.05), "images": 2, "seed": 1})
+    got = r.training_data(aer / "data.yaml", tmp_path / "runs")
+    assert got.parent == tmp_path / "runs"
+    data = yaml.safe_load(got.read_text())
+    assert data["train"] == [str(aer / "images" / "train"), str(tmp_path / "comp" / "images" / "train")]
+    assert data["val"] == [str(aer / "images" / "val")] and data["names"] == {0: "tree"}
+    assert len(list((tmp_path / "comp" / "images" / "train").glob("*.png"))) == 2
+    assert r.train_args() == DEFAULT_TRAIN_ARGS  # composites change the data, not the train arguments
+    assert r.as_dict()["composites"] == {"size": [256, 256], "fg": [0.0, 0.05], "images": 2, "seed": 1}
+
+    from ultralytics.data.utils import check_det_dataset
+
+    import sparseyolo.yolo  # noqa: F401  (offline defaults)
+
+    checked = check_det_dataset(str(got))  # Ultralytics resolves both training folders
+    assert checked["train"] == data["train"]
+
+    with pytest.raises(ValueError, match="Recipe.composites must be None or a dict with keys from"):
+        Recipe(composites={"size": (256, 256), "tile": 320}).training_data(aer / "data.yaml", tmp_path / "runs")
+
+
+def test_suggested_composites_are_valid():
+    assert set(COMPOSITES) <= {"size", "fg", "images", "seed"}
+    assert composite._size(COMPOSITES["size"]) == (320, 320) and max(composite._fgs(COMPOSITES["fg"])) <= 0.2
