@@ -309,11 +309,12 @@ def evaluate(
     repeats: int = 3,
     memory: bool = True,
     progress: bool = True,
+    max_det: int = EVAL_MAX_DET,
 ) -> list[Result]:
     """Evaluate `(model name, method)` pairs of `plan` (default: every model with every method) on `images`
-    (matched to `gt`'s `file_name`s); `models[name]` is a `sparseyolo.YOLO`. Accuracy and FLOPs pass first,
-    then `repeats` interleaved timing rounds (every image, every pair), then one memory probe per pair on the
-    largest image."""
+    (matched to `gt`'s `file_name`s; scored against those images only); `models[name]` is a `sparseyolo.YOLO`.
+    Accuracy and FLOPs pass first (at most `max_det` detections per model call), then `repeats` interleaved
+    timing rounds (every image, every pair), then one memory probe per pair on the largest image."""
     from tqdm import tqdm
 
     from sparseyolo.eval.data import read_image
@@ -333,7 +334,7 @@ def evaluate(
     unknown = sorted({n for n, _ in plan} - set(models))
     if unknown:
         raise ValueError(f"plan names models that were not given: {unknown}")
-    runners = {(n, m): Runner(models[n], m) for n, m in plan}
+    runners = {(n, m): Runner(models[n], m, max_det=max_det) for n, m in plan}
     results = {k: Result(*k) for k in runners}
     flop_cache: dict = {}
     bar = tqdm(total=len(runners) * len(images), desc="accuracy + FLOPs", disable=not progress, leave=False)
