@@ -72,11 +72,11 @@ def configure(yolo, mode: str, threshold: float | None = None, disabled=frozense
     return yolo
 
 
-def subset_map(gt: dict, dets: list[dict], ids: set) -> float:
-    from sparseyolo.eval.coco import coco_metrics
+def subset_map(gt: dict, dets: list[dict], ids: set) -> float | None:
+    """mAP50-95 of the images `ids` scored on themselves; None when they hold no ground truth."""
+    from sparseyolo.eval.coco import coco_metrics, subset_ground_truth
 
-    sub = {**gt, "images": [im for im in gt["images"] if im["id"] in ids]}
-    sub["annotations"] = [a for a in gt["annotations"] if a["image_id"] in ids]
+    sub = subset_ground_truth(gt, ids)
     return coco_metrics(sub, [d for d in dets if d["image_id"] in ids], per_image=False)["map"]
 
 
@@ -208,7 +208,9 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                 "threshold": info.get("threshold"),
             }
         )
-        for k, im in enumerate(gt["images"]):
+        k_of = {name: k for k, name in enumerate(r.images)}  # per-image lists matched by file name
+        for im in gt["images"]:
+            k = k_of[im["file_name"]]
             per_image.append(
                 {
                     "config": n,
@@ -254,7 +256,8 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
             g = np.mean([r.gflops_groups[k].get(NECK_GROUP, 0.0) for k in ks])
             cx = stats.get(n, {}).get("complexity")
             est = f"{np.mean([cx[k] for k in ks]):.2f}" if cx else "-"
-            cells.append(f"{g:.3f} / {subset_map(gt, r.detections, t):.3f} / {est}")
+            m = subset_map(gt, r.detections, t)
+            cells.append(f"{g:.3f} / {'n/a' if m is None else f'{m:.3f}'} / {est}")
         trows.append(cells)
     text.append(markdown_table(thead, trows))
 
@@ -292,10 +295,11 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
 
 
 def _cells(r: dict) -> list:
-    def f(v, d=3):
-        return "-" if v is None else f"{v:.{d}f}"
+    def f(v, d=3, na="-"):
+        return na if v is None else f"{v:.{d}f}"
 
-    return [r["config"], f(r["map"]), f(r["map50"]), f(r["ap_small"]), f(r["ap_medium"]), f(r["ap_large"]),
+    ap = [f(r[k], na="n/a") for k in ("map", "map50", "ap_small", "ap_medium", "ap_large")]
+    return [r["config"], *ap,
             f(r["neck_gflops"]), f(r["neck_ratio"], 2), f(r["neck_p50_ms"], 1), f(r["neck_p90_ms"], 1),
             f(r["predict_p50_ms"], 1), f(r["predict_p90_ms"], 1)]  # fmt: skip
 
