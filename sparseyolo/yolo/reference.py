@@ -169,11 +169,13 @@ def reference_info(name: str) -> dict:
     return json.loads(reference_files(name)[2].read_text())
 
 
-def save_reference(model, name: str, info: dict, out_dir: Path = WEIGHTS_DIR) -> Path:
-    """Write `model` (a DetectionModel) as `<name>.yaml` + fp16 `<name>.safetensors` + `<name>.json`."""
+def save_reference(model, name: str, info: dict, out_dir: Path | None = None) -> Path:
+    """Write `model` (a DetectionModel) as `<name>.yaml` + fp16 `<name>.safetensors` + `<name>.json` in `out_dir`
+    (default: `WEIGHTS_DIR`, read at call time)."""
     import yaml
     from safetensors.torch import save_file
 
+    out_dir = Path(WEIGHTS_DIR if out_dir is None else out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = {k: v for k, v in model.yaml.items() if k not in ("yaml_file", "channels")}
     cfg["nc"] = int(model.nc) if hasattr(model, "nc") else cfg.get("nc")
