@@ -14,9 +14,13 @@ HELP = """usage: sparseyolo eval model=NAME_OR_PATH[,...] data=DATA [key=value .
   repeats=  timing rounds (default 3; 0: no timing)
   memory=   True|False: peak-memory probe per model and method (default True)
   out=      report folder (default runs/eval): eval.{md,csv,json}, per image eval_per_image.{csv,json}
+  save_masks= True|False: write each sparse model's mask over its image to OUT/masks/ (default False)
+
+Models with a sparse stem report their mask recall (the share of ground-truth objects with at least 90% of
+their box active in the mask that ran) and the active share of the images' pixels, per dataset and per image.
 """
 
-KEYS = ("model", "data", "split", "methods", "repeats", "memory", "out")
+KEYS = ("model", "data", "split", "methods", "repeats", "memory", "out", "save_masks")
 
 
 def main(argv: list[str]) -> int:
@@ -60,21 +64,30 @@ def run(args: dict) -> int:
         raise ValueError(f"repeats must be an integer >= 0, got {args['repeats']!r}") from e
     if repeats < 0:
         raise ValueError(f"repeats must be >= 0, got {repeats}")
-    memory = str(args.get("memory", "True")).lower() in ("1", "true", "yes")
+    memory = _flag(args, "memory", True)
+    save_masks = _flag(args, "save_masks", False)
     images, gt, names = load_split(args["data"], args.get("split", "val"))
     models = {}
     for m in [m for m in args["model"].split(",") if m]:
         y = YOLO(m)
         models[Path(m).stem if m.endswith((".pt", ".yaml", ".yml")) else m] = y
-    results = evaluate(models, images, gt, [(n, me) for n in models for me in methods], repeats, memory)
-    rows = [r.summary() for r in results]
     out = Path(args.get("out", "runs/eval"))
+    plan = [(n, me) for n in models for me in methods]
+    results = evaluate(models, images, gt, plan, repeats, memory, save_masks=out / "masks" if save_masks else None)
+    rows = [r.summary() for r in results]
     write_rows(rows, out / "eval")
     write_rows([row for r in results for row in r.per_image(gt)], out / "eval_per_image")
     (out / "eval.md").write_text(rows_table(rows) + "\n")
     print(rows_table(rows, markdown=False))
     print(
         f"\n{len(images)} images, {len(gt['annotations'])} objects; written to {out}/eval.{{md,csv,json}} and "
-        f"per image to {out}/eval_per_image.{{csv,json}}"
+        f"per image to {out}/eval_per_image.{{csv,json}}" + (f"; masks in {out}/masks" if save_masks else "")
     )
     return 0
+
+
+def _flag(args: dict, key: str, default: bool) -> bool:
+    v = str(args.get(key, default)).lower()
+    if v not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"{key} must be True or False, got {args[key]!r}")
+    return v in ("1", "true", "yes")

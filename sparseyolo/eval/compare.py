@@ -209,6 +209,7 @@ class Result:
     gflops: list = field(default_factory=list)  # per image: executed GFLOPs of every forward it ran
     gflops_groups: list = field(default_factory=list)  # per image: {group: GFLOPs}
     active: list = field(default_factory=list)  # per image: stem active fraction (None: dense)
+    masks: list = field(default_factory=list)  # per image: `mask_stats` of the mask that ran (None: no one mask)
     latency: list = field(default_factory=list)  # seconds, all timed calls (all images)
     peak_mib: float | None = None
     detections: list = field(default_factory=list)  # COCO rows (eval conf)
@@ -232,19 +233,30 @@ class Result:
                     **{key: m.get(key) for key in ("map", "map50", "ap_small", "ap_medium", "ap_large")},
                     "gflops": self.gflops[k] if k < len(self.gflops) else None,
                     "active": self.active[k] if k < len(self.active) else None,
+                    **self._mask_row(k),
                 }
             )
         return rows
 
+    def _mask_row(self, k: int) -> dict:
+        m = self.masks[k] if k < len(self.masks) else None
+        return {"mask_recall": m["mask_recall"], "objects_kept": m["n_kept"], "objects": m["n_objects"]} if m else {}
+
     def summary(self) -> dict:
+        from sparseyolo.eval.mask import pooled_recall
+
         lat = sorted(self.latency)
         act = [a for a in self.active if a is not None]
+        masks = [m for m in self.masks if m]
+        if masks:  # the share of the images' own pixels (letterbox padding excluded)
+            act = [m["active"] for m in masks]
         return {
             "model": self.model,
             "method": self.method,
             **{k: self.metrics.get(k) for k in STAT_NAMES},
             "gflops": float(np.mean(self.gflops)) if self.gflops else None,
             "active": float(np.mean(act)) if act else None,
+            "mask_recall": pooled_recall(masks) if masks else None,
             "p50_ms": 1e3 * statistics.median(lat) if lat else None,
             "p90_ms": 1e3 * float(np.percentile(lat, 90)) if lat else None,
             "peak_mib": self.peak_mib,
@@ -279,12 +291,13 @@ def _limits(res: Result, runner: Runner, rec: ForwardRecorder) -> dict:
     return out
 
 
-def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | None]:
-    """Executed GFLOPs (total, by group) and active fraction of recorded forward inputs (dense ones cached by shape)."""
+def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | None, list]:
+    """Executed GFLOPs (total, by group), active fraction and the sparse stem's masks `bool[H, W]` (one per
+    forward input image; empty for a dense model) of recorded forward inputs (dense ones cached by shape)."""
     from sparseyolo.nn import DFFNeck, SparseBlock
 
     sparse = any(isinstance(m, (SparseBlock, DFFNeck)) for m in model.modules())  # FLOPs vary per image
-    total, groups, actives = 0.0, {}, []
+    total, groups, actives, masks = 0.0, {}, [], []
     for x in inputs:
         key = tuple(x.shape)
         if sparse or key not in cache:
@@ -298,7 +311,33 @@ def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | No
             groups[g] = groups.get(g, 0.0) + v / 1e9
         if f["active"] is not None:
             actives.append(f["active"])
-    return total, groups, (float(np.mean(actives)) if actives else None)
+        if f.get("mask") is not None:
+            masks += list(f["mask"].cpu())
+    return total, groups, (float(np.mean(actives)) if actives else None), masks
+
+
+def _gt_boxes(gt: dict, image_id: int) -> np.ndarray:
+    """`(N, 4)` xyxy ground-truth boxes of one image of a COCO dict."""
+    boxes = [a["bbox"] for a in gt["annotations"] if a["image_id"] == image_id]
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def _mask_of(masks: list, image: np.ndarray, boxes: np.ndarray, save: Path | None) -> dict | None:
+    """Mask recall and active share of the one mask a whole-image method ran on `image` (None: no mask, or
+    several forwards such as SAHI's slices, whose masks do not map to one image); optionally its overlay."""
+    from sparseyolo.eval.mask import mask_stats, save_overlay, to_image
+
+    if len(masks) != 1:
+        return None
+    m = to_image(masks[0], image.shape[:2])
+    if save is not None:
+        save_overlay(image, m, boxes, save)
+    return mask_stats(m, boxes)
 
 
 def evaluate(
@@ -310,11 +349,16 @@ def evaluate(
     memory: bool = True,
     progress: bool = True,
     max_det: int = EVAL_MAX_DET,
+    save_masks: str | Path | None = None,
 ) -> list[Result]:
     """Evaluate `(model name, method)` pairs of `plan` (default: every model with every method) on `images`
     (matched to `gt`'s `file_name`s; scored against those images only); `models[name]` is a `sparseyolo.YOLO`.
     Accuracy and FLOPs pass first (at most `max_det` detections per model call), then `repeats` interleaved
-    timing rounds (every image, every pair), then one memory probe per pair on the largest image."""
+    timing rounds (every image, every pair), then one memory probe per pair on the largest image.
+
+    A model with a sparse stem run on whole images also gets its mask recall (the share of ground-truth objects
+    with at least 90% of their box active, `sparseyolo.eval.mask`) and the active share of the images' pixels;
+    `save_masks`: a folder to write each of those masks over its image (`<model>-<method>/<image>.jpg`)."""
     from tqdm import tqdm
 
     from sparseyolo.eval.data import read_image
@@ -351,10 +395,12 @@ def evaluate(
                 rec.on = False
                 res.images.append(p.name)
                 res.detections += to_coco_results(by_name[p.name], det.boxes, det.scores, det.classes)
-                g, groups, act = _flops_of(dm, rec.inputs, cache)
+                g, groups, act, masks = _flops_of(dm, rec.inputs, cache)
                 res.gflops.append(g)
                 res.gflops_groups.append(groups)
                 res.active.append(act)
+                save = None if save_masks is None else Path(save_masks) / _slug(f"{name}-{method}") / f"{p.stem}.jpg"
+                res.masks.append(_mask_of(masks, pixels[p], _gt_boxes(gt, by_name[p.name]), save))
                 bar.update()
         finally:
             rec.close()

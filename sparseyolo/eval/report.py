@@ -19,6 +19,7 @@ COLUMNS = (
     ("ap_medium", "AP_medium", 3),
     ("ap_large", "AP_large", 3),
     ("active", "active", 2),
+    ("mask_recall", "mask recall", 2),
     ("gflops", "GFLOPs/img", 1),
     ("p50_ms", "p50 ms", 0),
     ("p90_ms", "p90 ms", 0),

@@ -118,3 +118,74 @@ def test_save_overlay_marks_kept_and_dropped(tmp_path):
     assert Image.open(big).size == (100, 60)
     with pytest.raises(ValueError, match="does not match"):
         save_overlay(img, mask[:10], boxes, tmp_path / "x.png")
+
+
+def _sparse_model(method: str, threshold: float = 0.0):
+    """A YOLO with a sparse stem whose mask is `method` (nonzero keeps every object of the tiny dataset, whose
+    objects are bright boxes on a black background; a high intensity threshold keeps none)."""
+    from sparseyolo import YOLO
+    from sparseyolo.sparsify import Sparsifier
+
+    y = YOLO("yolov8n-sparse.yaml")
+    y.model.model[0].sparsify = Sparsifier(3, method, threshold)
+    y.model.eval()
+    return y
+
+
+def test_evaluate_reports_mask_recall_and_saves_masks(tiny_data, tmp_path):
+    from sparseyolo import YOLO
+    from sparseyolo.eval.compare import _mask_of, evaluate
+    from sparseyolo.eval.data import load_split
+
+    images, gt, _ = load_split(tiny_data, "val")
+    models = {
+        "keeps": _sparse_model("nonzero"),
+        "drops": _sparse_model("threshold", 0.99),
+        "dense": YOLO("yolov8n.yaml"),
+    }
+    plan = [("keeps", "native"), ("keeps", "640"), ("keeps", "sahi"), ("drops", "native"), ("dense", "native")]
+    res = {(r.model, r.method): r for r in evaluate(models, images, gt, plan, 0, False, False, save_masks=tmp_path)}
+    s = {k: r.summary() for k, r in res.items()}
+    n_objects = len(gt["annotations"])
+    assert s["keeps", "native"]["mask_recall"] == 1.0 and s["keeps", "640"]["mask_recall"] == 1.0
+    assert s["drops", "native"]["mask_recall"] == 0.0 and s["drops", "native"]["active"] == 0.0
+    assert s["dense", "native"]["mask_recall"] is None
+    # several forwards of one image (SAHI's slices) have no one mask to score
+    assert (
+        _mask_of([torch.ones(8, 8, dtype=torch.bool)] * 2, np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), None)
+        is None
+    )
+    # the active share is the share of the images' own pixels under the mask (letterbox padding excluded)
+    from sparseyolo.eval.data import read_image
+
+    own = np.mean([(read_image(p) != 0).any(2).mean() for p in images])
+    assert s["keeps", "native"]["active"] == pytest.approx(own, abs=0.02)
+    rows = res["keeps", "native"].per_image(gt)
+    assert sum(r["objects"] for r in rows) == n_objects and all(r["mask_recall"] == 1.0 for r in rows)
+    saved = sorted((tmp_path / "keeps-native").glob("*.jpg"))
+    assert [p.stem for p in saved] == sorted(p.stem for p in images)
+    assert not (tmp_path / "dense-native").exists()
+
+
+def test_eval_cli_save_masks_and_bad_flag(tiny_data, tmp_path, capsys):
+    from sparseyolo.eval.cli import main
+
+    out = tmp_path / "ev"
+    assert (
+        main(
+            [
+                "model=yolov8n-sparse-aerial",
+                f"data={tiny_data}",
+                "repeats=0",
+                "memory=False",
+                "save_masks=True",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "mask recall" in text and "masks in" in text
+    assert len(list((out / "masks" / "yolov8n-sparse-aerial-native").glob("*.jpg"))) == 4
+    assert main(["model=yolov8n-sparse-aerial", f"data={tiny_data}", "save_masks=maybe"]) == 1
+    assert "save_masks must be True or False" in capsys.readouterr().err
