@@ -20,8 +20,8 @@ is real, textured, empty ground. `build_composite_dataset` makes such frames fro
   in the same frame (when the share needs more crowns than the pool holds) is flipped or half-turned at random.
   Boxes never overlap (at least `GAP` px apart); the label is the pasted box.
 - **Foreground share** `fg` = total box area / frame area, in [0, 0.2]: crowns are placed until the share is met
-  (the last one chosen by its area: the share is within half the pool's smallest box of the request); a share that
-  cannot be placed raises.
+  (the last ones chosen by their area: the share is within half the pool's smallest box of the request, in all but
+  crowded frames); a share that cannot be placed raises.
 
 Output: the aerial builder's layout (`images/<split>`, `labels/<split>`, `data.yaml`, COCO ground truth in
 `annotations/<split>.json`, `build.json` last), PNG (lossless), built atomically, reused when the parameters match.
@@ -40,9 +40,10 @@ import numpy as np
 
 from sparseyolo.data import aerial
 from sparseyolo.data.build import atomic_build, data_yaml, prepare_out
+from sparseyolo.data.synth import _free_spots
 
 NAMES = aerial.NAMES  # {0: "tree"}
-BUILD_FORMAT = 1  # bump when the output of a build changes for the same parameters
+BUILD_FORMAT = 2  # bump when the output of a build changes for the same parameters
 SPLITS = ("train", "val")
 FG_MAX = 0.2
 WINDOW = 192  # ground window (and quilting patch) side in pixels
@@ -251,8 +252,6 @@ def crown_alpha(h: int, w: int) -> np.ndarray:
 
 def _free_spot(rng: np.random.Generator, taken: np.ndarray, h: int, w: int, cell: int):
     """A random top-left `(y, x)` where an `h x w` box touches no taken pixel, or None when there is none."""
-    from sparseyolo.data.synth import _free_spots
-
     H, W = taken.shape
     for _ in range(TRIES):
         y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
@@ -270,7 +269,7 @@ class Composite(NamedTuple):
 
     image (ndarray[H, W, 3], uint8).
     boxes (ndarray[N, 4], float32): pasted boxes `x0, y0, x1, y1` in pixels (`x1`, `y1` exclusive).
-    objects (list[tuple[int, int]]): per box, the crown's index in its pool and its turn (0..7, see `_view`).
+    objects (list[tuple[int, int]]): per box, the crown's index in its pool and its turn (0..7, see `_turned`).
     windows (list[int]): indices of the ground windows the background was quilted from.
     fg (float): achieved share, total box area / image area.
     """
@@ -288,8 +287,9 @@ def composite_frame(
     """Quilt a ground frame from `ground` and paste crowns of `objects` on it until their boxes cover `fg` of it.
 
     Crowns are drawn from the pool without replacement (reshuffled when used up); when a crown is larger than what
-    is left, the crown whose area is closest to the rest is taken instead; placing stops when less than half the
-    smallest crown is left. Raises `ValueError` when no crown finds room before the share is reached."""
+    is left (or finds no room), the largest crown that is not is taken instead; then the smallest crown when it
+    brings the share closer. The achieved share is within half the smallest crown that still finds room (in all
+    but crowded frames: of the pool) of the request. Raises `ValueError` when no crown finds room before then."""
     img, windows = quilt_ground(rng, ground, height, width)
     hw = height * width
     target = int(round(fg * hw))
@@ -314,8 +314,14 @@ def composite_frame(
         if not deck:
             deck = [int(i) for i in rng.permutation(len(areas))][::-1]
         k = deck.pop()
-        if areas[k] > rest or not fits[k]:  # the last one(s): the crown closest to what is left
-            k = int(np.argmin(np.where(fits, np.abs(areas - rest), np.iinfo(np.int64).max)))
+        if areas[k] > rest or not fits[k]:  # the last ones: the largest crown that does not overshoot ...
+            under = np.flatnonzero(fits & (areas <= rest))
+            if under.size:
+                k = int(under[np.argmax(areas[under])])
+            else:  # ... or the smallest that fits, if overshooting with it misses the share by less than stopping
+                k = int(np.flatnonzero(fits)[np.argmin(areas[fits])])
+                if areas[k] - rest >= rest:
+                    break
         turn = 0 if k not in uses else int(rng.choice(SAME_SHAPE_TURNS))
         crop = _view(objects, k, turn)
         h, w = crop.shape[:2]
@@ -393,8 +399,9 @@ def build_composite_dataset(
     ground) or 'both'. `data.yaml` points `train`/`val` at `images/train` and `images/val` (a split not built is an
     empty folder). `build.json` lists the ground windows and crowns of each split (scene, box index, source box),
     and per image its seed, requested and achieved share, the window ids and, per box, `[crown id, turn, x0, y0,
-    x1, y1]`. out=None: a cache folder named by the parameters. An existing build with the same parameters is
-    reused; another build is replaced only with `force=True`; a folder that is not a build is never replaced.
+    x1, y1]`. An existing build with the same parameters is reused; another build is replaced only with
+    `force=True`; a folder that is not a build is never replaced. out=None: a cache folder named by the parameters
+    (`default_out`), where a build of an older format is replaced.
     Deterministic in `seed` (same bytes). An 8K frame needs about 3x its own size in memory (~0.3 GB).
     """
     from PIL import Image
@@ -417,7 +424,10 @@ def build_composite_dataset(
         "split": split,
         "seed": int(seed),
     }
-    out = Path(out) if out is not None else default_out((width, height), fgs, images, split, seed)
+    if out is None:  # the cache folder is named by the parameters: a build there with others is stale (format)
+        out = default_out((width, height), fgs, images, split, seed)
+        force = force or (out / "build.json").is_file() and _old_params(out) != params
+    out = Path(out)
     if prepare_out(out, params, force, "composite"):
         return out / "data.yaml"
     pools = {s: (ground_windows(s), crowns(s)) for s in splits}
@@ -463,6 +473,13 @@ def build_composite_dataset(
     if verbose:
         print(f"composite dataset in {out}\n{summary(report)}")
     return out / "data.yaml"
+
+
+def _old_params(out: Path):
+    try:
+        return json.loads((out / "build.json").read_text()).get("params")
+    except (ValueError, AttributeError, OSError):
+        return None
 
 
 def _dumps(report: dict) -> str:

@@ -282,6 +282,22 @@ def test_python_dash_m_and_the_cache_folder(tmp_path, monkeypatch):
     assert (yaml.parent / "images/val/composite_0001.png").read_bytes() == (
         tmp_path / "m" / "images/val/composite_0001.png"
     ).read_bytes()
+    format_now = composite.BUILD_FORMAT
+    monkeypatch.setattr(composite, "BUILD_FORMAT", 99)  # a newer builder: the stale cache is rebuilt, not refused
+    assert build_composite_dataset(size=(256, 256), fg=[0, 0.1], images=2, split="val") == yaml
+    assert json.loads((yaml.parent / "build.json").read_text())["params"]["format"] == 99
+    with pytest.raises(FileExistsError, match=f"format {format_now} there, 99 here"):
+        build_composite_dataset(tmp_path / "m", size=(256, 256), fg=[0, 0.1], images=2)  # a folder of the user's
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_share_in_small_crowded_frames(split):
+    """Down to the smallest frame at the largest share, the share is met within half the smallest crown."""
+    g, c = ground_windows(split), composite.crowns(split)
+    a_min = min((y1 - y0) * (x1 - x0) for *_, x0, y0, x1, y1 in c.items)
+    for (w, h), seed, fg in itertools.product([(192, 192), (256, 256), (200, 1000)], range(5), [0.001, 0.05, 0.2]):
+        frame = composite.composite_frame(np.random.default_rng(seed), g, c, h, w, fg)
+        assert abs(frame.fg - fg) * w * h <= a_min / 2, (w, h, seed, fg, frame.fg)
 
 
 def test_1080p_at_the_largest_share(scenes):
