@@ -33,10 +33,11 @@ FULL_PLAN = [
     (DENSE_SEED1, "native"),
 ]
 SHIPPED = (DENSE, DENSE_SEED1, SPARSE, SPARSE_P3, DFF)
-CACHE_VERSION = 3  # bump when what is measured changes (cached results are then remeasured)
+CACHE_VERSION = 4  # bump when what is measured changes (cached results are then remeasured)
 
 
 def _key(*parts) -> str:
+    """A hash of `parts`: a file's bytes for an existing file path, else its JSON (dict keys sorted)."""
     h = hashlib.sha1()
     for p in parts:
         if isinstance(p, Path) and p.is_file():
@@ -46,19 +47,50 @@ def _key(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repeats, memory, force) -> dict:
-    """Summaries, per-image GFLOPs and detections of `plan` on `images`, from the cache when present."""
-    from sparseyolo.eval.compare import evaluate
+def crossovers(models: dict) -> dict:
+    """The crossover in force for each model with sparse blocks: the blocks' own values, else the default chain
+    (`SPARSEYOLO_CROSSOVER`, this machine's stored value, the built-in one), resolved now."""
+    from sparseyolo.nn import SparseBlock
+    from sparseyolo.nn.crossover import default_crossover
+
+    out = {}
+    for name, yolo in models.items():
+        own = {m.crossover for m in yolo.model.modules() if isinstance(m, SparseBlock)}
+        if own:
+            out[name] = sorted(default_crossover("cpu") if c is None else c for c in own)
+    return out
+
+
+def _cache_key(name: str, models: dict, images, gt: dict, plan, repeats, memory) -> str:
+    """Everything the figures depend on: the plan, the images (bytes), the weights (bytes), the ground truth, the
+    evaluation settings and code, the crossover in force, the timing and memory settings."""
+    import sparseyolo.eval as ev
+    from sparseyolo.eval.compare import eval_settings
     from sparseyolo.yolo.reference import reference_files
 
     weights = sorted({reference_files(m.split()[0])[1] for m, _ in plan})  # "name target 0.10" -> name
-    key = _key(CACHE_VERSION, name, plan, [p.name for p in images], *images, *weights, repeats, memory)
+    code = sorted(Path(ev.__file__).parent.glob("*.py"))
+    used = {m: models[m] for m in dict.fromkeys(m for m, _ in plan)}
+    parts = [CACHE_VERSION, name, plan, [p.name for p in images], *images, *weights, gt, eval_settings(), *code]
+    return _key(*parts, crossovers(used), repeats, memory)
+
+
+def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repeats, memory, force) -> dict:
+    """Summaries, per-image GFLOPs and detections of `plan` on `images`, from the cache when present (then
+    `"cached": True`; freshly measured: False). The key holds everything a figure depends on (`_cache_key`)."""
+    from sparseyolo.eval.compare import eval_settings, evaluate
+
+    key = _cache_key(name, models, images, gt, plan, repeats, memory)
     path = cache_dir / f"{name}-{key}.json"
     if path.is_file() and not force:
         print(f"{name}: cached results reused ({path})")
         return {**json.loads(path.read_text()), "cached": True}
-    results = evaluate({m: models[m] for m in {m for m, _ in plan}}, images, gt, plan, repeats=repeats, memory=memory)
+    used = {m: models[m] for m in dict.fromkeys(m for m, _ in plan)}
+    results = evaluate(used, images, gt, plan, repeats=repeats, memory=memory)
     out = {
+        "cached": False,
+        "settings": eval_settings(),
+        "crossover": crossovers(used),
         "rows": [r.summary() for r in results],
         "per_image": [row for r in results for row in r.per_image(gt)],
         "per_image_gflops": {f"{r.model} · {r.method}": r.gflops for r in results},
@@ -71,21 +103,31 @@ def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repea
     return out
 
 
+def _f3(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _at_least(v, lo) -> bool | None:
+    """`v >= lo`; None (not judged) when either figure is n/a (no ground truth in that size range)."""
+    return None if v is None or lo is None else v >= lo
+
+
 def targets(full: list[dict]) -> list[tuple[str, str, str, bool | None]]:
-    """The issue's targets, from the full-resolution rows: (target, measured, requirement, met)."""
+    """The issue's targets, from the full-resolution rows: (target, measured, requirement, met); met is None
+    where a figure is n/a (the scene has no ground truth in that size range)."""
     row = {(r["model"], r["method"]): r for r in full}
     sp, dn, d1 = row.get((SPARSE, "native")), row.get((DENSE, "native")), row.get((DENSE_SEED1, "native"))
     sahi = row.get((DENSE, "sahi"))
     out = []
     if sp and dn:
         seeds = [dn["ap_small"]] + ([d1["ap_small"]] if d1 else [])
-        lo = min(seeds)
+        lo = None if None in seeds else min(seeds)
         out.append(
             (
                 "AP_small of the sparse model vs the dense seeds",
-                f"{sp['ap_small']:.3f} vs {', '.join(f'{s:.3f}' for s in seeds)}",
+                f"{_f3(sp['ap_small'])} vs {', '.join(_f3(s) for s in seeds)}",
                 ">= the lower dense seed",
-                sp["ap_small"] >= lo,
+                _at_least(sp["ap_small"], lo),
             )
         )
         if sp.get("p50_ms") and dn.get("p50_ms"):
@@ -93,23 +135,24 @@ def targets(full: list[dict]) -> list[tuple[str, str, str, bool | None]]:
             out.append(("batch-1 latency, dense / sparse (native)", f"{speed:.2f}x", ">= 1.5x", speed >= 1.5))
     p3 = row.get((SPARSE_P3, "native"))
     if p3 and dn and d1:
-        lo = min(dn["map"], d1["map"])
+        lo = None if None in (dn["map"], d1["map"]) else min(dn["map"], d1["map"])
         out.append(
             (
                 "mAP50-95 of the sparse-P3 model vs the dense seeds",
-                f"{p3['map']:.3f} vs {dn['map']:.3f}, {d1['map']:.3f}",
+                f"{_f3(p3['map'])} vs {_f3(dn['map'])}, {_f3(d1['map'])}",
                 ">= the lower dense seed",
-                p3["map"] >= lo,
+                _at_least(p3["map"], lo),
             )
         )
     if sp and sahi and sp.get("p50_ms") and sahi.get("p50_ms"):
         faster = sahi["p50_ms"] / sp["p50_ms"]
+        ap = _at_least(sp["ap_small"], sahi["ap_small"])
         out.append(
             (
                 "sparse vs SAHI: wall time and AP_small",
-                f"{faster:.2f}x faster, AP_small {sp['ap_small']:.3f} vs {sahi['ap_small']:.3f}",
+                f"{faster:.2f}x faster, AP_small {_f3(sp['ap_small'])} vs {_f3(sahi['ap_small'])}",
                 "faster at >= AP_small",
-                faster > 1.0 and sp["ap_small"] >= sahi["ap_small"],
+                None if ap is None else faster > 1.0 and ap,
             )
         )
     return out
@@ -177,7 +220,7 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
         "",
         "| target | measured | required | met |",
         "|---|---|---|---|",
-        *[f"| {a} | {b} | {c} | {'yes' if m else 'no'} |" for a, b, c, m in tgt],
+        *[f"| {a} | {b} | {c} | {'n/a' if m is None else 'yes' if m else 'no'} |" for a, b, c, m in tgt],
         "",
         "## Validation tiles (320 px, as in training)",
         "",
@@ -238,24 +281,35 @@ def run_demo(
     print("\nValidation tiles:\n" + rows_table(tiles["rows"], markdown=False))
     print("\nTargets:")
     for a, b, c, m in targets(full["rows"]):
-        print(f"  {'MET ' if m else 'MISS'}  {a}: {b} (required {c})")
+        print(f"  {'n/a ' if m is None else 'MET ' if m else 'MISS'}  {a}: {b} (required {c})")
     print(f"\nreport: {report}")
     return tiles, full
 
 
-def record_metrics(tiles: dict, full: dict, command: str) -> None:
-    """Write the demo's measured figures of each shipped model into its JSON (`metrics`)."""
+def record_metrics(tiles: dict, full: dict, command: str) -> list[str]:
+    """Write the demo's figures of each shipped model into its JSON (`metrics`); returns the names written.
+
+    Only freshly measured figures are recorded: when `tiles` or `full` is not marked `"cached": False` (figures
+    reused from the cache, or of unknown origin) nothing is written and a note says so."""
     from sparseyolo.yolo.reference import reference_files
 
+    stale = [k for k, d in (("tiles", tiles), ("full", full)) if d.get("cached") is not False]
+    if stale:
+        print(f"metrics not recorded: the {' and '.join(stale)} figures were not measured in this run (--force)")
+        return []
+    written = []
     for name in SHIPPED:
         meta = reference_files(name)[2]
         info = json.loads(meta.read_text())
         info["metrics"] = {
             "measured_by": command,
+            "settings": full.get("settings"),
             "val_tiles": next((r for r in tiles["rows"] if r["model"] == name), None),
             "val_scene_native": next((r for r in full["rows"] if r["model"] == name and r["method"] == "native"), None),
         }
         meta.write_text(json.dumps(info, indent=1) + "\n")
+        written.append(name)
+    return written
 
 
 def run_training(epochs: int | None, variants: list[str], threads: int, project: Path) -> None:
