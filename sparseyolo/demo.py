@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from sparseyolo.demo_scenes import print_scenes, run_scenes, scenes_report
+
 DENSE, DENSE_SEED1, SPARSE = "yolov8n-aerial", "yolov8n-aerial-seed1", "yolov8n-sparse-aerial"
 SPARSE_LOW = f"{SPARSE} target 0.10"  # the same weights, keeping 10% of the pixels at inference: the budget knob
 SPARSE_P3 = "yolov8n-sparse-p3-aerial"  # sparse stem + sparse P3 path (P3 fusion and P3 head at active sites)
@@ -33,6 +35,8 @@ FULL_PLAN = [
     (DENSE_SEED1, "native"),
 ]
 SHIPPED = (DENSE, DENSE_SEED1, SPARSE, SPARSE_P3, DFF)
+ROLES = {"dense": DENSE, "sparse": SPARSE, "sparse_p3": SPARSE_P3}  # models of the reduced sparse scenes
+SCENE_REPEATS = 1  # timing rounds per sparse scene (a 4K forward takes seconds here; 8K about 15 s)
 CACHE_VERSION = 4  # bump when what is measured changes (cached results are then remeasured)
 
 
@@ -75,7 +79,9 @@ def _cache_key(name: str, models: dict, images, gt: dict, plan, repeats, memory)
     return _key(*parts, crossovers(used), repeats, memory)
 
 
-def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repeats, memory, force) -> dict:
+def _evaluate_cached(
+    cache_dir: Path, name: str, models, images, gt, plan, repeats, memory, force, save_masks: Path | None = None
+) -> dict:
     """Summaries, per-image GFLOPs and detections of `plan` on `images`, from the cache when present (then
     `"cached": True`; freshly measured: False). The key holds everything a figure depends on (`_cache_key`)."""
     from sparseyolo.eval.compare import eval_settings, evaluate
@@ -86,7 +92,7 @@ def _evaluate_cached(cache_dir: Path, name: str, models, images, gt, plan, repea
         print(f"{name}: cached results reused ({path})")
         return {**json.loads(path.read_text()), "cached": True}
     used = {m: models[m] for m in dict.fromkeys(m for m, _ in plan)}
-    results = evaluate(used, images, gt, plan, repeats=repeats, memory=memory)
+    results = evaluate(used, images, gt, plan, repeats=repeats, memory=memory, save_masks=save_masks)
     out = {
         "cached": False,
         "settings": eval_settings(),
@@ -158,7 +164,9 @@ def targets(full: list[dict]) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
-def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: Path, info: dict) -> Path:
+def write_report(
+    out: Path, tiles: dict, full: dict, gt_full: dict, full_image: Path, info: dict, sparse_scenes=()
+) -> Path:
     import numpy as np
 
     from sparseyolo.eval.data import read_image
@@ -234,13 +242,21 @@ def write_report(out: Path, tiles: dict, full: dict, gt_full: dict, full_image: 
         "![val scene](val_scene_boxes.jpg)",
         "",
     ]
+    if sparse_scenes:
+        lines += scenes_report(out, list(sparse_scenes), targets, skip=(DENSE_SEED1,))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
 def run_demo(
-    out: Path, repeats: int = 5, force: bool = False, threads: int = 2, command: str = "sparseyolo demo", memory=True
+    out: Path,
+    repeats: int = 5,
+    force: bool = False,
+    threads: int = 2,
+    command: str = "sparseyolo demo",
+    memory=True,
+    scenes: bool = True,
 ):
     import platform
 
@@ -270,30 +286,36 @@ def run_demo(
     )
     full_imgs, full_gt, _ = load_split(data.parent / "full.yaml", "val")
     full = _evaluate_cached(cache, "full", models, full_imgs, full_gt, FULL_PLAN, repeats, memory, force)
+    sparse_scenes = []
+    if scenes:
+        shipped = {n: models[n] for n in SHIPPED}
+        sparse_scenes = run_scenes(out, shipped, _evaluate_cached, ROLES, SCENE_REPEATS, force)
     info = {
         "command": command,
         "seconds": time.time() - t0,
         "machine": f"{platform.machine()}, {threads} threads",
-        "cached": bool(tiles.get("cached") and full.get("cached")),
+        "cached": all(d.get("cached") for d in (tiles, full, *sparse_scenes)),
     }
-    report = write_report(out, tiles, full, full_gt, full_imgs[0], info)
+    report = write_report(out, tiles, full, full_gt, full_imgs[0], info, sparse_scenes)
     print("\nWhole held-out scene (1249x1035) at native resolution:\n" + rows_table(full["rows"], markdown=False))
     print("\nValidation tiles:\n" + rows_table(tiles["rows"], markdown=False))
     print("\nTargets:")
     for a, b, c, m in targets(full["rows"]):
         print(f"  {'n/a ' if m is None else 'MET ' if m else 'MISS'}  {a}: {b} (required {c})")
+    print_scenes(sparse_scenes, targets)
     print(f"\nreport: {report}")
-    return tiles, full
+    return tiles, full, sparse_scenes
 
 
-def record_metrics(tiles: dict, full: dict, command: str) -> list[str]:
+def record_metrics(tiles: dict, full: dict, command: str, sparse_scenes=()) -> list[str]:
     """Write the demo's figures of each shipped model into its JSON (`metrics`); returns the names written.
 
-    Only freshly measured figures are recorded: when `tiles` or `full` is not marked `"cached": False` (figures
-    reused from the cache, or of unknown origin) nothing is written and a note says so."""
+    Only freshly measured figures are recorded: when `tiles`, `full` or a sparse scene is not marked
+    `"cached": False` (figures reused from the cache, or of unknown origin) nothing is written and a note says so."""
     from sparseyolo.yolo.reference import reference_files
 
-    stale = [k for k, d in (("tiles", tiles), ("full", full)) if d.get("cached") is not False]
+    parts = (("tiles", tiles), ("full", full), *((r["scene"].name, r) for r in sparse_scenes))
+    stale = [k for k, d in parts if d.get("cached") is not False]
     if stale:
         print(f"metrics not recorded: the {' and '.join(stale)} figures were not measured in this run (--force)")
         return []
@@ -301,11 +323,16 @@ def record_metrics(tiles: dict, full: dict, command: str) -> list[str]:
     for name in SHIPPED:
         meta = reference_files(name)[2]
         info = json.loads(meta.read_text())
+        native = {
+            r["scene"].name: next((x for x in r["rows"] if x["model"] == name and x["method"] == "native"), None)
+            for r in sparse_scenes
+        }
         info["metrics"] = {
             "measured_by": command,
             "settings": full.get("settings"),
             "val_tiles": next((r for r in tiles["rows"] if r["model"] == name), None),
             "val_scene_native": next((r for r in full["rows"] if r["model"] == name and r["method"] == "native"), None),
+            **({"sparse_scenes_native": {k: v for k, v in native.items() if v}} if sparse_scenes else {}),
         }
         meta.write_text(json.dumps(info, indent=1) + "\n")
         written.append(name)
@@ -334,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds on the full scene (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--force", action="store_true", help="ignore cached results")
+    ap.add_argument("--no-scenes", action="store_true", help="skip the sparse scenes (4K/8K composites, minutes)")
+    ap.add_argument(
+        "--record", action="store_true", help="write the freshly measured figures into the shipped models' JSONs"
+    )
     ap.add_argument("--train", action="store_true", help="first train every variant with the recipe and ship it")
     ap.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: the recipe's)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to train (default {','.join(VARIANTS)})")
@@ -351,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
             run_training(a.epochs, variants, a.threads, a.project)
-        tiles, full = run_demo(a.out, a.repeats, a.force, a.threads, command=command)
-        if a.train:
-            record_metrics(tiles, full, command)
+        tiles, full, sparse_scenes = run_demo(a.out, a.repeats, a.force, a.threads, command, scenes=not a.no_scenes)
+        if a.train or a.record:
+            record_metrics(tiles, full, command, sparse_scenes)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sparseyolo demo: error: {e}", file=sys.stderr)
         return 1

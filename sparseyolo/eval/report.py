@@ -20,6 +20,7 @@ COLUMNS = (
     ("ap_large", "AP_large", 3),
     ("active", "active", 2),
     ("mask_recall", "mask recall", 2),
+    ("boxes_025", "boxes@0.25/img", 0),
     ("gflops", "GFLOPs/img", 1),
     ("p50_ms", "p50 ms", 0),
     ("p90_ms", "p90 ms", 0),
