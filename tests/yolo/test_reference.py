@@ -8,11 +8,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from yolo_utils import require_aerial_data
 
 from sparseyolo import YOLO
 from sparseyolo.sparsify import Sparsifier, calibrate_threshold
 from sparseyolo.yolo import reference
 from sparseyolo.yolo.reference import VARIANTS, load_reference_model, save_reference, shipped_names
+
+
+def test_skip_names_only_missing_data(monkeypatch):
+    """A broken forward must fail, not skip: only the data fetch may turn into a skip."""
+    from sparseyolo.data import aerial
+
+    def offline():
+        raise RuntimeError("could not download 'deepforest==2.1.0' from the package index")
+
+    monkeypatch.setattr(aerial, "aerial_files", offline)
+    with pytest.raises(pytest.skip.Exception, match="deepforest data files unavailable"):
+        require_aerial_data()
+    monkeypatch.setattr(aerial, "aerial_files", lambda: [])
+    with pytest.raises(pytest.skip.Exception, match="missing"):
+        require_aerial_data()
 
 
 def test_target_keeps_a_fixed_share_per_image():
@@ -156,10 +172,8 @@ def test_demo_targets():
 def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
     from sparseyolo.demo import run_demo
 
-    try:
-        tiles, full = run_demo(tmp_path / "demo", repeats=0, memory=False)
-    except RuntimeError as e:
-        pytest.skip(f"deepforest data unavailable: {e}")
+    require_aerial_data()
+    tiles, full, _ = run_demo(tmp_path / "demo", repeats=0, memory=False, scenes=False)
     for f in ("report.md", "full.csv", "tiles.csv", "accuracy_vs_gflops.png", "val_scene_boxes.jpg"):
         assert (tmp_path / "demo" / f).is_file(), f
     rows = {(r["model"], r["method"]): r for r in full["rows"]}
@@ -168,7 +182,7 @@ def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
     assert rows["yolov8n-dff-aerial", "native"]["gflops"] < rows["yolov8n-dff-aerial all-on", "native"]["gflops"]
     assert all(0.0 <= r["map50"] <= 1.0 for r in full["rows"] + tiles["rows"])
     capsys.readouterr()
-    run_demo(tmp_path / "demo", repeats=0, memory=False)
+    run_demo(tmp_path / "demo", repeats=0, memory=False, scenes=False)
     assert capsys.readouterr().out.count("cached results reused") == 2
 
 
@@ -212,10 +226,8 @@ def test_learned_decision_on_the_head_grid_equals_full_resolution():
 def test_bench_aerial_smoke(tmp_path, capsys):
     from sparseyolo.bench import main
 
-    try:
-        rc = main(["aerial", "--repeats", "1", "--targets", "0.1", "--out", str(tmp_path)])
-    except RuntimeError as e:
-        pytest.skip(f"deepforest data unavailable: {e}")
+    require_aerial_data()
+    rc = main(["aerial", "--repeats", "1", "--targets", "0.1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "free-stem bound" in out and "sparsifier" in out
     assert (tmp_path / "aerial.md").is_file()
@@ -228,10 +240,8 @@ def test_bench_neck_smoke(tmp_path, capsys):
     from sparseyolo.bench import main
 
     args = ["neck", "--dff", "yolov8n-dff-aerial", "--pan", "yolov8n-aerial", "--budgets", "0.7", "--repeats", "1"]
-    try:
-        rc = main(args + ["--synth", "1", "--calib", "6", "--out", str(tmp_path)])
-    except RuntimeError as e:
-        pytest.skip(f"deepforest data unavailable: {e}")
+    require_aerial_data()
+    rc = main(args + ["--synth", "1", "--calib", "6", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
     for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png"):
