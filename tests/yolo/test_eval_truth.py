@@ -201,8 +201,8 @@ def test_tables_show_na_and_the_limits(tmp_path):
 
 class Scripted(torch.nn.Identity):
     """Stands for a YOLO: `Runner` is patched to return the ground truth of the image whose first pixel encodes
-    its index (for the `perfect` indices), to run this module on that index (FLOPs = index), and at the deployment
-    confidence to sleep `sleep_s` and touch `alloc_mib` MiB."""
+    its index k (moved off every box unless k is in `perfect`), to run this module on `k + 1` zeros (counted as k
+    GFLOPs), and at the deployment confidence to sleep `sleep_s` and touch `alloc_mib` MiB."""
 
     def __init__(self, gt: dict, perfect: set, sleep_s: float = 0.0, alloc_mib: int = 0):
         super().__init__()
@@ -211,7 +211,7 @@ class Scripted(torch.nn.Identity):
 
 def _scripted_call(self, image, conf):
     net, k = self.yolo, int(image[0, 0, 0])
-    net(torch.tensor([float(k)]))
+    net(torch.zeros(k + 1))  # recorded; its "FLOPs": k (patched executed_flops)
     if conf == DEPLOY_CONF:
         time.sleep(net.sleep_s)
         if net.alloc_mib:
@@ -234,7 +234,8 @@ def scripted(monkeypatch, tmp_path):
 
     monkeypatch.setattr(compare.Runner, "__call__", _scripted_call)
     monkeypatch.setattr(compare.Runner, "executed_model", lambda self: self.yolo)
-    monkeypatch.setattr(compare, "_flops_of", lambda model, inputs, cache: (sum(float(x) for x in inputs), {}, None))
+    monkeypatch.setattr(compare, "executed_flops", lambda model, x: {"total": (x.numel() - 1) * 1e9, "groups": {},
+                                                                      "active": None})  # fmt: skip
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     rng = np.random.default_rng(0)
