@@ -1,4 +1,5 @@
-"""COCO box metrics through pycocotools (the reference implementation), for a dataset and per image.
+"""COCO box metrics (COCO's algorithm through faster-coco-eval; pycocotools, the reference implementation, is
+the tests' oracle), for a dataset and per image.
 
 Ground truth is a COCO dict (`images`, `annotations`, `categories`); detections are COCO result rows
 `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` in pixels of the original image.
@@ -108,9 +109,9 @@ def subset_ground_truth(gt: dict, img_ids) -> dict:
 
 
 def _evaluate(gt: dict, dets: list[dict], max_dets: list[int]):
-    """pycocotools' `COCOeval` of `dets` on `gt` at `max_dets`, evaluated and accumulated."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """COCO's bbox evaluation of `dets` on `gt` at `max_dets`, evaluated and accumulated: faster-coco-eval's
+    `COCOeval_faster` (pycocotools' algorithm and arrays, compiled; the tests compare it with pycocotools)."""
+    from faster_coco_eval import COCO, COCOeval_faster
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -118,34 +119,26 @@ def _evaluate(gt: dict, dets: list[dict], max_dets: list[int]):
         coco_gt.createIndex()
         if dets:
             coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
-        else:  # loadRes refuses an empty list; an empty result set scores 0 where there is ground truth
+        else:  # an empty result set scores 0 where there is ground truth
             coco_dt = COCO()
             coco_dt.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
             coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
         ev.params.maxDets = list(max_dets)
         ev.evaluate()
         ev.accumulate()
     return ev
 
 
-def _per_image(ev) -> dict:
-    """`{image id: figures}` from one evaluated `COCOeval`: its per-image matches (`evalImgs`, ordered category,
-    area range, image) accumulated image by image. (pycocotools' `accumulate(p)` with a subset of `imgIds` reads
-    the wrong images: it indexes them by their position in the subset.)"""
-    pe = ev._paramsEval
-    n_img, n_area = len(pe.imgIds), len(pe.areaRng)
-    n_cat = len(pe.catIds) if pe.useCats else 1
+def _per_image(gt: dict, dets: list[dict], max_dets: list[int]) -> dict:
+    """`{image id: figures}`: each image scored alone, at the dataset's `max_dets`."""
+    by_image: dict = {}
+    for d in dets:
+        by_image.setdefault(d["image_id"], []).append(d)
     out = {}
-    for i, img_id in enumerate(pe.imgIds):
-        one = copy.copy(ev)
-        one.params = copy.deepcopy(pe)
-        one.params.imgIds = [img_id]
-        one._paramsEval = one.params
-        one.evalImgs = [ev.evalImgs[(k * n_area + a) * n_img + i] for k in range(n_cat) for a in range(n_area)]
-        with contextlib.redirect_stdout(io.StringIO()):
-            one.accumulate()
-        out[int(img_id)] = ap_figures(one)
+    for im in gt["images"]:
+        one = subset_ground_truth(gt, [im["id"]])
+        out[int(im["id"])] = ap_figures(_evaluate(one, by_image.get(im["id"], []), max_dets))
     return out
 
 
@@ -172,8 +165,9 @@ def coco_metrics(gt, dets: list[dict], per_image: bool = True, max_det: int = EV
     "coco_max_dets", "most_detections", "per_image": {image_id: {...}}}`.
 
     AP values are in [0, 1], or None where a size range (for `map`...: the images) has no ground truth. Scored
-    with pycocotools at `maxDets` that never drop a detection (`coco_max_dets`); `most_detections` is the largest
-    count on one image. Detections on image ids absent from the ground truth raise a ValueError."""
+    with COCO's algorithm (faster-coco-eval, equal to pycocotools) at `maxDets` that never drop a detection
+    (`coco_max_dets`); `most_detections` is the largest count on one image. Detections on image ids absent from
+    the ground truth raise a ValueError."""
     gt = load_ground_truth(gt)
     known = {im["id"] for im in gt["images"]}
     unknown = sorted({d["image_id"] for d in dets} - known)
@@ -186,7 +180,7 @@ def coco_metrics(gt, dets: list[dict], per_image: bool = True, max_det: int = EV
     out["n_images"], out["n_objects"], out["n_detections"] = len(gt["images"]), len(gt["annotations"]), len(dets)
     out["coco_max_dets"], out["most_detections"] = max_dets[-1], max(counts.values(), default=0)
     if per_image:
-        out["per_image"] = _per_image(ev)
+        out["per_image"] = _per_image(gt, dets, max_dets)
     return out
 
 

@@ -13,7 +13,7 @@ Detections are capped nowhere in practice: `EVAL_MAX_DET` per image in `predict`
 whether a limit was reached (a warning too). Ultralytics' NMS also keeps at most `max_nms` (30000) candidates per
 image before suppression, a fixed default its predictor does not expose: the count is recorded and checked too.
 
-For each (model, method) and image: COCO metrics (pycocotools) at a low confidence threshold, executed GFLOPs of
+For each (model, method) and image: COCO metrics (faster-coco-eval) at a low confidence threshold, executed GFLOPs of
 every forward the method ran (`sparseyolo.eval.flops`), the sparse stem's active fraction, and — in separate,
 interleaved timing rounds at a deployment confidence threshold — batch-1 wall time p50/p90 of the whole call
 (pre-processing, every forward, NMS/merging) and its peak resident-memory growth.
@@ -64,7 +64,7 @@ def eval_settings() -> dict:
         "max_nms": max_nms(),
         "sahi_slice": SAHI_SLICE,
         "sahi_overlap": SAHI_OVERLAP,
-        "packages": {p: version(p) for p in ("torch", "ultralytics", "sahi", "pycocotools")},
+        "packages": {p: version(p) for p in ("torch", "ultralytics", "sahi", "faster-coco-eval")},
     }
 
 

@@ -99,7 +99,7 @@ class FakeEvaluate:
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, models, images, gt, plan, repeats, memory):
+    def __call__(self, models, images, gt, plan, repeats, memory, save_masks=None):
         self.calls += 1
         return [compare.Result(n, m, metrics={"map": 0.5, "map50": 0.7, "ap_large": None}) for n, m in plan]
 

@@ -9,6 +9,7 @@ import csv
 import json
 import time
 import warnings
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -155,6 +156,40 @@ def test_figures_equal_pycocotools_summarize_where_its_limit_does_not_bind():
     m = coco_metrics(gt, dets)
     assert {k: m[k] for k in STAT_NAMES} == want
     assert all(0.0 < m[k] < 1.0 for k in STAT_NAMES)
+
+
+def _pycocotools_figures(gt: dict, dets: list[dict], max_dets: list[int], img_ids=None) -> dict:
+    """The six figures by pycocotools itself (the reference implementation) at `max_dets`."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(copy.deepcopy(dets)), "bbox")
+    ev.params.maxDets = list(max_dets)
+    if img_ids is not None:
+        ev.params.imgIds = list(img_ids)
+    ev.evaluate(), ev.accumulate()
+    return ap_figures(ev)
+
+
+def test_figures_equal_pycocotools_beyond_100_detections_per_image():
+    """Oracle: pycocotools (the scorer here is faster-coco-eval) at the same uncapped maxDets, over the dataset
+    and per image, on hundreds of noisy detections per image with both classes and every size range."""
+    gt = _noisy_gt()
+    dets = _noisy(gt, 2) + _noisy(gt, 3) + _noisy(gt, 4)  # ~150 per image: beyond pycocotools' 100
+    assert max(Counter(d["image_id"] for d in dets).values()) > 100
+    m = coco_metrics(gt, dets)
+    max_dets = [1, 10, m["coco_max_dets"]]
+    want = _pycocotools_figures(gt, dets, max_dets)
+    assert {k: m[k] for k in STAT_NAMES} == {
+        k: v if v is None else pytest.approx(v, abs=1e-12) for k, v in want.items()
+    }
+    for im in gt["images"]:
+        one = _pycocotools_figures(gt, dets, max_dets, [im["id"]])
+        approx = {k: v if v is None else pytest.approx(v, abs=1e-12) for k, v in one.items()}
+        assert m["per_image"][im["id"]] == approx, im["id"]
 
 
 def test_per_image_figures_equal_each_image_scored_alone():
