@@ -293,17 +293,21 @@ def _limits(res: Result, runner: Runner, rec: ForwardRecorder) -> dict:
 
 def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | None, list]:
     """Executed GFLOPs (total, by group), active fraction and the sparse stem's masks `bool[H, W]` (one per
-    forward input image; empty for a dense model) of recorded forward inputs (dense ones cached by shape)."""
+    forward input image; empty for a dense model) of recorded forward inputs. A dense model's FLOPs depend on the
+    input's shape only: they are counted on a copy of the model on the `meta` device (shapes, no arithmetic; the
+    same count, tested) and cached by shape."""
     from sparseyolo.nn import DFFNeck, SparseBlock
 
     sparse = any(isinstance(m, (SparseBlock, DFFNeck)) for m in model.modules())  # FLOPs vary per image
     total, groups, actives, masks = 0.0, {}, [], []
     for x in inputs:
         key = tuple(x.shape)
-        if sparse or key not in cache:
+        if sparse:
             f = executed_flops(model, x)
-            if not sparse:
-                cache[key] = f
+        elif key not in cache:
+            if "meta" not in cache:
+                cache["meta"] = _meta_copy(model)
+            f = cache[key] = executed_flops(cache["meta"], x.to("meta"))
         else:
             f = cache[key]
         total += f["total"] / 1e9
@@ -314,6 +318,19 @@ def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | No
         if f.get("mask") is not None:
             masks += list(f["mask"].cpu())
     return total, groups, (float(np.mean(actives)) if actives else None), masks
+
+
+def _meta_copy(model):
+    """A copy of `model` on the `meta` device, its strides (read as numbers by Detect's anchors) kept as they are."""
+    import copy
+
+    import torch
+
+    meta = copy.deepcopy(model).to("meta")
+    for m, orig in zip(meta.modules(), model.modules(), strict=True):
+        if isinstance(getattr(orig, "stride", None), torch.Tensor):
+            m.stride = orig.stride.clone()
+    return meta
 
 
 def _gt_boxes(gt: dict, image_id: int) -> np.ndarray:
@@ -354,7 +371,9 @@ def evaluate(
     """Evaluate `(model name, method)` pairs of `plan` (default: every model with every method) on `images`
     (matched to `gt`'s `file_name`s; scored against those images only); `models[name]` is a `sparseyolo.YOLO`.
     Accuracy and FLOPs pass first (at most `max_det` detections per model call), then `repeats` interleaved
-    timing rounds (every image, every pair), then one memory probe per pair on the largest image.
+    timing rounds (every image, every pair), then one memory probe per pair on the largest image (with
+    `repeats=0` that call's wall time is the pair's latency: one call on the largest image, for frames too large
+    to time twice).
 
     A model with a sparse stem run on whole images also gets its mask recall (the share of ground-truth objects
     with at least 90% of their box active, `sparseyolo.eval.mask`) and the active share of the images' pixels;
@@ -423,5 +442,8 @@ def evaluate(
         probe = PeakRSS(pin_allocator=False)
         largest = max(images, key=lambda p: pixels[p].size)
         for key, runner in runners.items():
+            t0 = time.perf_counter()
             _, results[key].peak_mib = probe.measure(lambda r=runner: r(pixels[largest], DEPLOY_CONF))
+            if repeats == 0:  # no timing rounds: the probe's call is the one timed call
+                results[key].latency.append(time.perf_counter() - t0)
     return list(results.values())

@@ -172,3 +172,29 @@ def test_eval_cli(tiny_data, tmp_path, capsys):
     assert main(["eval", "model=yolov8n.yaml", f"data={tiny_data}", "colour=red"]) == 2
     assert main(["eval", "model=yolov8n.yaml"]) == 2
     assert "unknown argument" in capsys.readouterr().err
+
+
+def test_dense_flops_counted_on_the_meta_device_equal_the_real_count():
+    """A dense model's FLOPs are counted on a `meta` copy (shapes only): the same figures as on real tensors."""
+    from sparseyolo.eval.compare import _flops_of
+
+    model = YOLO("yolov8n.yaml").model.eval()
+    x = torch.rand(1, 3, 96, 160)
+    cache: dict = {}
+    total, groups, active, masks = _flops_of(model, [x], cache)
+    real = executed_flops(model, x)
+    assert total == pytest.approx(real["total"] / 1e9, rel=1e-12)
+    assert groups == pytest.approx({g: v / 1e9 for g, v in real["groups"].items()}, rel=1e-12)
+    assert active is None and masks == [] and tuple(x.shape) in cache
+    assert next(cache["meta"].parameters()).device.type == "meta"
+    assert next(model.parameters()).device.type == "cpu"  # the model itself is untouched
+
+
+def test_without_timing_rounds_the_memory_probe_call_is_timed(tiny_data):
+    from sparseyolo.eval.compare import evaluate
+
+    images, gt, _ = load_split(tiny_data, "val")
+    (res,) = evaluate({"m": YOLO("yolov8n.yaml")}, images, gt, [("m", "native")], 0, True, False)
+    assert len(res.latency) == 1 and res.latency[0] > 0 and res.summary()["p50_ms"] == 1e3 * res.latency[0]
+    (res,) = evaluate({"m": YOLO("yolov8n.yaml")}, images, gt, [("m", "native")], 0, False, False)
+    assert res.latency == [] and res.summary()["p50_ms"] is None
