@@ -339,11 +339,15 @@ def record_metrics(tiles: dict, full: dict, command: str, sparse_scenes=()) -> l
     return written
 
 
-def run_training(epochs: int | None, variants: list[str], threads: int, project: Path) -> None:
+def run_training(
+    epochs: int | None, variants: list[str], threads: int, project: Path, composites: bool = False
+) -> None:
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.yolo.reference import VARIANTS, Recipe, recipe_command, ship_variant, train_variant
+    from sparseyolo.yolo.reference import COMPOSITES, VARIANTS, Recipe, recipe_command, ship_variant, train_variant
 
-    recipe = Recipe() if epochs is None else Recipe(epochs=epochs)
+    recipe = Recipe(composites=COMPOSITES if composites else None)
+    if epochs is not None:
+        recipe.epochs = epochs
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap, verbose=True)
     command = recipe_command(recipe, variants)
     for name in variants:
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--train", action="store_true", help="first train every variant with the recipe and ship it")
     ap.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: the recipe's)")
+    ap.add_argument(
+        "--composites", action="store_true", help="train on training composites beside the forest tiles (--train)"
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to train (default {','.join(VARIANTS)})")
     ap.add_argument("--project", type=Path, default=Path("runs/reference"), help="training runs folder")
     a = ap.parse_args(argv)
@@ -374,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
+    if a.composites and not a.train:
+        ap.error("--composites changes the training recipe: it needs --train")
     if a.repeats < 0 or a.threads < 1 or (a.epochs is not None and a.epochs < 1):
         ap.error("--repeats must be >= 0, --threads >= 1, --epochs >= 1")
     import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
@@ -381,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
-            run_training(a.epochs, variants, a.threads, a.project)
+            run_training(a.epochs, variants, a.threads, a.project, a.composites)
         tiles, full, sparse_scenes = run_demo(a.out, a.repeats, a.force, a.threads, command, scenes=not a.no_scenes)
         if a.train or a.record:
             record_metrics(tiles, full, command, sparse_scenes)

@@ -1,4 +1,5 @@
-"""`python -m sparseyolo.data {fetch,aerial,synth} ...`: the same as `sparseyolo data ...` (`sparseyolo.data.cli`)."""
+"""`python -m sparseyolo.data {fetch,aerial,composite,synth} ...`: the same as `sparseyolo data ...`
+(`sparseyolo.data.cli`)."""
 
 from sparseyolo.data.cli import main
 

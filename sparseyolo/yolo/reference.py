@@ -221,6 +221,10 @@ def recipe_command(recipe: Recipe, variants: list[str]) -> str:
         parts += ["--variants", ",".join(variants)]
     if recipe.epochs != default.epochs:
         parts += ["--epochs", str(recipe.epochs)]
+    if recipe.composites is not None and recipe.composites == COMPOSITES:
+        parts.append("--composites")
+    elif recipe.composites is not None:  # no flag gives other composites: the record says what the run used
+        return f"{shlex.join(parts)}  # with Recipe(composites={recipe.composites!r})"
     return shlex.join(parts)
 
 

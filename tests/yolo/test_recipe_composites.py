@@ -74,3 +74,16 @@ def test_composites_are_listed_beside_the_forest_tiles(tmp_path, monkeypatch):
 def test_suggested_composites_are_valid():
     assert set(COMPOSITES) <= {"size", "fg", "images", "seed"}
     assert composite._size(COMPOSITES["size"]) == (320, 320) and max(composite._fgs(COMPOSITES["fg"])) <= 0.2
+
+
+def test_recipe_command_and_demo_flag_for_composites(capsys):
+    from sparseyolo import demo
+    from sparseyolo.yolo.reference import COMPOSITES, Recipe, recipe_command
+
+    assert recipe_command(Recipe(), ["yolov8n-aerial"]).endswith("--variants yolov8n-aerial")
+    assert recipe_command(Recipe(composites=COMPOSITES), ["yolov8n-aerial"]).endswith("--composites")
+    other = recipe_command(Recipe(composites={**COMPOSITES, "images": 8}), ["yolov8n-aerial"])
+    assert "# with Recipe(composites=" in other and "'images': 8" in other
+    with pytest.raises(SystemExit):
+        demo.main(["--composites"])
+    assert "--composites changes the training recipe: it needs --train" in capsys.readouterr().err
