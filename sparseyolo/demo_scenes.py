@@ -143,8 +143,9 @@ def write_scene_pictures(out: Path, scene_result: dict, skip: tuple[str, ...] = 
 
 
 def scenes_report(out: Path, results: list[dict], targets, skip: tuple[str, ...] = ()) -> list[str]:
-    """The report's "sparse scenes" section (markdown lines); draws the pictures of the first scene."""
-    from sparseyolo.eval.report import rows_table
+    """The report's "sparse scenes" section (markdown lines); writes each scene's rows as `<slug>.csv/.json` and
+    draws the pictures of the first scene."""
+    from sparseyolo.eval.report import rows_table, write_rows
 
     lines = [
         "## Sparse scenes: held-out crowns on real empty ground",
@@ -161,6 +162,7 @@ def scenes_report(out: Path, results: list[dict], targets, skip: tuple[str, ...]
         w, h = scene.size
         lines += [f"### {scene.name} ({w}x{h}, {len(res['images'])} image(s), {n_obj} objects)", ""]
         lines += [rows_table(res["rows"]), ""]
+        write_rows(res["rows"], out / scene.slug)  # <slug>.csv / .json
         tgt = targets(res["rows"]) if n_obj else []
         if tgt:
             lines += ["| target | measured | required | met |", "|---|---|---|---|"]
