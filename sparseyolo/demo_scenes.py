@@ -162,7 +162,7 @@ def scenes_report(out: Path, results: list[dict], targets, skip: tuple[str, ...]
         w, h = scene.size
         lines += [f"### {scene.name} ({w}x{h}, {len(res['images'])} image(s), {n_obj} objects)", ""]
         lines += [rows_table(res["rows"]), ""]
-        write_rows(res["rows"], out / scene.slug)  # <slug>.csv / .json
+        write_rows(res["rows"], out / scene.slug.replace(".", "_"))  # <slug>.csv / .json (no dot: not a suffix)
         tgt = targets(res["rows"]) if n_obj else []
         if tgt:
             lines += ["| target | measured | required | met |", "|---|---|---|---|"]
