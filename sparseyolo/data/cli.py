@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 PROG = "sparseyolo data"
@@ -181,25 +182,38 @@ def _fetch() -> int:
     return 0
 
 
+def _built(kind: str, out: Path, build, summary) -> Path:
+    """Run `build()` (a builder returning its `data.yaml`) into `out`; when it reused an existing build with the
+    same parameters (the builder then prints nothing), say so with the build's `summary(manifest dict)`."""
+    manifest = out / "build.json"
+    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
+    yaml = build()
+    manifest = yaml.parent / "build.json"
+    if before is not None and manifest.stat().st_mtime_ns == before:
+        print(f"{kind} dataset in {yaml.parent} (existing build with the same parameters, reused)")
+        print(summary(json.loads(manifest.read_text())))
+    print(f"data: {yaml}")
+    return yaml
+
+
 def _aerial(args: argparse.Namespace) -> int:
     from sparseyolo.data.aerial import VAL_SCENES, BuildReport, build_aerial_dataset
 
-    manifest = args.out / "build.json"
-    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
-    yaml = build_aerial_dataset(
+    yaml = _built(
+        "aerial",
         args.out,
-        tile=args.tile,
-        overlap=args.overlap,
-        val_scenes=args.val_scenes or VAL_SCENES,
-        min_visible=args.min_visible,
-        force=args.force,
-        verbose=True,
+        partial(
+            build_aerial_dataset,
+            args.out,
+            tile=args.tile,
+            overlap=args.overlap,
+            val_scenes=args.val_scenes or VAL_SCENES,
+            min_visible=args.min_visible,
+            force=args.force,
+            verbose=True,
+        ),
+        lambda d: BuildReport(**d).summary(),
     )
-    manifest = yaml.parent / "build.json"
-    if before is not None and manifest.stat().st_mtime_ns == before:  # reused: the builder printed nothing
-        print(f"aerial dataset in {yaml.parent} (existing build with the same parameters, reused)")
-        print(BuildReport(**json.loads(manifest.read_text())).summary())
-    print(f"data: {yaml}")
     full = yaml.parent / "full.yaml"
     if full.is_file():
         print(f"whole validation scenes: {full}")
@@ -209,10 +223,9 @@ def _aerial(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from sparseyolo.data.synth import build_synth_dataset, summary
 
-    manifest = args.out / "build.json"
-    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
     width, height = args.size
-    yaml = build_synth_dataset(
+    build = partial(
+        build_synth_dataset,
         args.out,
         n_images=args.images,
         height=height,
@@ -226,20 +239,15 @@ def _synth(args: argparse.Namespace) -> int:
         force=args.force,
         verbose=True,
     )
-    manifest = yaml.parent / "build.json"
-    if before is not None and manifest.stat().st_mtime_ns == before:
-        print(f"synthetic dataset in {yaml.parent} (existing build with the same parameters, reused)")
-        print(summary(json.loads(manifest.read_text())))
-    print(f"data: {yaml}")
+    _built("synthetic", args.out, build, summary)
     return 0
 
 
 def _composite(args: argparse.Namespace) -> int:
     from sparseyolo.data.composite import build_composite_dataset, summary
 
-    manifest = args.out / "build.json"
-    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
-    yaml = build_composite_dataset(
+    build = partial(
+        build_composite_dataset,
         args.out,
         size=args.size,
         fg=args.fg,
@@ -249,11 +257,7 @@ def _composite(args: argparse.Namespace) -> int:
         force=args.force,
         verbose=True,
     )
-    manifest = yaml.parent / "build.json"
-    if before is not None and manifest.stat().st_mtime_ns == before:
-        print(f"composite dataset in {yaml.parent} (existing build with the same parameters, reused)")
-        print(summary(json.loads(manifest.read_text())))
-    print(f"data: {yaml}")
+    _built("composite", args.out, build, summary)
     return 0
 
 
