@@ -12,7 +12,15 @@ Strategies (`method`):
   score (a fixed budget per image, the head chooses where), in training and at inference; `calibrate_threshold`
   turns that into a content-adaptive threshold whose mean active fraction on given images meets a target.
 
-All strategies then apply a budget, keep at most `keep * H * W` (ratio) and at most `max_active` pixels per
+- `finder`: a foreground finder (`sparseyolo.nn.finder.Finder`) decides on a grid of 8-pixel cells from a coarse
+  pass over the 4x-downscaled image (receptive field ~108 px: whole objects and their surroundings): cells whose
+  logit is above its calibrated threshold (a buffer, saved with the model), or each image's top `target` share of
+  cells. The budget applies to cells (`keep`: a share of them; `max_active`: pixels, in whole cells), and
+  `dilate` is the context margin in pixels, rounded up to whole cells. Trained from boxes alone
+  (`sparseyolo.yolo.finder.train_finder`; `mask_loss` during detector training) and calibrated for recall
+  (`calibrate_recall`). Until calibrated it keeps every pixel.
+
+All other strategies then apply a budget, keep at most `keep * H * W` (ratio) and at most `max_active` pixels per
 image, the highest-scoring first, and finally dilate the mask by `dilate` pixels (a square (2r+1)^2 window) for
 context; dilation happens after the budget, so it can grow the active set by up to (2r+1)^2 times.
 
@@ -26,10 +34,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-METHODS = ("nonzero", "threshold", "gradient", "learned")
+METHODS = ("nonzero", "threshold", "gradient", "learned", "finder")
+TARGET_METHODS = ("learned", "finder")  # methods that can keep a fixed top share (`target`)
+# Settings whose meaning depends on the method: switching the method drops those the override does not give.
+METHOD_SETTINGS = ("threshold", "target")
 # The sparsify settings, in the order of `SparseStem`'s YAML args after (c2, k, s) (its signature is the one
 # source of those positions); `Sparsifier` takes the ones after `threshold` by name only.
 SETTINGS = ("method", "threshold", "keep", "dilate", "max_active", "target")
+
+
+def switch_settings(current: dict, override: dict, defaults: dict | None = None) -> dict:
+    """The sparsify settings after applying `override` to `current` (both dicts of `SETTINGS` names).
+
+    When `override` changes the method, the settings whose meaning depends on the method (`METHOD_SETTINGS`:
+    a logit, intensity or gradient threshold; a top-k `target`) and that `override` does not give go back to
+    `defaults` (the `Sparsifier` defaults: threshold 0.0, target None): `{"method": "nonzero"}` on a learned stem
+    with `target=0.25` gives a plain nonzero stem instead of an error. `keep`, `dilate` and `max_active` carry
+    over."""
+    defaults = {"threshold": 0.0, "target": None, **(defaults or {})}
+    out = {**current, **override}
+    if "method" in override and override["method"] != current.get("method"):
+        for k in METHOD_SETTINGS:
+            if k not in override and k in current:
+                out[k] = defaults.get(k)
+    return out
 
 
 def score_nonzero(x: Tensor) -> Tensor:
@@ -174,6 +202,7 @@ class Sparsifier(nn.Module):
         max_active: int | None = None,
         target: float | None = None,
         head_stride: int = 4,
+        cell: int | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -185,8 +214,11 @@ class Sparsifier(nn.Module):
         if int(dilate) < 0:
             raise ValueError(f"dilate must be >= 0, got {dilate}")
         if target is not None:
-            if method != "learned":
-                raise ValueError(f"target (an active fraction to train towards) needs method='learned', got {method!r}")
+            if method not in TARGET_METHODS:
+                raise ValueError(
+                    f"target (a fixed active share per image) needs method 'learned' or 'finder', got {method!r}; "
+                    "drop target (sparsify={'method': ..., 'target': None}) or pick one of those methods"
+                )
             if not 0.0 < float(target) <= 1.0:
                 raise ValueError(f"target must be an active fraction in (0, 1], got {target}")
             target = float(target)
@@ -194,6 +226,12 @@ class Sparsifier(nn.Module):
         self.c1, self.method, self.threshold = c1, method, float(threshold)
         self.keep, self.max_active, self.dilate = float(keep), max_active, int(dilate)
         self.head = MaskHead(c1, stride=head_stride) if method == "learned" else None
+        if method == "finder":
+            from sparseyolo.nn.finder import CELL, Finder
+
+            self.finder = Finder(c1, cell=cell or CELL, threshold=threshold)
+        else:
+            self.finder = None
         self._aux = None  # (logits, mask) of the last forward; never saved (see __getstate__)
 
     @property
@@ -202,6 +240,9 @@ class Sparsifier(nn.Module):
         return self.method == "nonzero" and self.keep >= 1.0 and self.max_active is None
 
     def extra_repr(self) -> str:
+        if self.method == "finder":  # the threshold is the finder's buffer (shown by the finder)
+            return (f"method='finder', keep={self.keep}, max_active={self.max_active}, margin={self.dilate}"
+                    + (f", target={self.target}" if self.target else ""))  # fmt: skip
         return (
             f"method={self.method!r}, threshold={self.threshold}, keep={self.keep}, "
             f"max_active={self.max_active}, dilate={self.dilate}" + (f", target={self.target}" if self.target else "")
@@ -212,6 +253,11 @@ class Sparsifier(nn.Module):
         state = dict(state)
         state["_aux"] = None
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "finder" not in self._modules and "finder" not in self.__dict__:
+            self.finder = None  # pickled before the finder existed
 
     def score(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.method == "nonzero":
@@ -230,6 +276,8 @@ class Sparsifier(nn.Module):
             raise ValueError(f"Sparsifier expects Tensor[B, {self.c1}, H, W], got {tuple(x.shape)}")
         if self.method == "learned":
             return self._forward_learned(x)
+        if self.method == "finder":
+            return self._forward_finder(x)
         if self.no_budget:
             mask = any_nonzero(x)  # no budget: the score is not needed (cheaper than |x|.sum)
         else:
@@ -261,10 +309,25 @@ class Sparsifier(nn.Module):
         self._aux = (logits, mask.detach())
         return mask, gate
 
+    def _forward_finder(self, x: Tensor):
+        """Cells kept by the finder (threshold or top `target`), the budget on cells, the margin `dilate` in whole
+        cells, expanded to pixels; no gate (the finder learns from boxes, `mask_loss`)."""
+        from sparseyolo.nn.finder import expand_cells
+
+        finder = self.finder
+        logits = finder(x)
+        cells = finder.cells(logits, self.target)
+        if self.keep < 1.0 or self.max_active is not None:
+            cap = None if self.max_active is None else int(self.max_active) // (finder.cell * finder.cell)
+            cells = apply_budget(cells, logits[:, 0], self.keep, cap)
+        mask = expand_cells(cells, finder.cell, self.dilate, tuple(x.shape[-2:]))
+        self._aux = (logits, mask.detach())
+        return mask, None
+
     # --- aux protocol (see sparseyolo.yolo.model.SparseDetectionModel) -------------------------------
     @property
     def aux_names(self):
-        return (["mask_loss"] if self.method == "learned" else []), ["active"]
+        return (["mask_loss"] if self.method in ("learned", "finder") else []), ["active"]
 
     def pop_aux(self, targets: dict):
         aux, self._aux = self._aux, None
@@ -274,10 +337,24 @@ class Sparsifier(nn.Module):
         stats = {"active": mask.float().mean().detach()}
         if logits is None:
             return {}, stats
+        if self.method == "finder":
+            return {"mask_loss": self._finder_loss(logits, targets)}, stats
         fg = boxes_to_mask(targets["batch_idx"], targets["bboxes"], targets["batch_size"], tuple(logits.shape[-2:])).to(
             logits.dtype
         )
         return {"mask_loss": F.binary_cross_entropy_with_logits(logits.squeeze(1), fg)}, stats
+
+    def _finder_loss(self, logits: Tensor, targets: dict) -> Tensor:
+        """`finder_loss` of the finder's `logits (B, 1, h, w)` against the cell cover of the batch's boxes."""
+        from sparseyolo.nn.finder import cell_cover, finder_loss
+
+        H, W = targets["imgsz"]
+        b = targets["bboxes"].detach().float().cpu()
+        xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1) * torch.tensor([W, H, W, H])
+        idx = targets["batch_idx"].view(-1).long().cpu()
+        boxes = [xyxy[idx == i] for i in range(int(targets["batch_size"]))]
+        cover = cell_cover(boxes, tuple(logits.shape[-2:]), self.finder.cell).to(logits.device)
+        return finder_loss(logits, cover)
 
 
 @torch.no_grad()

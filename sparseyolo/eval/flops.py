@@ -138,7 +138,10 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
     Returns `{"total": float, "groups": {group: float}, "layers": {i: float}, "active": float | None,
     "mask": bool[B, H, W] | None}`; `mask` is the sparse stem's active mask on `x` (None for a dense model) and
     `active` its kept fraction of input pixels. A sparse layer that runs its
-    dense path (above the crossover density, or in export mode) is counted by the counter, as run."""
+    dense path (above the crossover density, or in export mode) is counted by the counter, as run. The stem's
+    sparsifier (a foreground finder's or a mask head's dense convs) is counted by the counter too; when no image
+    has an active pixel, nothing after the stem runs (`SparseDetectionModel`'s early exit) and nothing is
+    counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sparseyolo.nn import DFFNeck, SparseBlock, SparseStem, site_mask
@@ -146,21 +149,24 @@ def executed_flops(model, x: Tensor, upto: int | None = None) -> dict:
 
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"executed_flops expects an input batch Tensor[B, C, H, W], got {getattr(x, 'shape', x)}")
-    layers, y, active, stem_mask = {}, [], None, None
+    layers, y, active, stem_mask, stop = {}, [], None, None, False
     n = len(model.model)
     for m in model.model:
-        if upto is not None and m.i >= upto:
+        if stop or (upto is not None and m.i >= upto):
             break
         if m.f != -1:
             x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
         sp = _sparse_input(m, x) if isinstance(m, (SparseBlock, SparseDetect)) else None
         if isinstance(m, SparseStem):
-            mask = stem_mask = m.sparsify(x)[0]
+            with FlopCounterMode(display=False) as fc:  # the sparsifier's own convs (a finder, a mask head)
+                mask = stem_mask = m.sparsify(x)[0]
             active = float(mask.float().mean())
             dense_path = m.export_dense or m.switch_dense(active, x.device)
             if not dense_path:
-                layers[m.i] = sparse_block_flops(m, mask)[0]
+                layers[m.i] = sparse_block_flops(m, mask)[0] + float(fc.get_total_flops())
                 x = m(x)
+                if active == 0.0 and not m.export_dense and not model.training:
+                    stop = True  # SparseDetectionModel's early exit: nothing else runs
         elif isinstance(m, SparseDetect) and sp is not None:
             layers[m.i] = sparse_head_flops(m, x)
             x = m(x)

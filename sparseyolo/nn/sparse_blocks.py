@@ -288,7 +288,11 @@ class SparseStem(SConv):
     (the YAML args; `sparseyolo.yolo.cfg` reads their positions from this signature). `conv`/`bn` have the
     shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
     See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
+    `last_empty` (`bool[B]`, None in export mode): which images of the last batch had no active pixel (a
+    `SparseDetectionModel` skips the rest of the network when all had none, see `sparseyolo.yolo.model`).
     """
+
+    last_empty = None  # class default: checkpoints pickled before it existed load unchanged
 
     def __init__(
         self, c1, c2, k=3, s=2, method="nonzero", threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None
@@ -308,7 +312,18 @@ class SparseStem(SConv):
         mask, gate = self.sparsify(x)
         if gate is not None:
             x = x * gate
-        density = None if self.export_dense else float(mask.float().mean())  # the one sync (sizes need it anyway)
+        density, self.last_empty = None, None
+        if not self.export_dense:  # the one sync (sizes need it anyway)
+            per_image = mask.flatten(1).sum(1)
+            density = float(per_image.sum()) / mask.numel() if mask.numel() else 0.0
+            self.last_empty = per_image == 0
+            if density == 0.0 and not self.training:  # nothing to look at in any image: no work
+                Ho, Wo = ((n + 2 * self.p - self.d * (self.k - 1) - 1) // self.s + 1 for n in x.shape[-2:])
+                empty = SparseConvTensor(
+                    x.new_zeros(0, self.c2), torch.zeros(0, 3, dtype=torch.int32, device=x.device), (Ho, Wo),
+                    x.shape[0], check=False,
+                )  # fmt: skip
+                return self.finish(empty)
         if self.export_dense or self.switch_dense(density, x.device):
             if density == 1.0:  # every pixel active: nothing to mask
                 return self.finish(self.forward_masked(DenseMasked(x, None)))

@@ -118,6 +118,37 @@ class YOLO(_UltralyticsYOLO):
         self.predictor = None  # the predictor's model copy predates the calibration
         return report
 
+    # --- where the model looks (sparse stems) -----------------------------------------------------------------
+    def foreground(self, source, **predict_kwargs) -> list:
+        """The active masks (`bool ndarray (h, w)`, one per image of `source`, at the image's own resolution) that
+        the sparse stem runs on: letterboxed as `predict` does (same `predict_kwargs`: `imgsz`, `batch`, ...), only
+        the stem's sparsifier run, mapped back to the image. A `ValueError` for a model without a sparse stem."""
+        from sparseyolo.yolo.finder import foreground
+
+        return foreground(self, source, **predict_kwargs)
+
+    def train_finder(self, recall: float = 0.99, **kwargs) -> dict:
+        """Train the foreground finder of the sparse stem (`sparsify='finder'`) from boxes alone, the detector
+        frozen, then calibrate it to `recall` on the same training data (`sparseyolo.yolo.finder.train_finder`:
+        `data=`, `composites=`, `steps=`, ...). Stored in the model (saved by `save()`); returns a report."""
+        from sparseyolo.yolo.finder import train_finder
+
+        report = train_finder(self.model, recall=recall, **kwargs)
+        self.predictor = None  # the predictor's model copy predates the training
+        return report
+
+    def calibrate_recall(self, recall: float = 0.99, data=None, composites="default") -> dict:
+        """Set the foreground finder's threshold so that at least `recall` of the training objects (`data`'s train
+        split, default the aerial training tiles, and the training `composites`, see
+        `sparseyolo.yolo.finder.training_data`) keep 90% of their box active after the context margin. Stored in
+        the model (a buffer: saved and shipped with it); returns the measured recall and active share."""
+        from sparseyolo.yolo.finder import COMPOSITES, calibrate_recall, training_data
+
+        images, boxes, sources = training_data(data, COMPOSITES if composites == "default" else composites)
+        report = {**calibrate_recall(self.model, images, boxes, recall), "data": sources}
+        self.predictor = None
+        return report
+
     def _live_models(self) -> list[torch.nn.Module]:
         """The model and the predictor's model copy (Ultralytics' AutoBackend copies it), when there is one."""
         backend = getattr(getattr(self, "predictor", None), "model", None)
@@ -274,20 +305,28 @@ def configure_sparsify(model, sparsify: dict) -> None:
     """Change the sparsify settings of every `SparseStem` of a built model (and its `yaml`, so rebuilds agree).
 
     A `learned` sparsifier keeps its trained head when the method stays `learned`; switching to `learned`
-    creates an untrained head (it starts "all on")."""
+    creates an untrained head (it starts "all on"). A `finder` keeps its trained finder and calibrated threshold
+    when the method stays `finder` (a `threshold` given here replaces the calibrated one); switching to `finder`
+    creates an untrained, uncalibrated finder (it keeps every pixel). A new method drops the method-specific
+    settings not given here (`sparseyolo.sparsify.switch_settings`)."""
     from sparseyolo.nn import SparseStem
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.sparsify import SETTINGS, Sparsifier, switch_settings
 
     stems = [m for m in model.modules() if isinstance(m, SparseStem)]
     if not stems:
         raise ValueError("sparsify settings given, but the model has no SparseStem layer")
     for m in stems:
         old = m.sparsify
-        kw = {k: getattr(old, k) for k in ("method", "threshold", "keep", "max_active", "dilate", "target")}
-        kw.update(sparsify)
-        new = Sparsifier(m.c1, **kw).to(next(m.parameters()).device)
+        kw = switch_settings({k: getattr(old, k) for k in SETTINGS}, sparsify)
+        finder = getattr(old, "finder", None)
+        new = Sparsifier(m.c1, **kw, **({"cell": finder.cell} if finder is not None else {}))
+        new = new.to(next(m.parameters()).device)
         if new.head is not None and old.head is not None:
             new.head = old.head
+        if new.finder is not None and finder is not None:
+            new.finder = finder
+            if "threshold" in sparsify:
+                finder.set_threshold(float(sparsify["threshold"]))
         m.sparsify = new
     if isinstance(getattr(model, "yaml", None), dict):
         model.yaml = customize_yaml(model.yaml, sparsify)

@@ -5,6 +5,8 @@ Import path is part of the checkpoint format (pickled): never move this class.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -45,8 +47,72 @@ class SparseDetectionModel(DetectionModel):
                 if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.BatchNorm2d:
                     bn.eps, bn.momentum = 1e-3, 0.03
 
+    def _predict_once(self, x, profile=False, embed=None):
+        """Ultralytics' forward, with the early exit of sparse stems in inference: when no image of the batch has
+        an active pixel, the rest of the network is not run and the output holds no detections (zero anchors,
+        Detect's layout; its raw part is computed only if read). Images of a batch whose mask is empty get no
+        detections either (scores zeroed), so a batch detects what its images do one by one."""
+        if not self.training and not self.__dict__.get("_finder_warned"):
+            self._warn_uncalibrated()
+        stems = self._exit_stems(embed)
+        if not stems:
+            return super()._predict_once(x, profile, embed)
+        handles = [s.register_forward_hook(_stop_when_empty) for s in stems]
+        try:
+            out = super()._predict_once(x, profile, embed)
+        except _NothingActive:
+            return self._no_detections(x)
+        finally:
+            for h in handles:
+                h.remove()
+        empty = _empty_images(stems)
+        if empty is not None and bool(empty.any()):
+            y = out[0] if isinstance(out, tuple) else out
+            y[empty.to(y.device), 4:] = 0.0  # scores 0: never above a confidence threshold, NMS drops them
+        return out
+
+    def _warn_uncalibrated(self) -> None:
+        """Warn once when a foreground finder decides by a threshold it was never given (it then keeps every pixel)."""
+        from sparseyolo.nn.finder import Finder
+
+        for m in self.modules():
+            f = getattr(m, "finder", None)
+            if isinstance(f, Finder) and getattr(m, "target", None) is None and not bool(f.calibrated):
+                self.__dict__["_finder_warned"] = True
+                warnings.warn(
+                    "the sparse stem's foreground finder is not calibrated: it keeps every pixel (the model runs as a "
+                    "dense one). Train and calibrate it: YOLO.train_finder() or YOLO.calibrate_recall()",
+                    stacklevel=4,
+                )
+                return
+
+    def _exit_stems(self, embed) -> list:
+        """The sparse stems whose empty masks may end the forward early (none in training, export or with
+        `embed`, or when the head is not a plain one-to-many Detect)."""
+        from ultralytics.nn.modules import Detect
+
+        from sparseyolo.nn import SparseStem
+        from sparseyolo.yolo.sparse_detect import SparseDetect
+
+        head = self.model[-1]
+        if self.training or embed or type(head) not in (Detect, SparseDetect):
+            return []
+        if getattr(head, "end2end", False) or getattr(head, "export", False):
+            return []
+        return [m for m in self.model if isinstance(m, SparseStem) and not m.export_dense]
+
+    def _no_detections(self, x: torch.Tensor):
+        """Detect's inference output for a batch without detections: `(Tensor[B, 4 + nc, 0], raw)`; the raw
+        prediction dict (read only by a validation loss) runs the whole network when read."""
+        from sparseyolo.yolo.sparse_detect import LazyRaw
+
+        head = self.model[-1]
+        y = x.new_zeros(x.shape[0], 4 + head.nc, 0)
+        return y, LazyRaw(lambda: DetectionModel._predict_once(self, x)[1])
+
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_finder_warned", None)
         state.pop("_teacher", None)  # a distillation teacher is never saved (nor copied into the EMA)
         return state
 
@@ -127,3 +193,23 @@ class SparseDetectionModel(DetectionModel):
                 else zero
             )
         return loss, items
+
+
+class _NothingActive(Exception):
+    """Raised by a sparse stem's hook inside `SparseDetectionModel._predict_once`: no image has an active pixel."""
+
+
+def _stop_when_empty(module, args, output):
+    if module.last_empty is not None and bool(module.last_empty.all()):
+        raise _NothingActive
+
+
+def _empty_images(stems: list):
+    """`bool[B]`: images with no active pixel in any of `stems` (None when unknown)."""
+    empty = None
+    for m in stems:
+        e = m.last_empty
+        if e is None:
+            return None
+        empty = e if empty is None else empty & e
+    return empty

@@ -83,8 +83,13 @@ def parse_sparsify(spec) -> dict:
 
 
 def customize_yaml(d: dict, sparsify: dict) -> dict:
-    """A copy of model dict `d` with every `SparseStem` row's sparsify settings replaced by `sparsify`."""
+    """A copy of model dict `d` with every `SparseStem` row's sparsify settings replaced by `sparsify`.
+
+    A new method drops the row's method-specific settings that `sparsify` does not give (`switch_settings`):
+    `{"method": "nonzero"}` on a row with a learned `target` gives a plain nonzero stem."""
     import copy
+
+    from sparseyolo.sparsify import switch_settings
 
     d = copy.deepcopy(d)
     found = False
@@ -93,7 +98,9 @@ def customize_yaml(d: dict, sparsify: dict) -> dict:
             found = True
             names, defaults = stem_params()
             args = list(row[3]) + defaults[len(row[3]) :]
-            for k, v in sparsify.items():
+            current = {k: args[names.index(k)] for k in SPARSIFY_KEYS}
+            new = switch_settings(current, sparsify, {k: defaults[names.index(k)] for k in SPARSIFY_KEYS})
+            for k, v in new.items():
                 args[names.index(k)] = v
             row[3] = args
     if not found:
