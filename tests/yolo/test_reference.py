@@ -45,7 +45,7 @@ def test_target_keeps_a_fixed_share_per_image():
     for b in range(3):
         assert score[b][mask[b]].min() >= score[b][~mask[b]].max()
     assert s.aux_names == (["mask_loss"], ["active"])
-    with pytest.raises(ValueError, match="needs method='learned'"):
+    with pytest.raises(ValueError, match="needs method 'learned' or 'finder'"):
         Sparsifier(3, "nonzero", target=0.3)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         Sparsifier(3, "learned", target=1.5)
