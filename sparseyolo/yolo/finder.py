@@ -27,6 +27,7 @@ from torch import nn
 # the hard part: the forest tiles alone teach "forest texture").
 COMPOSITES = {"size": (640, 640), "fg": (0.0, 0.01, 0.03, 0.1), "images": 192, "seed": 0}
 COMPOSITE_SHARE = 0.6
+HOLDOUT = 0.2  # the share of training images kept out of the fit, to calibrate on
 
 
 def finder_sparsifiers(model: nn.Module) -> list:
@@ -152,35 +153,56 @@ def train_finder(
     data: str | Path | None = None,
     composites: dict | None = COMPOSITES,
     recall: float = 0.99,
-    steps: int = 3000,
+    steps: int = 6000,
     batch: int = 16,
     crop: int = 256,
     lr: float = 3e-3,
     seed: int = 0,
     composite_share: float = COMPOSITE_SHARE,
+    holdout: float = HOLDOUT,
     progress: bool = True,
 ) -> dict:
     """Train the foreground finder of `model`'s sparse stem on training data, then calibrate it to `recall`.
 
     Only the finder's weights change (the detector is frozen); they are saved with the model (state dict, also in
     shipped safetensors) with the calibrated threshold. `data`/`composites`: see `training_data`;
-    `composite_share`: the share of training crops drawn from the composites; `steps`, `batch`, `crop`, `lr`,
-    `seed`: see `sparseyolo.nn.finder.fit_finder`. Returns a report: training losses and seconds, calibration
-    threshold, recall and active share on the training images, the data used."""
+    `composite_share`: the share of training crops drawn from the composites; `holdout`: the share of the
+    training images (of each source, drawn with `seed`) kept out of the fit and calibrated on, so the threshold
+    is set on images the finder has not memorised (0: fit and calibrate on all); `steps`, `batch`, `crop`, `lr`,
+    `seed`: see `sparseyolo.nn.finder.fit_finder`. Returns a report: training losses and seconds, the calibration
+    (threshold, recall and active share on the calibration images), the same measured on the fitted images, the
+    data used."""
+    from sparseyolo.nn.finder import calibrate_recall as _calibrate
     from sparseyolo.nn.finder import fit_finder
 
     if not 0.0 <= float(composite_share) < 1.0:
         raise ValueError(f"composite_share must be in [0, 1), got {composite_share!r}")
+    if not 0.0 <= float(holdout) < 1.0:
+        raise ValueError(f"holdout must be a share in [0, 1), got {holdout!r}")
     net = detection_model(model)
     sparsifiers = finder_sparsifiers(net)
     images, boxes, sources = training_data(data, composites)
-    n_data, n_comp = sources["images"], len(images) - sources["images"]
+    n_data = sources["images"]
+    rng = np.random.default_rng(seed)
+    held = set()
+    for lo, hi in ((0, n_data), (n_data, len(images))):
+        k = int(round(float(holdout) * (hi - lo)))
+        held |= set((lo + rng.permutation(hi - lo)[:k]).tolist())
+    fit = [i for i in range(len(images)) if i not in held]
+    cal = sorted(held) or fit
+    n_comp = sum(1 for i in fit if i >= n_data)
     share = float(composite_share) if n_comp else 0.0
-    weights = [(1 - share) / n_data] * n_data + ([share / n_comp] * n_comp if n_comp else [])
-    report = {"data": sources, "composite_share": share}
+    weights = [(1 - share) / (len(fit) - n_comp) if i < n_data else share / n_comp for i in fit]
+    fit_images, fit_boxes = [images[i] for i in fit], [boxes[i] for i in fit]
+    report = {"data": sources, "composite_share": share, "fit_images": len(fit), "calibration_images": len(cal)}
     for sp in sparsifiers:
-        report["train"] = fit_finder(sp.finder, images, boxes, steps, batch, crop, lr, seed, progress, weights=weights)
-    report["calibration"] = calibrate_recall(net, images, boxes, recall)
+        report["train"] = fit_finder(
+            sp.finder, fit_images, fit_boxes, steps, batch, crop, lr, seed, progress, weights=weights
+        )
+    if held:  # the same calibration on the fitted images, for comparison (the threshold is set just below)
+        report["calibration_on_fit"] = _calibrate(sparsifiers[0].finder, fit_images, fit_boxes, recall,
+                                                  sparsifiers[0].dilate)  # fmt: skip
+    report["calibration"] = calibrate_recall(net, [images[i] for i in cal], [boxes[i] for i in cal], recall)
     report["margin"] = int(sparsifiers[0].dilate)
     return report
 

@@ -74,6 +74,9 @@ def test_finder_shapes(cell, shape, down):
     mask, logits = f.mask(x, margin=cell)
     assert mask.shape == (2, *shape) and mask.dtype == torch.bool
     assert torch.equal(logits, lo)
+    # a blank frame gives one logit everywhere (convs pad by replication: the border is not an edge)
+    blank = f(torch.full((1, 3, *shape), 0.3))
+    torch.testing.assert_close(blank, blank.flatten()[0].expand_as(blank))
 
 
 def _conv_flops(finder: Finder, H: int, W: int) -> float:
@@ -92,7 +95,7 @@ def _conv_flops(finder: Finder, H: int, W: int) -> float:
 
 @pytest.mark.parametrize("down", [2, 4])
 def test_finder_cost_at_4k_is_a_few_percent_of_yolov8n(down):
-    """Counted on the meta device (no compute): ~4.5 GFLOPs at 3840x2176 (4.0 with down=4), where dense YOLOv8n
+    """Counted on the meta device (no compute): 2.2 GFLOPs at 3840x2176 (1.8 with down=4), where dense YOLOv8n
     runs ~180."""
     f = Finder(down=down).to("meta")
     with FlopCounterMode(display=False) as fc:
@@ -100,7 +103,7 @@ def test_finder_cost_at_4k_is_a_few_percent_of_yolov8n(down):
     got = fc.get_total_flops()
     assert got == pytest.approx(_conv_flops(f, 2176, 3840))
     yolov8n = 8.7e9 * (3840 * 2176) / 640**2  # Ultralytics' 8.7 GFLOPs at 640x640, fully convolutional
-    assert got / yolov8n < 0.03
+    assert got / yolov8n < 0.015
 
 
 # --- supervision and training -------------------------------------------------------------------------------
@@ -450,3 +453,22 @@ def test_the_finder_ships_in_safetensors_and_old_pickles_load(finder_model, tmp_
     old = Sparsifier(3, "nonzero")
     del old.__dict__["finder"]
     assert pickle.loads(pickle.dumps(old)).finder is None
+
+
+def test_train_finder_on_a_dataset_trains_only_the_finder_and_calibrates(tiny_data):
+    from sparseyolo import YOLO
+
+    yolo = YOLO("yolov8n-sparse.yaml", sparsify={"method": "finder", "dilate": 8})
+    before = {k: v.clone() for k, v in yolo.model.state_dict().items()}
+    report = yolo.train_finder(data=tiny_data, composites=None, steps=4, batch=2, crop=64, progress=False)
+    after = yolo.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".sparsify.finder." in k for k in changed)  # the detector is frozen
+    assert report["fit_images"] + report["calibration_images"] == 8 and report["calibration_images"] == 2
+    cal = report["calibration"]
+    assert cal["recall"] >= 0.99 and bool(yolo.model.model[0].sparsify.finder.calibrated)
+    assert float(yolo.model.model[0].sparsify.finder.threshold) == cal["threshold"] and report["margin"] == 8
+    with pytest.raises(ValueError, match="holdout must be"):
+        yolo.train_finder(data=tiny_data, composites=None, steps=1, holdout=1.0)
+    with pytest.raises(ValueError, match="composite_share must be"):
+        yolo.train_finder(data=tiny_data, composites=None, steps=1, composite_share=1.5)
