@@ -105,10 +105,10 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
     if limit == 0:
         return torch.zeros_like(mask)
     s = torch.where(mask, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float32))
-    idx = s.view(B, -1).topk(limit, dim=1).indices  # exactly `limit` per image (ties broken by position)
+    idx = s.reshape(B, -1).topk(limit, dim=1).indices  # exactly `limit` per image (ties broken by position)
     ones = torch.ones(idx.shape, dtype=torch.float32, device=mask.device)
     keep_mask = torch.zeros(B, H * W, dtype=torch.float32, device=mask.device).scatter(1, idx, ones) > 0
-    return (mask.view(B, -1) & keep_mask).view(B, H, W)
+    return (mask.reshape(B, -1) & keep_mask).view(B, H, W)  # reshape: a cropped mask is not contiguous
 
 
 def topk_mask(score: Tensor, fraction: float) -> Tensor:
@@ -136,7 +136,7 @@ def dilate_mask(mask: Tensor, r: int) -> Tensor:
     if r <= 0:
         return mask
     B, H, W = mask.shape
-    padded = F.pad(mask.view(B, 1, H, W).to(torch.uint8), (r, r, r, r)).view(B, H + 2 * r, W + 2 * r).bool()
+    padded = F.pad(mask.reshape(B, 1, H, W).to(torch.uint8), (r, r, r, r)).view(B, H + 2 * r, W + 2 * r).bool()
     rows = padded[:, :, 0:W]
     for k in range(1, 2 * r + 1):
         rows = rows | padded[:, :, k : k + W]  # out of place: ONNX has no in-place OR
