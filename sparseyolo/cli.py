@@ -16,10 +16,11 @@ commands:
   bench NAME [options]        run a benchmark (`sparseyolo bench --help` lists them)
   train|val|predict|export    Ultralytics modes with SparseYOLO modules registered: key=value arguments
   convert                     turn the first stages of a dense YOLOv8 checkpoint into sparse blocks
+  finder model=...            train a sparse model's foreground finder from boxes and calibrate it for recall
   calibrate model=... data=... budget=0.7   fit a DFF neck's gate threshold to a neck FLOP budget
 """
 
-YOLO_COMMANDS = ("train", "val", "predict", "export", "convert", "calibrate")
+YOLO_COMMANDS = ("train", "val", "predict", "export", "convert", "finder", "calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -378,6 +378,56 @@ def _round_down_half(t: float) -> float:
 
 
 @torch.no_grad()
+def finder_outputs(finder: Finder, images, boxes, margin: int = 0, min_cover: float = MIN_COVER):
+    """`(critical, logits)` of `finder` on `images` (as `calibrate_recall` takes them): `critical float[N]`, each
+    object's critical logit (`critical_thresholds`, all images' objects in order), and per image `(logits
+    Tensor[1, 1, h, w], shape (H, W))`. The finder runs in eval mode, on each image padded to a multiple of 32."""
+    images, boxes = _check_data(images, boxes)
+    was_training = finder.training
+    finder.eval()
+    crit, logits_all = [], []
+    try:
+        for im, b in zip(images, boxes):
+            lo = finder(_pad_to(im[None].float() / 255))
+            logits_all.append((lo, tuple(im.shape[-2:])))
+            if len(b):
+                crit.append(critical_thresholds(lo, b.numpy(), tuple(im.shape[-2:]), finder.cell, margin, min_cover))
+    finally:
+        finder.train(was_training)
+    return (np.concatenate(crit) if crit else np.zeros(0)), logits_all
+
+
+def threshold_for_recall(critical: np.ndarray, recall: float) -> float:
+    """The largest float16 threshold at which at least `recall` of the objects with these critical logits are
+    kept (a box is kept by threshold `t` when `t` is below its critical logit)."""
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0.0 < float(recall) <= 1.0:
+        raise ValueError(f"recall must be a share in (0, 1], got {recall!r}")
+    if not len(critical):
+        raise ValueError("no objects: a recall needs images with boxes")
+    crit = np.sort(np.asarray(critical, np.float64))[::-1]
+    k = max(1, math.ceil(float(recall) * len(crit) - 1e-9))
+    return _round_down_half(float(crit[k - 1]) - 1e-3)
+
+
+@torch.no_grad()
+def recall_curve(
+    finder: Finder, images, boxes, recalls=(0.5, 0.8, 0.9, 0.95, 0.97, 0.99), margin: int = 0, thresholds=None
+) -> list[dict]:
+    """The finder's trade-off on `images`/`boxes`: for each `recall`, the threshold that keeps that share of these
+    objects (`threshold_for_recall`: an oracle threshold, set on these very images) and the mean active share it
+    gives. With `thresholds` (logits; e.g. another set's), the recall and active share at each of them instead.
+    Returns one `{"recall", "active", "threshold"}` per point; recall None where the images hold no object."""
+    crit, logits = finder_outputs(finder, images, boxes, margin)
+    if thresholds is None:
+        thresholds = [threshold_for_recall(crit, r) for r in recalls]
+    out = []
+    for t in thresholds:
+        active = float(np.mean([_active_share(lo, t, s, finder.cell, margin) for lo, s in logits]))
+        out.append({"recall": float((crit > t).mean()) if len(crit) else None, "active": active, "threshold": t})
+    return out
+
+
+@torch.no_grad()
 def calibrate_recall(
     finder: Finder, images, boxes, recall: float = 0.99, margin: int = 0, min_cover: float = MIN_COVER
 ) -> dict:
@@ -399,21 +449,8 @@ def calibrate_recall(
         raise ValueError("calibrate_recall needs images with objects (boxes); every box array is empty")
     for p in finder.parameters():
         p.data = p.data.half().float()
-    was_training = finder.training
-    finder.eval()
-    crit, logits_all = [], []
-    try:
-        for im, b in zip(images, boxes):
-            x = _pad_to(im[None].float() / 255)
-            lo = finder(x)
-            logits_all.append((lo, tuple(im.shape[-2:])))
-            if len(b):
-                crit.append(critical_thresholds(lo, b.numpy(), tuple(im.shape[-2:]), finder.cell, margin, min_cover))
-    finally:
-        finder.train(was_training)
-    crit = np.sort(np.concatenate(crit))[::-1]
-    k = max(1, math.ceil(float(recall) * len(crit) - 1e-9))
-    threshold = _round_down_half(float(crit[k - 1]) - 1e-3)
+    crit, logits_all = finder_outputs(finder, images, boxes, margin, min_cover)
+    threshold = threshold_for_recall(crit, recall)
     finder.set_threshold(threshold)
     active = [_active_share(lo, threshold, s, finder.cell, margin) for lo, s in logits_all]
     return {

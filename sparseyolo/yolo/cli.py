@@ -1,4 +1,4 @@
-"""`sparseyolo train|val|predict|export|convert key=value ...`: Ultralytics' modes with SparseYOLO registered.
+"""`sparseyolo train|val|predict|export|convert|finder|calibrate key=value`: Ultralytics modes, SparseYOLO added.
 
 Every Ultralytics argument passes through unchanged (`imgsz=640 epochs=3 device=cpu ...`); unknown keys are
 reported with Ultralytics' own suggestions. Offline by default (see `sparseyolo.yolo.env`).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-MODES = ("train", "val", "predict", "export", "convert", "calibrate")
+MODES = ("train", "val", "predict", "export", "convert", "finder", "calibrate")
 
 HELP = """usage: sparseyolo MODE [key=value ...]
 
@@ -18,7 +18,10 @@ modes:
   predict   model=best.pt source=image.jpg
   export    model=best.pt format=onnx [stem=dense]   (stem=dense: export sparse stems as dense layers)
   convert   model=dense.pt out=sparse.pt [stages=5 sparsify=nonzero keep=1.0 p3=True]
-            (p3=True: also the stride-8 path past the stem, as yolov8-sparse-p3.yaml)
+            (p3=True: also the stride-8 path past the stem, as yolov8-sparse-p3.yaml; p4=True: and the
+            stride-16 path; sparsify=finder: a foreground finder, margin sized to the sparse layers)
+  finder    model=sparse.pt [out=... recall=0.99 train=True steps=6000 data=data.yaml composites=True]
+            (train the foreground finder from boxes, calibrate it to `recall`; train=False: calibrate only)
   calibrate model=best.pt data=data.yaml budget=0.7 [imgsz=640 out=calibrated.pt]
             (DFF neck: the gate threshold whose mean executed neck FLOPs on the images is within budget)
 DFF necks: predict/val budget=0.7 (needs a calibration); predict target_fps=15 preset=cpu|gpu|edge;
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from sparseyolo.yolo.convert import cli_main
 
         return cli_main(overrides)
+    if mode == "finder":
+        from sparseyolo.yolo.finder import cli_main as finder_main
+
+        return finder_main(overrides)
     if mode == "calibrate":
         return calibrate_main(overrides)
     return run_mode(mode, overrides)

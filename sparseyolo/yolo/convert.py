@@ -47,7 +47,7 @@ def sparse_yaml(
     method: str = "nonzero",
     threshold: float = 0.0,
     keep: float = 1.0,
-    dilate: int = 0,
+    dilate: int | None = 0,
     max_active: int | None = None,
     target: float | None = None,
     p3: bool = False,
@@ -91,7 +91,7 @@ def sparse_yaml(
             c2, k, s = (list(args) + [1, 1])[:3]
             if len(args) > 3:
                 raise ValueError(f"layer 0 Conv args {args}: only (c2, k, s) are supported by SparseStem")
-            settings = dict(method=method, threshold=threshold, keep=keep, dilate=dilate, max_active=max_active)
+            settings = dict(method=method, threshold=threshold, keep=keep, dilate=dilate or 0, max_active=max_active)
             if target is not None:
                 settings["target"] = target
             rows[i] = [f, n, "SparseStem", stem_args(c2, k, s, **settings)]
@@ -103,7 +103,10 @@ def sparse_yaml(
 
 def convert(dense, stages: int = 5, **sparsify):
     """Return a `SparseDetectionModel` built from `dense` (a `DetectionModel`, an Ultralytics/SparseYOLO `YOLO`,
-    or a checkpoint path) with its first `stages` layers sparse and every dense weight copied."""
+    or a checkpoint path) with its first `stages` layers sparse and every dense weight copied. With
+    `method="finder"` and no `dilate`, the mask's margin is the model's context margin
+    (`sparseyolo.yolo.finder.context_margin`: 8 px, 16 with the P4 path); the finder starts untrained (see
+    `train_finder`)."""
     import sparseyolo.yolo  # noqa: F401
     from sparseyolo.yolo.model import SparseDetectionModel
 
@@ -119,6 +122,11 @@ def convert(dense, stages: int = 5, **sparsify):
     d = sparse_yaml(dense.yaml, stages, **sparsify)
     ch = dense.yaml.get("channels", 3)
     model = SparseDetectionModel(d, ch=ch, nc=d["nc"], verbose=False)
+    if sparsify.get("method") == "finder" and sparsify.get("dilate") is None:
+        from sparseyolo.yolo.finder import context_margin
+
+        d = sparse_yaml(dense.yaml, stages, **{**sparsify, "dilate": context_margin(model)})
+        model = SparseDetectionModel(d, ch=ch, nc=d["nc"], verbose=False)
     state = dense.float().state_dict()
     result = model.load_state_dict(state, strict=False)
     bad_missing = [k for k in result.missing_keys if ".sparsify." not in k]
@@ -179,7 +187,7 @@ def cli_main(overrides: dict) -> int:
         "method": str(overrides.get("sparsify", "nonzero")),
         "threshold": float(overrides.get("threshold", 0.0)),
         "keep": float(overrides.get("keep", 1.0)),
-        "dilate": int(overrides.get("dilate", 0)),
+        "dilate": None if overrides.get("dilate") is None else int(overrides["dilate"]),
         "max_active": overrides.get("max_active"),
         "target": None if overrides.get("target") is None else float(overrides["target"]),
         "p3": str(overrides.get("p3", False)).lower() in ("true", "1", "yes"),

@@ -256,3 +256,68 @@ def foreground(yolo, source, **predict_kwargs) -> list[np.ndarray]:
         return [r.masks.data[0].cpu().numpy().astype(bool) for r in results]
     finally:
         yolo.predictor = saved
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+CLI_KEYS = ("model", "out", "recall", "train", "steps", "data", "composites", "seed", "threads")
+
+
+def cli_main(overrides: dict) -> int:
+    """`sparseyolo finder model=M [out=PATH recall=0.99 train=True steps=6000 data=YAML composites=True seed=0
+    threads=2]`: train the foreground finder of M (a model with `sparsify=finder`, e.g. from `sparseyolo convert
+    ... sparsify=finder`) from boxes and calibrate it to `recall` (`train=False`: calibrate only), then save it
+    to `out` (default `runs/finder/<model>-finder.pt`); prints the report."""
+    import json
+    import sys
+
+    def fail(msg: str, code: int = 2) -> int:
+        print(f"sparseyolo finder: {msg}", file=sys.stderr)
+        return code
+
+    bad = sorted(set(overrides) - set(CLI_KEYS))
+    if bad:
+        return fail(f"unknown argument(s) {bad}; expected {', '.join(CLI_KEYS)}")
+    if "model" not in overrides:
+        return fail("model= is required: a checkpoint or YAML with sparsify=finder (`sparseyolo convert model=dense.pt "
+                    "sparsify=finder p3=True p4=True` makes one from a dense model)")  # fmt: skip
+    flags = {}
+    for key, default in (("train", True), ("composites", True)):
+        v = str(overrides.get(key, default)).lower()
+        if v not in ("true", "false", "1", "0", "yes", "no"):
+            return fail(f"{key} must be True or False, got {overrides[key]!r}")
+        flags[key] = v in ("true", "1", "yes")
+    try:
+        recall = float(overrides.get("recall", 0.99))
+        steps, seed, n_threads = (int(overrides.get(k, d)) for k, d in (("steps", 6000), ("seed", 0), ("threads", 2)))
+    except (TypeError, ValueError) as e:
+        return fail(f"recall must be a number and steps/seed/threads integers: {e}")
+    if not 0.0 < recall <= 1.0 or steps < 1 or n_threads < 1:
+        return fail(f"recall must be in (0, 1], steps and threads >= 1; got recall={recall}, steps={steps}, "
+                    f"threads={n_threads}")  # fmt: skip
+    from sparseyolo.yolo import YOLO
+
+    name = str(overrides["model"])
+    out = Path(str(overrides.get("out") or Path("runs/finder") / f"{Path(name).stem}-finder.pt"))
+    composites = COMPOSITES if flags["composites"] else None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n_threads)
+        model = YOLO(name)
+        if flags["train"]:
+            report = model.train_finder(recall=recall, data=overrides.get("data"), composites=composites,
+                                        steps=steps, seed=seed)  # fmt: skip
+        else:
+            report = model.calibrate_recall(recall, data=overrides.get("data"), composites=composites)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(str(out))
+    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
+        return fail(f"error: {e}", 1)
+    finally:
+        torch.set_num_threads(before)
+    cal = report.get("calibration", report)
+    print(json.dumps(report, indent=1, default=str))
+    print(f"sparseyolo finder: threshold {cal['threshold']:.4g}: recall {cal['recall']:.3f}, active share "
+          f"{cal['active']:.3f} on {cal['images']} calibration images (margin {cal['margin']} px)")  # fmt: skip
+    print(f"saved {out}")
+    return 0

@@ -21,12 +21,31 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 @dataclass(frozen=True)
 class Variant:
-    """A reference model: its shipped name and the model YAML it is trained from."""
+    """A reference model: its shipped name and how it is made.
+
+    From scratch (the default): the model YAML `cfg` (with the stem's `sparsify` override, if any) trained by the
+    recipe. Converted (`convert`): a shipped dense reference (`convert["from"]`) turned into sparse blocks
+    (`sparseyolo.yolo.convert.convert`, `p3`/`p4` paths), nothing trained but what follows. A variant whose stem
+    uses the finder then trains it from boxes and calibrates it for recall (`FINDER`), and a converted one is
+    fine-tuned `finetune` epochs with distillation from its dense model, its stem (and finder) frozen."""
 
     name: str
     cfg: str
     note: str = ""
     seed: int = 0  # replaces the recipe's seed (a second seed of a variant measures the seed-to-seed spread)
+    sparsify: dict | None = None  # override of the YAML stem's sparsify settings (e.g. the finder)
+    convert: dict | None = None  # {"from": dense reference name, "p3": bool, "p4": bool}: made by conversion
+    finetune: int = 0  # epochs of distillation fine-tune after conversion (teacher: the dense reference)
+
+    @property
+    def has_finder(self) -> bool:
+        return (self.sparsify or {}).get("method") == "finder" or (self.convert or {}).get("method") == "finder"
+
+
+# How the shipped finders are trained and calibrated (`sparseyolo.yolo.finder.train_finder`)
+FINDER = {"recall": 0.99, "steps": 6000}
+FINETUNE = {"lr0": 1e-4, "lrf": 1.0, "warmup_epochs": 0, "freeze": [0], "mosaic": 0.0}  # the fine-tune's train args
+FINDER_SPARSIFY = {"method": "finder", "dilate": 8}  # a from-scratch finder stem (margin: sparse stem and P3 path)
 
 
 VARIANTS = {
@@ -36,13 +55,25 @@ VARIANTS = {
         Variant("yolov8n-aerial-seed1", "yolov8n.yaml", "yolov8n-aerial with seed 1: the seed-to-seed spread", 1),
         Variant(
             "yolov8n-sparse-aerial",
-            "yolov8n-sparse-budget.yaml",
-            "sparse stem, learned sparsifier trained to a target active fraction",
+            "yolov8n.yaml",
+            "yolov8n-aerial converted: sparse stem (layers 0-4) with a foreground finder; fine-tuned with distillation",
+            convert={"from": "yolov8n-aerial", "method": "finder", "p3": False, "p4": False},
+            finetune=10,
         ),
         Variant(
             "yolov8n-sparse-p3-aerial",
             "yolov8n-sparse-p3.yaml",
-            "sparse stem (as yolov8n-sparse-aerial) and a sparse P3 path: P3 fusion and P3 head at active sites",
+            "from scratch: sparse stem with a foreground finder and a sparse P3 path (P3 fusion and head at active "
+            "sites)",
+            sparsify=FINDER_SPARSIFY,
+        ),
+        Variant(
+            "yolov8n-sparse-p34-aerial",
+            "yolov8n.yaml",
+            "yolov8n-aerial converted: sparse stem, P3 and P4 paths with a foreground finder; fine-tuned with "
+            "distillation",
+            convert={"from": "yolov8n-aerial", "method": "finder", "p3": True, "p4": True},
+            finetune=10,
         ),
         Variant("yolov8n-dff-aerial", "yolov8n-dff.yaml", "YOLOv8n backbone + Dynamic Feature Fusion neck"),
         Variant("yolov8n-dff-aerial-seed1", "yolov8n-dff.yaml", "yolov8n-dff-aerial with seed 1: the spread", 1),
@@ -229,34 +260,111 @@ def recipe_command(recipe: Recipe, variants: list[str]) -> str:
 
 
 def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, threads: int = 2, log=print):
-    """Train (or resume) one variant under `project/<name>`; returns the path of its best checkpoint."""
+    """Make (train, or resume) one variant under `project/<name>`; returns the path of its final checkpoint: the
+    recipe's run for a from-scratch variant, the conversion for a converted one, then the finder's training and
+    calibration and the fine-tune (see `Variant`)."""
     import dataclasses
 
     import torch
 
+    recipe = dataclasses.replace(recipe, seed=variant.seed)
+    run_dir = project / variant.name
+    done = run_dir / "finished.json"
+    spec = {"recipe": recipe.as_dict(), "variant": json.loads(json.dumps(asdict(variant)))}
+    final = run_dir / "weights" / "final.pt"
+    if done.is_file() and json.loads(done.read_text()).get("spec") == spec and final.is_file():
+        log(f"{variant.name}: already made ({run_dir}), reused")
+        return final
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.time()
+        if variant.convert:
+            model = _converted(variant, log)
+        else:
+            model = _trained(variant, recipe, data_yaml, project, log)
+        if variant.has_finder:
+            model = _with_finder(variant, model, run_dir, log)
+        if variant.finetune:
+            model = _finetuned(variant, recipe, model, data_yaml, project, log)
+        from sparseyolo.yolo.convert import save_checkpoint
+
+        save_checkpoint(model, final)
+        done.write_text(json.dumps({"spec": spec, "seconds": time.time() - t0}))
+    finally:
+        torch.set_num_threads(before)
+    return final
+
+
+def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, log):
+    """The recipe's run of a from-scratch variant (resumed from its last checkpoint); returns its EMA model."""
+    import torch
+
     from sparseyolo.yolo.api import YOLO
 
-    torch.set_num_threads(threads)
-    recipe = dataclasses.replace(recipe, seed=variant.seed)
     name = variant.name
     run_dir = project / name
-    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
-    done = run_dir / "finished.json"
-    if done.is_file() and json.loads(done.read_text()).get("recipe") == recipe.as_dict() and best.is_file():
-        log(f"{variant.name}: already trained ({run_dir}), reused")
-        return best
-    t0 = time.time()
-    if last.is_file():
-        log(f"{variant.name}: resuming from {last}")
-        model = YOLO(str(last))
-        model.train(resume=True)
-    else:
-        log(f"{name}: training {variant.cfg} for {recipe.epochs} epochs, seed {recipe.seed} ({run_dir})")
-        model = YOLO(variant.cfg)
-        data = recipe.training_data(data_yaml, project)  # the aerial tiles, plus composites when the recipe has them
-        model.train(data=str(data), project=str(project), name=name, exist_ok=True, **recipe.train_args())
-    done.write_text(json.dumps({"recipe": recipe.as_dict(), "seconds": time.time() - t0}))
-    return best
+    last = run_dir / "weights" / "last.pt"
+    trained = run_dir / "trained.json"
+    if not (trained.is_file() and json.loads(trained.read_text()).get("recipe") == recipe.as_dict()):
+        if last.is_file():
+            log(f"{name}: resuming from {last}")
+            YOLO(str(last)).train(resume=True)
+        else:
+            log(f"{name}: training {variant.cfg} for {recipe.epochs} epochs, seed {recipe.seed} ({run_dir})")
+            model = YOLO(variant.cfg, sparsify=variant.sparsify)
+            data = recipe.training_data(data_yaml, project)  # the aerial tiles, plus composites when set
+            model.train(data=str(data), project=str(project), name=name, exist_ok=True, **recipe.train_args())
+        trained.write_text(json.dumps({"recipe": recipe.as_dict()}))
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float()
+
+
+def _converted(variant: Variant, log):
+    """The variant's dense reference converted to sparse blocks (finder margin: the model's context margin)."""
+    from sparseyolo.yolo.convert import convert
+
+    spec = {**variant.convert}
+    dense = spec.pop("from")
+    log(f"{variant.name}: converting {dense} ({spec})")
+    return convert(load_reference_model(dense), **spec)
+
+
+def _with_finder(variant: Variant, model, run_dir: Path, log):
+    """`model` with its finder trained from boxes and calibrated (`FINDER`); the report goes to `finder.json`."""
+    from sparseyolo.yolo.finder import train_finder
+
+    log(f"{variant.name}: training the finder ({FINDER})")
+    report = train_finder(model, seed=variant.seed, progress=False, **FINDER)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "finder.json").write_text(json.dumps({"settings": FINDER, **report}, indent=1, default=str))
+    return model
+
+
+def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project: Path, log):
+    """`model` fine-tuned `variant.finetune` epochs on the recipe's data with distillation from its dense
+    reference (`dff_teacher`); the stem (layer 0, with the finder) is frozen and the finder's state (weights,
+    BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds."""
+    import copy
+
+    import torch
+
+    from sparseyolo.yolo.api import YOLO
+    from sparseyolo.yolo.convert import save_checkpoint
+
+    name = f"{variant.name}-finetune"
+    start = save_checkpoint(model, project / variant.name / "weights" / "converted.pt")
+    finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if type(v).__name__ == "Finder"}
+    args = {**recipe.train_args(), "epochs": int(variant.finetune), "close_mosaic": 0, **FINETUNE}
+    log(f"{variant.name}: fine-tuning {variant.finetune} epochs with distillation from {variant.convert['from']}")
+    YOLO(str(start)).train(data=str(recipe.training_data(data_yaml, project)), project=str(project), name=name,
+                           exist_ok=True, dff_teacher=variant.convert["from"], **args)  # fmt: skip
+    ckpt = torch.load(project / name / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    tuned = (ckpt.get("ema") or ckpt["model"]).float()
+    modules = dict(tuned.named_modules())
+    for k, state in finders.items():
+        modules[k].load_state_dict(state)
+    return tuned
 
 
 def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, metrics: dict | None = None) -> Path:
@@ -270,13 +378,17 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
     import torch
 
     recipe = dataclasses.replace(recipe, seed=variant.seed)
-    last = run_dir / "weights" / "last.pt"
+    last = run_dir / "weights" / "final.pt"
+    if not last.is_file():
+        last = run_dir / "weights" / "last.pt"  # a run made before final.pt existed
     if not last.is_file():
         raise FileNotFoundError(f"no trained weights for {variant.name}: {last} is missing")
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     model = (ckpt.get("ema") or ckpt["model"]).float()
     calibration = calibrate_reference(model, recipe) if has_dff_neck(model) else None
-    rows = list(csv.DictReader(open(run_dir / "results.csv"))) if (run_dir / "results.csv").is_file() else []
+    tuned = run_dir.parent / f"{variant.name}-finetune"
+    results = (tuned if variant.convert else run_dir) / "results.csv"
+    rows = list(csv.DictReader(open(results))) if results.is_file() else []
     final = {k.strip(): float(v) for k, v in rows[-1].items()} if rows else {}
     info = {
         "name": variant.name,
@@ -290,6 +402,17 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
         "metrics": metrics or {},
         "python": sys.version.split()[0],
     }
+    made = {}
+    if variant.convert:
+        made["converted_from"] = variant.convert
+    if variant.sparsify:
+        made["sparsify"] = variant.sparsify
+    if (run_dir / "finder.json").is_file():
+        made["finder"] = json.loads((run_dir / "finder.json").read_text())
+    if variant.finetune:
+        made["finetune"] = {"epochs": variant.finetune, "teacher": variant.convert["from"], **FINETUNE}
+    if made:
+        info["made"] = made
     if calibration is not None:
         info["calibration"] = calibration
     return save_reference(model, variant.name, info)
