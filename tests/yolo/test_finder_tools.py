@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_finder import scene
 
 from sparseyolo.boxes import box_coverage
 from sparseyolo.nn.finder import PAD_VALUE, Finder, recall_curve, threshold_for_recall
-
-from test_finder import scene
 
 
 def _random_finder(seed: int = 3) -> Finder:
