@@ -169,12 +169,15 @@ def train_finder(
     `composite_share`: the share of training crops drawn from the composites; `holdout`: the share of the
     training images (of each source, drawn with `seed`) kept out of the fit and calibrated on, so the threshold
     is set on images the finder has not memorised (0: fit and calibrate on all); `steps`, `batch`, `crop`, `lr`,
-    `seed`: see `sparseyolo.nn.finder.fit_finder`. Returns a report: training losses and seconds, the calibration
+    `seed`: see `sparseyolo.nn.finder.fit_finder` (`steps=0`: no training, the finder as it is is calibrated on
+    the same held-out images). Returns a report: training losses and seconds, the calibration
     (threshold, recall and active share on the calibration images), the same measured on the fitted images, the
     data used."""
     from sparseyolo.nn.finder import calibrate_recall as _calibrate
     from sparseyolo.nn.finder import fit_finder
 
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0 (0: calibrate the finder as it is), got {steps!r}")
     if not 0.0 <= float(composite_share) < 1.0:
         raise ValueError(f"composite_share must be in [0, 1), got {composite_share!r}")
     if not 0.0 <= float(holdout) < 1.0:
@@ -195,7 +198,8 @@ def train_finder(
     weights = [(1 - share) / (len(fit) - n_comp) if i < n_data else share / n_comp for i in fit]
     fit_images, fit_boxes = [images[i] for i in fit], [boxes[i] for i in fit]
     report = {"data": sources, "composite_share": share, "fit_images": len(fit), "calibration_images": len(cal)}
-    for sp in sparsifiers:
+    report["train"] = None  # steps=0: the finder's weights as they are (e.g. another variant's), calibrated only
+    for sp in sparsifiers if int(steps) else ():
         report["train"] = fit_finder(
             sp.finder, fit_images, fit_boxes, steps, batch, crop, lr, seed, progress, weights=weights
         )

@@ -331,11 +331,31 @@ def _converted(variant: Variant, log):
 
 
 def _with_finder(variant: Variant, model, run_dir: Path, log):
-    """`model` with its finder trained from boxes and calibrated (`FINDER`); the report goes to `finder.json`."""
-    from sparseyolo.yolo.finder import train_finder
+    """`model` with its finder trained from boxes and calibrated (`FINDER`); the report goes to `finder.json`.
 
-    log(f"{variant.name}: training the finder ({FINDER})")
-    report = train_finder(model, seed=variant.seed, progress=False, **FINDER)
+    A converted variant's finder starts fresh and learns from boxes alone, so converted variants with the same
+    `FINDER` settings, seed and finder shape share one training (cached under the project's `finders/`); each is
+    calibrated for its own context margin."""
+    import hashlib
+
+    import torch
+
+    from sparseyolo.yolo.finder import finder_sparsifiers, train_finder
+
+    finder = finder_sparsifiers(model)[0].finder
+    key = json.dumps([FINDER, variant.seed, [int(v) for v in finder.arch]], sort_keys=True)
+    cache = run_dir.parent / "finders" / f"finder-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+    if variant.convert and cache.is_file():
+        log(f"{variant.name}: the finder trained with the same settings ({cache}), calibrated for this model")
+        finder.load_state_dict(torch.load(cache, map_location="cpu"))
+        report = train_finder(model, seed=variant.seed, progress=False, **{**FINDER, "steps": 0})
+        report["weights"] = str(cache)
+    else:
+        log(f"{variant.name}: training the finder ({FINDER})")
+        report = train_finder(model, seed=variant.seed, progress=False, **FINDER)
+        if variant.convert:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(finder.state_dict(), cache)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "finder.json").write_text(json.dumps({"settings": FINDER, **report}, indent=1, default=str))
     return model

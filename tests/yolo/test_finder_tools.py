@@ -195,9 +195,30 @@ def test_a_converted_variant_is_made_shipped_and_says_how(tmp_path, monkeypatch)
     assert finder_keys and all(torch.equal(before[k], after[k]) for k in finder_keys)  # restored after tuning
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.22."))  # tuned
     assert train_variant(variant, recipe, data, tmp_path, threads=1, log=lambda *a: None) == final  # reused
+    shipped = reference.WEIGHTS_DIR
     monkeypatch.setattr(reference, "WEIGHTS_DIR", tmp_path / "weights")
     ship_variant(variant, recipe, tmp_path / "tiny-p34", "a command")
     info = json.loads((tmp_path / "weights" / "tiny-p34.json").read_text())
     assert info["made"]["converted_from"]["from"] == "yolov8n-aerial" and info["made"]["finetune"]["epochs"] == 1
     assert info["made"]["finder"]["calibration"]["threshold"] == float(finder.threshold)
     assert info["epochs_trained"] == 1
+    monkeypatch.setattr(reference, "WEIGHTS_DIR", shipped)
+    # a second converted variant with the same finder settings: the same finder weights, its own margin's threshold
+    stem = Variant("tiny-stem", "yolov8n.yaml", "test", convert={"from": "yolov8n-aerial", "method": "finder"})
+    final2 = train_variant(stem, recipe, data, tmp_path, threads=1, log=lambda *a: None)
+    report2 = json.loads((tmp_path / "tiny-stem" / "finder.json").read_text())
+    assert report2["train"] is None and report2["weights"].endswith(".pt") and report2["margin"] == 8
+    sp2 = torch.load(final2, map_location="cpu", weights_only=False)["model"].model[0].sparsify
+    assert sp2.dilate == 8 and float(sp2.finder.threshold) == report2["calibration"]["threshold"]
+    w1, w2 = finder.state_dict(), sp2.finder.state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1 if k not in ("threshold", "calibrated"))
+
+
+def test_train_finder_refuses_bad_steps():
+    from sparseyolo import YOLO
+    from sparseyolo.yolo.finder import train_finder
+
+    model = YOLO("yolov8n-sparse.yaml", sparsify={"method": "finder"}).model
+    for steps in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="steps must be"):
+            train_finder(model, steps=steps)
