@@ -185,16 +185,20 @@ def test_record_metrics_after_a_cached_demo_run_writes_nothing(setup, tmp_path, 
 def test_targets_with_na_figures():
     from sparseyolo.demo import DENSE, DENSE_SEED1, SPARSE, SPARSE_P3, targets
 
-    def row(model, method, ap, ms, m=0.1):
-        return {"model": model, "method": method, "ap_small": ap, "p50_ms": ms, "map": m}
+    def row(model, method, m, ms, recall=None):
+        return {"model": model, "method": method, "map": m, "p50_ms": ms, "mask_recall": recall}
 
     rows = [row(DENSE, "native", None, 900), row(DENSE_SEED1, "native", 0.1, 950), row(DENSE, "sahi", None, 1500),
-            row(SPARSE, "native", 0.2, 500), row(SPARSE_P3, "native", 0.1, 400, None)]  # fmt: skip
+            row(SPARSE, "native", 0.2, 500, 0.98), row(SPARSE_P3, "native", None, None, None)]  # fmt: skip
     got = {a: (b, m) for a, b, _, m in targets(rows)}
-    assert got["AP_small of the sparse model vs the dense seeds"] == ("0.200 vs n/a, 0.100", None)
-    assert got["batch-1 latency, dense / sparse (native)"][1] is True
-    assert got["mAP50-95 of the sparse-P3 model vs the dense seeds"] == ("n/a vs 0.100, 0.100", None)
-    assert got["sparse vs SAHI: wall time and AP_small"] == ("3.00x faster, AP_small 0.200 vs n/a", None)
+    assert got[f"{SPARSE}: mAP50-95 vs the dense seed(s)"] == ("0.200 vs n/a, 0.100", None)
+    assert got[f"{SPARSE}: mask recall"] == ("0.980", True)
+    assert got[f"{SPARSE}: predict time, dense / sparse"] == ("1.80x", True)
+    assert got[f"{SPARSE} vs SAHI: time and mAP50-95"] == ("3.00x faster, 0.200 vs n/a", None)
+    assert got[f"{SPARSE_P3}: mask recall"] == ("n/a", None)
+    assert got[f"{SPARSE_P3}: predict time, dense / sparse"] == ("n/a", None)
+    assert f"{SPARSE_P3} vs SAHI: time and mAP50-95" not in got  # not timed: not judged
+    assert not any("predict time" in a for a, *_ in targets(rows, speed=None))
 
 
 def test_ship_variant_writes_the_reference_files(tmp_path, weights_dir, make_trained_like_yolov8n):

@@ -150,22 +150,16 @@ def test_python_export_of_a_sparse_model_matches(tmp_path):
 
 
 def test_demo_targets():
-    from sparseyolo.demo import DENSE, DENSE_SEED1, SPARSE, targets
+    from sparseyolo.demo import DENSE, DENSE_SEED1, SPARSE, SPARSE_P34, targets
 
-    def row(model, method, ap, ms):
-        return {"model": model, "method": method, "ap_small": ap, "p50_ms": ms}
+    def row(model, method, m, ms, recall=None):
+        return {"model": model, "method": method, "map": m, "p50_ms": ms, "mask_recall": recall}
 
-    rows = [
-        row(DENSE, "native", 0.10, 900),
-        row(DENSE_SEED1, "native", 0.08, 950),
-        row(DENSE, "sahi", 0.09, 1500),
-        row(SPARSE, "native", 0.09, 500),
-    ]
-    t = {a: m for a, _, _, m in targets(rows)}
-    assert list(t.values()) == [True, True, True]
-    rows[-1] = row(SPARSE, "native", 0.07, 700)
-    t = {a: m for a, _, _, m in targets(rows)}
-    assert list(t.values()) == [False, False, False]
+    rows = [row(DENSE, "native", 0.15, 900), row(DENSE_SEED1, "native", 0.14, 950), row(DENSE, "sahi", 0.16, 1500),
+            row(SPARSE, "native", 0.16, 200, 0.99), row(SPARSE_P34, "native", 0.13, 1000, 0.5)]  # fmt: skip
+    t = {a: m for a, _, _, m in targets(rows, speed=4.0)}
+    assert [t[k] for k in t if k.startswith(SPARSE + ":") or k.startswith(SPARSE + " ")] == [True] * 4
+    assert [t[k] for k in t if k.startswith(SPARSE_P34)] == [False] * 4
 
 
 @pytest.mark.skipif(len(shipped_names()) < 3, reason="reference models not shipped")
