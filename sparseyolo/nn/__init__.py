@@ -1,6 +1,7 @@
 """YOLO blocks (dense `Tensor[B, C, H, W]` in and out, Ultralytics-style `(c1, c2, n=1, ...)` signatures).
 
-Nothing here imports Ultralytics; `sparseyolo.yolo` registers every class in `__all__` with its model parser.
+Nothing here imports Ultralytics; `sparseyolo.yolo` registers every class named in `YAML_MODULES` with its model
+parser.
 """
 
 from sparseyolo.nn.base import Channels, YamlBlock, YamlContext, make_divisible

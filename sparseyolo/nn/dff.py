@@ -154,7 +154,8 @@ class DFFNeck(nn.Module):
         route_threshold (float): routing weights at or under it are not computed, [0, 1).
         budget (float): training target of the expected executed FLOPs over all-on, (0, 1].
         sparse_density (float): a gated map denser than this runs its blocks densely (masked) instead; the same
-            numbers either way. The YAMLs use 0.2, the crossover measured by `sparseyolo bench neck` (section 4).
+            numbers either way. Default 0.5; the shipped YAMLs use 0.2, the crossover `sparseyolo bench neck` measured
+            (section 4).
     """
 
     # class defaults, so checkpoints pickled before these attributes existed still load

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sparseyolo.sparse import functional as F
+from sparseyolo.sparse import functional as SF
 from sparseyolo.sparse.args import as_tuple, check_ndim
 from sparseyolo.sparse.tensor import SparseConvTensor
 
@@ -97,7 +97,7 @@ class _SubMConvNd(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.subm_conv(x, self.weight, self.bias, self.dilation, self.groups, self.indice_key)
+        return SF.subm_conv(x, self.weight, self.bias, self.dilation, self.groups, self.indice_key)
 
 
 class _SparseConvNdRegular(_SparseConvNd):
@@ -105,7 +105,7 @@ class _SparseConvNdRegular(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.sparse_conv(
+        return SF.sparse_conv(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.indice_key
         )
 
@@ -117,7 +117,7 @@ class _SparseConvTransposeNd(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.sparse_conv_transpose(
+        return SF.sparse_conv_transpose(
             x,
             self.weight,
             self.bias,
@@ -153,7 +153,7 @@ class _SparseInverseConvNd(_SparseConvNd):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         self._check(x)
-        return F.sparse_inverse_conv(x, self.weight, self.bias, self.indice_key, self.groups)
+        return SF.sparse_inverse_conv(x, self.weight, self.bias, self.indice_key, self.groups)
 
 
 def _dims(base, ndim: int, name: str, doc: str):
@@ -191,7 +191,7 @@ class _SparsePoolNd(SparseModule):
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         check_ndim(x, self.ndim, type(self).__name__)
-        pool = F.sparse_max_pool if self.mode == "max" else F.sparse_avg_pool
+        pool = SF.sparse_max_pool if self.mode == "max" else SF.sparse_avg_pool
         return pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.indice_key)
 
     def extra_repr(self) -> str:
@@ -199,7 +199,7 @@ class _SparsePoolNd(SparseModule):
 
 
 def _pool_dims(mode: str, ndim: int, name: str):
-    doc = F.sparse_max_pool.__doc__ if mode == "max" else F.sparse_avg_pool.__doc__
+    doc = SF.sparse_max_pool.__doc__ if mode == "max" else SF.sparse_avg_pool.__doc__
     return type(name, (_SparsePoolNd,), {"ndim": ndim, "mode": mode, "__doc__": doc, "__module__": __name__})
 
 
@@ -215,21 +215,21 @@ class SparseGlobalMaxPool(SparseModule):
     """Max over each batch entry's active sites -> dense `(B, C)`."""
 
     def forward(self, x: SparseConvTensor) -> Tensor:
-        return F.global_max_pool(x)
+        return SF.global_max_pool(x)
 
 
 class SparseGlobalAvgPool(SparseModule):
     """Mean over each batch entry's active sites -> dense `(B, C)`."""
 
     def forward(self, x: SparseConvTensor) -> Tensor:
-        return F.global_avg_pool(x)
+        return SF.global_avg_pool(x)
 
 
 class ToDense(SparseModule):
     """`SparseConvTensor` -> dense `(B, C, *spatial)`."""
 
     def forward(self, x: SparseConvTensor) -> Tensor:
-        return F.to_dense(x)
+        return SF.to_dense(x)
 
 
 class _FeatureWise(SparseModule):

@@ -2,7 +2,7 @@
 
 `install()` imports nothing heavy: if Ultralytics' parser module is already loaded it registers at once;
 otherwise a `sys.meta_path` finder registers right after `ultralytics.nn.tasks` finishes loading. So after
-`import sparseyolo.yolo` (or an `install()` from `import sparseyolo`), plain Ultralytics code such as
+`import sparseyolo.yolo` (which calls `install()`; `import sparseyolo` alone does not), plain Ultralytics code such as
 `ultralytics.YOLO("path/to/yolov8n-sparse.yaml")` can build models with our blocks.
 """
 
