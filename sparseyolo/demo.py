@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--repeats must be >= 0, --threads >= 1, --epochs >= 1")
     import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
 
+    import torch
+
+    threads_before = torch.get_num_threads()  # run_demo sets --threads; restored below
     try:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
@@ -394,4 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sparseyolo demo: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(threads_before)
     return 0
