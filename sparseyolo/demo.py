@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--composites changes the training recipe: it needs --train")
     if a.repeats < 0 or a.threads < 1 or (a.epochs is not None and a.epochs < 1):
         ap.error("--repeats must be >= 0, --threads >= 1, --epochs >= 1")
-    import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
-
     import torch
+
+    import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
 
     threads_before = torch.get_num_threads()  # run_demo sets --threads; restored below
     try:
