@@ -44,7 +44,9 @@ class Variant:
 
 # How the shipped finders are trained and calibrated (`sparseyolo.yolo.finder.train_finder`)
 FINDER = {"recall": 0.99, "steps": 6000}
-FINETUNE = {"lr0": 1e-4, "lrf": 1.0, "warmup_epochs": 0, "freeze": [0], "mosaic": 0.0}  # the fine-tune's train args
+# the fine-tune's train args: a fixed small learning rate (an explicit optimizer: Ultralytics' `auto` ignores lr0),
+# no warm-up, the stem frozen, no mosaic (the recipe's last epochs are without it too)
+FINETUNE = {"optimizer": "AdamW", "lr0": 5e-5, "lrf": 1.0, "warmup_epochs": 0, "freeze": [0], "mosaic": 0.0}
 FINDER_SPARSIFY = {"method": "finder", "dilate": 8}  # a from-scratch finder stem (margin: sparse stem and P3 path)
 
 
