@@ -355,7 +355,7 @@ class Sparsifier(nn.Module):
         idx = targets["batch_idx"].view(-1).long().cpu()
         boxes = [xyxy[idx == i] for i in range(int(targets["batch_size"]))]
         cover = cell_cover(boxes, tuple(logits.shape[-2:]), self.finder.cell).to(logits.device)
-        return finder_loss(logits, cover)
+        return finder_loss(logits, cover, margin=self.dilate, cell=self.finder.cell)
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ at least `recall` of the calibration objects keep `MIN_COVER` (90%) of their box
 finder whose threshold was never set (`calibrated` False) keeps every pixel.
 
 Supervision (`cell_cover`, `finder_loss`, `fit_finder`): each cell's target is the share of it that boxes cover
-(soft, in [0, 1]); binary cross-entropy with the covered cells weighted `1 + POS_WEIGHT` (recall first). Pure
-torch + numpy; nothing here knows YOLO.
+(soft, in [0, 1]); binary cross-entropy with the covered cells weighted `1 + POS_WEIGHT` (recall first), taken on
+the logits max-pooled over the context margin (what the mask reads: a cell near an object need not fire itself
+when a neighbour does), plus a share of the per-cell loss. Pure torch + numpy; nothing here knows YOLO.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ CELLS = (8, 16)  # supported cell sizes (input pixels per logit)
 CELL = 8  # the default: a 40-px crown costs ~(5+2)^2 cells with an 8-px margin (16-px cells: ~(3+2)^2 * 4)
 POS_WEIGHT = 3.0  # extra loss weight of cells that boxes touch
 GAMMA = 0.0  # focal exponent of the loss (0: plain BCE)
+PLAIN_SHARE = 0.25  # weight of the per-cell loss beside the margin-pooled one (`finder_loss(margin > 0)`)
 BLANK = 0.03  # share of training crops replaced by a blank frame
 PAD_VALUE = 114 / 255  # Ultralytics' letterbox grey: what padding looks like to the model
 
@@ -152,10 +154,23 @@ def cell_cover(boxes: list[Tensor], grid: tuple[int, int], cell: int) -> Tensor:
     return torch.stack(out) if out else torch.zeros(0, h, w)
 
 
-def finder_loss(logits: Tensor, cover: Tensor, pos_weight: float = POS_WEIGHT, gamma: float = GAMMA) -> Tensor:
-    """Binary cross-entropy of `logits (B, 1, h, w)` against soft targets `cover (B, h, w)`, focal with exponent
-    `gamma` (0: plain BCE; the factor is `|target - p| ** gamma`, so easy cells weigh little); cells that boxes touch
-    weigh `1 + pos_weight`."""
+def finder_loss(
+    logits: Tensor,
+    cover: Tensor,
+    pos_weight: float = POS_WEIGHT,
+    gamma: float = GAMMA,
+    margin: int = 0,
+    cell: int = CELL,
+    plain: float = PLAIN_SHARE,
+) -> Tensor:
+    """The finder's training loss: `logits (B, 1, h, w)` against the cell cover `cover (B, h, w)` of the boxes.
+
+    `margin=0`: binary cross-entropy of each cell, focal with exponent `gamma` (0: plain BCE; the factor is
+    `|target - p| ** gamma`, so easy cells weigh little); cells that boxes touch weigh `1 + pos_weight`.
+    `margin > 0` (pixels, whole `cell`s): the loss is taken on what the mask reads, the logits max-pooled over the
+    margin (`dilate(L > t) == maxpool(L) > t`): cells that boxes touch -> 1 (weight `1 + pos_weight`), cells with
+    no box within the margin -> 0, the ring within the margin of a box but outside it -> ignored (it is kept by
+    the margin anyway); plus `plain` times the per-cell loss, so every cell is trained."""
     if logits.dim() != 4 or logits.shape[1] != 1 or logits.shape[-2:] != cover.shape[-2:]:
         raise ValueError(f"logits (B, 1, h, w) and cover (B, h, w) must match, got {tuple(logits.shape)} and "
                          f"{tuple(cover.shape)}")  # fmt: skip
@@ -163,7 +178,15 @@ def finder_loss(logits: Tensor, cover: Tensor, pos_weight: float = POS_WEIGHT, g
     weight = 1.0 + pos_weight * (cover > 0).to(logits.dtype)
     if gamma:
         weight = weight * (cover - torch.sigmoid(lo)).abs().detach().pow(gamma)
-    return F.binary_cross_entropy_with_logits(lo, cover, weight=weight)
+    per_cell = F.binary_cross_entropy_with_logits(lo, cover, weight=weight)
+    r = margin_cells(margin, cell)
+    if r == 0:
+        return per_cell
+    pos = cover > 0
+    near = F.max_pool2d(pos[:, None].to(logits.dtype), 2 * r + 1, 1, r)[:, 0] > 0
+    pooled = F.max_pool2d(logits, 2 * r + 1, 1, r)[:, 0]
+    w = (1.0 + pos_weight * pos.to(logits.dtype)) * (pos | ~near).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(pooled, pos.to(logits.dtype), weight=w) + plain * per_cell
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -276,11 +299,13 @@ def fit_finder(
     progress: bool = True,
     weights=None,
     gamma: float = GAMMA,
+    margin: int = 0,
 ) -> dict:
     """Train `finder` on `images` (RGB `ndarray (H, W, 3)` uint8 or `Tensor[3, H, W]`) and their `boxes` (one
     `(N, 4)` xyxy pixel array per image; empty ones teach what empty ground looks like): `steps` AdamW steps on
     `batch` random `crop`-pixel crops (`random_batch`; image `i` drawn with probability proportional to
-    `weights[i]`, default uniform), one-cycle learning rate, `finder_loss` (focal exponent `gamma`). The finder is
+    `weights[i]`, default uniform), one-cycle learning rate, `finder_loss` (focal exponent `gamma`; on the logits
+    max-pooled over `margin` pixels when > 0: what the mask with that margin reads). The finder is
     left in eval mode; its threshold is not touched (see `calibrate_recall`). Returns `{"loss_first", "loss_last",
     "seconds", "steps"}` (losses: means over the first and last 10% of the steps)."""
     import time
@@ -309,7 +334,8 @@ def fit_finder(
     for _ in bar:
         x, b = random_batch(images, boxes, int(batch), int(crop), gen, weights)
         logits = finder(x)
-        loss = finder_loss(logits, cell_cover(b, tuple(logits.shape[-2:]), finder.cell), gamma=gamma)
+        cover = cell_cover(b, tuple(logits.shape[-2:]), finder.cell)
+        loss = finder_loss(logits, cover, gamma=gamma, margin=margin, cell=finder.cell)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

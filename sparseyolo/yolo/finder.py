@@ -161,6 +161,7 @@ def train_finder(
     composite_share: float = COMPOSITE_SHARE,
     holdout: float = HOLDOUT,
     progress: bool = True,
+    loss_margin: int | None = None,
 ) -> dict:
     """Train the foreground finder of `model`'s sparse stem on training data, then calibrate it to `recall`.
 
@@ -168,7 +169,8 @@ def train_finder(
     shipped safetensors) with the calibrated threshold. `data`/`composites`: see `training_data`;
     `composite_share`: the share of training crops drawn from the composites; `holdout`: the share of the
     training images (of each source, drawn with `seed`) kept out of the fit and calibrated on, so the threshold
-    is set on images the finder has not memorised (0: fit and calibrate on all); `steps`, `batch`, `crop`, `lr`,
+    is set on images the finder has not memorised (0: fit and calibrate on all); `loss_margin`: the margin (pixels)
+    the loss pools the logits over (`finder_loss`; default the model's context margin); `steps`, `batch`, `crop`, `lr`,
     `seed`: see `sparseyolo.nn.finder.fit_finder` (`steps=0`: no training, the finder as it is is calibrated on
     the same held-out images). Returns a report: training losses and seconds, the calibration
     (threshold, recall and active share on the calibration images), the same measured on the fitted images, the
@@ -198,10 +200,12 @@ def train_finder(
     weights = [(1 - share) / (len(fit) - n_comp) if i < n_data else share / n_comp for i in fit]
     fit_images, fit_boxes = [images[i] for i in fit], [boxes[i] for i in fit]
     report = {"data": sources, "composite_share": share, "fit_images": len(fit), "calibration_images": len(cal)}
+    margin = int(sparsifiers[0].dilate if loss_margin is None else loss_margin)
+    report["loss_margin"] = margin
     report["train"] = None  # steps=0: the finder's weights as they are (e.g. another variant's), calibrated only
     for sp in sparsifiers if int(steps) else ():
         report["train"] = fit_finder(
-            sp.finder, fit_images, fit_boxes, steps, batch, crop, lr, seed, progress, weights=weights
+            sp.finder, fit_images, fit_boxes, steps, batch, crop, lr, seed, progress, weights=weights, margin=margin
         )
     if held:  # the same calibration on the fitted images, for comparison (the threshold is set just below)
         report["calibration_on_fit"] = _calibrate(sparsifiers[0].finder, fit_images, fit_boxes, recall,

@@ -222,3 +222,31 @@ def test_train_finder_refuses_bad_steps():
     for steps in (-1, 1.5, True):
         with pytest.raises(ValueError, match="steps must be"):
             train_finder(model, steps=steps)
+
+
+def test_the_margin_loss_reads_what_the_mask_reads():
+    """`finder_loss(margin > 0)`: BCE on the max-pooled logits (box cells -> 1, cells with no box within the margin
+    -> 0, the ring around a box ignored) plus a share of the per-cell loss (oracle: the formula by hand); a map
+    whose dilated mask holds the box and nothing else costs less than one that also fires on empty ground."""
+    from sparseyolo.nn.finder import PLAIN_SHARE, POS_WEIGHT, cell_cover, finder_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 12, 12)
+    cover = cell_cover([torch.tensor([[40.0, 40.0, 56.0, 56.0]])], (12, 12), 8)  # cells 5-6 x 5-6
+    pooled = torch.stack([logits[0, 0, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3].max() for y in range(12)
+                          for x in range(12)]).view(12, 12)  # fmt: skip
+    pos = cover[0] > 0
+    near = torch.zeros(12, 12, dtype=torch.bool)
+    near[3:9, 3:9] = True  # within 2 cells of the box
+    w = (1 + POS_WEIGHT * pos.float()) * (pos | ~near).float()
+    want = F.binary_cross_entropy_with_logits(pooled, pos.float(), weight=w)
+    torch.testing.assert_close(finder_loss(logits, cover, margin=16, plain=0.0), want)
+    torch.testing.assert_close(finder_loss(logits, cover, margin=16), want + PLAIN_SHARE * finder_loss(logits, cover))
+    assert finder_loss(logits, cover, margin=9) == finder_loss(logits, cover, margin=16)  # whole cells: 2 either way
+    good = torch.full((1, 1, 12, 12), -6.0)
+    good[0, 0, 5:7, 5:7] = 6.0
+    noisy = good.clone()
+    noisy[0, 0, 0, 11] = 6.0  # fires on empty ground, far from the box
+    assert finder_loss(good, cover, margin=16) < finder_loss(noisy, cover, margin=16)
+    with pytest.raises(ValueError, match="margin must be"):
+        finder_loss(logits, cover, margin=-1)
