@@ -1,0 +1,174 @@
+"""Outputs on real georeferenced data: GeoJSON corners recomputed by hand from the affine transform rasterio reads
+back, the CRS recorded, CSV/COCO/GeoJSON agreeing, the quick-look; PNG/JPEG in pixel coordinates; resume and
+atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from mosaic_utils import BlobDetector, blob_raster
+
+from sparseyolo.mosaic.merge import Detections
+from sparseyolo.mosaic.outputs import atomic_path, write_atomic
+from sparseyolo.mosaic.run import predict_mosaic
+
+
+def _features(path):
+    return json.loads(path.read_text())
+
+
+def test_geojson_in_the_rasters_crs(blob_tif, tmp_path):
+    import rasterio
+
+    path, _, boxes = blob_tif
+    res = predict_mosaic(BlobDetector(), path, tmp_path, window=512, overlap=224, progress=False)
+    assert res[0].status == "done" and res[0].detections == len(boxes)
+    gj = _features(tmp_path / "blobs.geojson")
+    with rasterio.open(path) as ds:
+        t, epsg = ds.transform, ds.crs.to_epsg()
+    assert gj["type"] == "FeatureCollection" and epsg == 32612
+    assert gj["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32612"
+    assert rasterio.crs.CRS.from_wkt(gj["crs_wkt"]).to_epsg() == 32612
+    rows = list(csv.DictReader((tmp_path / "blobs.csv").open()))
+    coco = _features(tmp_path / "blobs.coco.json")
+    assert len(gj["features"]) == len(rows) == len(coco["annotations"]) == len(boxes)
+    for f, row, ann in zip(gj["features"], rows, coco["annotations"]):
+        x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        assert ann["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-3)
+        assert f["properties"]["score"] == pytest.approx(float(row["score"]), abs=1e-5)
+        assert f["properties"]["class"] == int(row["class"]) == 0 and f["properties"]["name"] == "blob"
+        ring = np.array(f["geometry"]["coordinates"][0])
+        # by hand: X = a*col + b*row + c, Y = d*col + e*row + f; north-up, 10 cm pixels
+        west, north = t.c + t.a * x0, t.f + t.e * y0
+        east, south = t.c + t.a * x1, t.f + t.e * y1
+        assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()
+        assert ring[:, 0].min() == pytest.approx(west, abs=1e-3) and ring[:, 0].max() == pytest.approx(east, abs=1e-3)
+        assert ring[:, 1].max() == pytest.approx(north, abs=1e-3) and ring[:, 1].min() == pytest.approx(south, abs=1e-3)
+        x, y = ring[:-1, 0], ring[:-1, 1]
+        assert 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) > 0  # counter-clockwise (RFC 7946)
+    # the boxes are the objects: every ground-truth box found exactly (the detector is exact)
+    got = {tuple(round(float(r[k])) for k in ("x0", "y0", "x1", "y1")) for r in rows}
+    assert got == {tuple(int(v) for v in b) for b in boxes}
+
+
+def test_real_geotiff_osbs_029(osbs_tif, tmp_path):
+    """deepforest's real GeoTIFF (UTM 17N) with the dense reference: polygons inside the raster's bounds."""
+    import rasterio
+
+    res = predict_mosaic("yolov8n-aerial", osbs_tif, tmp_path, window=512, progress=False)
+    assert res[0].status == "done" and res[0].detections > 10
+    gj = _features(tmp_path / "OSBS_029.geojson")
+    assert len(gj["features"]) == res[0].detections
+    assert gj["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32617"
+    with rasterio.open(osbs_tif) as ds:
+        b = ds.bounds
+    pts = np.concatenate([np.array(f["geometry"]["coordinates"][0]) for f in gj["features"]])
+    assert (pts[:, 0] >= b.left - 1e-6).all() and (pts[:, 0] <= b.right + 1e-6).all()
+    assert (pts[:, 1] >= b.bottom - 1e-6).all() and (pts[:, 1] <= b.top + 1e-6).all()
+    from PIL import Image
+
+    with Image.open(tmp_path / "OSBS_029.quicklook.jpg") as im:
+        assert im.format == "JPEG" and im.size == (400, 400)
+        look = np.asarray(im.convert("RGB")).astype(int)
+    assert ((look[..., 0] > 200) & (look[..., 1] < 100)).sum() > 100  # the boxes are drawn (red)
+
+
+def test_png_and_jpeg_in_pixel_coordinates(tmp_path):
+    from PIL import Image
+
+    img, boxes = blob_raster(300, 500, n=8, seed=3)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(img).save(tmp_path / "b.jpg", quality=100)
+    res = predict_mosaic(BlobDetector(), tmp_path, tmp_path / "out", window=256, overlap=128, progress=False)
+    assert [r.status for r in res] == ["done", "done"]
+    gj = _features(tmp_path / "out" / "a.geojson")
+    assert "crs" not in gj and gj["coordinates"] == "pixel"
+    ring = np.array(gj["features"][0]["geometry"]["coordinates"][0])
+    x0, y0, x1, y1 = gj["features"][0]["properties"]["bbox_px"]
+    assert sorted({*ring[:, 0]}) == pytest.approx([x0, x1]) and sorted({*ring[:, 1]}) == pytest.approx([y0, y1])
+    assert res[0].detections == len(boxes)
+    assert res[1].detections >= 1  # JPEG: lossy, blobs may split; read and run all the same
+
+
+def test_quicklook_shows_the_raster(blob_tif, tmp_path):
+    from PIL import Image
+
+    path, img, _ = blob_tif
+
+    class Blind(BlobDetector):  # no boxes drawn: the picture alone
+        def __call__(self, image):
+            return Detections.empty()
+
+    predict_mosaic(Blind(), path, tmp_path, window=384, overlap=224, progress=False)
+    with Image.open(tmp_path / "blobs.quicklook.jpg") as im:
+        look = np.asarray(im.convert("RGB")).astype(float)
+    assert look.shape[1] == 1024 and look.shape[0] == round(1000 * 1024 / 1300)
+    ref = np.asarray(Image.fromarray(img).resize(look.shape[1::-1], Image.BOX)).astype(float)
+    h, w = (look.shape[0] // 16) * 16, (look.shape[1] // 16) * 16
+
+    def blocks(a):  # 16x16 block means: the picture, not JPEG's noise on a noise image
+        return a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).mean((1, 3))
+
+    a, b = blocks(look).ravel(), blocks(ref).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.95 and np.abs(a - b).mean() < 1.5  # the same picture, in place
+    assert np.corrcoef(a, blocks(ref[::-1]).ravel())[0, 1] < 0.5  # (a misplaced picture would not pass)
+    assert look.mean(2).mean(0).min() > 15 and look.mean(2).mean(1).min() > 15  # every core pasted: no black strip
+
+
+def test_resume_skips_finished_inputs_and_reruns_changed_settings(blob_tif, tmp_path):
+    path, _, _ = blob_tif
+    calls = []
+
+    class Counting(BlobDetector):
+        def __call__(self, image):
+            calls.append(1)
+            return super().__call__(image)
+
+    kw = dict(window=512, overlap=224, progress=False)
+    first = predict_mosaic(Counting(), path, tmp_path, **kw)
+    n = len(calls)
+    assert first[0].status == "done" and n == first[0].windows
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = predict_mosaic(Counting(), path, tmp_path, **kw)
+    assert again[0].status == "skipped" and len(calls) == n
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    predict_mosaic(Counting(), path, tmp_path, **kw, force=True)
+    assert len(calls) == 2 * n
+    changed = predict_mosaic(Counting(), path, tmp_path, **{**kw, "window": 384})
+    assert changed[0].status == "done" and len(calls) > 2 * n
+    (tmp_path / "blobs.csv").unlink()  # an output lost: not done any more
+    assert predict_mosaic(Counting(), path, tmp_path, **{**kw, "window": 384})[0].status == "done"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
+    target = write_atomic(tmp_path / "x.json", "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half of the new conte")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["x.json"]
+
+
+def test_interrupted_run_is_not_done(blob_tif, tmp_path):
+    """A run that dies after some outputs are written leaves no `.done.json`: the rerun does the input again."""
+    path, _, _ = blob_tif
+    import sparseyolo.mosaic.outputs as outputs
+
+    real = outputs.coco
+
+    def broken(*a, **k):
+        raise KeyboardInterrupt
+
+    outputs.coco = broken
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            predict_mosaic(BlobDetector(), path, tmp_path, window=512, overlap=224, progress=False)
+    finally:
+        outputs.coco = real
+    assert (tmp_path / "blobs.geojson").is_file() and not (tmp_path / "blobs.done.json").exists()
+    res = predict_mosaic(BlobDetector(), path, tmp_path, window=512, overlap=224, progress=False)
+    assert res[0].status == "done" and (tmp_path / "blobs.done.json").is_file()
