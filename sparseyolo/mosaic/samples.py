@@ -30,11 +30,17 @@ def osbs_029() -> Path:
     return fetch_member_files(DEEPFOREST_REQUIREMENT, ["deepforest/data/OSBS_029.tif"], sdist=False)[0]
 
 
+def default_transform():
+    """`PIXEL`-metre north-up pixels from `ORIGIN` (rasterio's `Affine`)."""
+    from affine import Affine
+
+    return Affine(PIXEL, 0.0, ORIGIN[0], 0.0, -PIXEL, ORIGIN[1])
+
+
 def write_geotiff(path, image: np.ndarray, crs: str | None = CRS, transform=None, tile: int = 256, **profile) -> Path:
     """Write `image` (`(H, W, C)` or `(H, W)`) as a tiled, deflate-compressed GeoTIFF with `crs` (None: none) and
     `transform` (default: `PIXEL` m pixels from `ORIGIN`). Extra `profile` keys go to rasterio (e.g. `nbits`)."""
     import rasterio
-    from rasterio.transform import from_origin
 
     a = image[..., None] if image.ndim == 2 else image
     h, w, c = a.shape
@@ -45,7 +51,7 @@ def write_geotiff(path, image: np.ndarray, crs: str | None = CRS, transform=None
         "count": c,
         "dtype": str(a.dtype),
         "crs": crs,
-        "transform": transform if transform is not None else from_origin(*ORIGIN, PIXEL, PIXEL),
+        "transform": transform if transform is not None else default_transform(),
         "compress": "deflate",
     }
     if h >= tile and w >= tile:
@@ -82,7 +88,6 @@ def build_mosaic(
     boxes), and `<same>.gt.json`, its COCO ground truth. Returns the `.tif` path. A build with the same parameters
     is reused (`force`: rebuilt); files appear complete or not at all. Memory: one frame (~3x `tile`^2 x 3 bytes).
     """
-    from rasterio.transform import from_origin
     from rasterio.windows import Window
     from tqdm import tqdm
 
@@ -127,7 +132,7 @@ def build_mosaic(
         "count": 3,
         "dtype": "uint8",
         "crs": CRS,
-        "transform": from_origin(*ORIGIN, PIXEL, PIXEL),
+        "transform": default_transform(),
         "tiled": True,
         "blockxsize": block,
         "blockysize": block,
