@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+GDAL_CACHE_MB = 64  # GDAL's block cache while reading windows (its default, 5% of the RAM, only holds pixels that
+# are read once: every window is read once, neighbours share a few blocks of their overlap)
 GEOREFERENCED_DRIVERS = ("GTiff", "COG")  # formats that are expected to carry a CRS
 
 
@@ -151,8 +153,16 @@ class RasterReader:
     `uint8 (y1 - y0, x1 - x0, 3)` RGB; a read that fails (a truncated or damaged file) is a `MosaicInputError`."""
 
     def __init__(self, info: RasterInfo):
+        import rasterio
+
         self.info = info
-        self._ds = _open(Path(info.path))
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)
+        self._env.__enter__()
+        try:
+            self._ds = _open(Path(info.path))
+        except BaseException:
+            self._env.__exit__(None, None, None)
+            raise
 
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         from rasterio.errors import RasterioError
@@ -168,7 +178,10 @@ class RasterReader:
         return np.ascontiguousarray(a.transpose(1, 2, 0))
 
     def close(self) -> None:
-        self._ds.close()
+        try:
+            self._ds.close()
+        finally:
+            self._env.__exit__(None, None, None)
 
     def __enter__(self) -> RasterReader:
         return self

@@ -123,3 +123,26 @@ def test_too_small_an_overlap_cuts_objects(blob_tif, tmp_path):
 
     n = len(json.loads((tmp_path / "out" / "blobs.coco.json").read_text())["annotations"])
     assert n != len(whole)  # cut objects: the equality above is not automatic
+
+
+def test_never_reads_more_than_a_window(blob_tif, tmp_path, monkeypatch):
+    """The raster is read window by window: no read larger than the window, each window read once, and the reads
+    cover the raster."""
+    from sparseyolo.mosaic import raster
+
+    path, img, _ = blob_tif
+    reads = []
+    real = raster.RasterReader.read
+
+    def spy(self, y0, x0, y1, x1):
+        reads.append((y0, x0, y1, x1))
+        return real(self, y0, x0, y1, x1)
+
+    monkeypatch.setattr(raster.RasterReader, "read", spy)
+    res = predict_mosaic(BlobDetector(), path, tmp_path, window=256, overlap=64, progress=False)
+    assert len(reads) == res[0].windows == len(set(reads)) == len(window_grid(*img.shape[:2], 256, 64))
+    assert max((y1 - y0) * (x1 - x0) for y0, x0, y1, x1 in reads) <= 256 * 256
+    cover = np.zeros(img.shape[:2], bool)
+    for y0, x0, y1, x1 in reads:
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
