@@ -35,14 +35,14 @@ def local_cluster(workers: int):
     )
 
 
-def connect(workers: int = 0, scheduler: str | None = None):
+def connect(workers: int = 0, scheduler: str | None = None, timeout: str = "20s"):
     """`(client, cluster)`: a client of the scheduler at `scheduler`, or of a new local cluster (`cluster` then
     needs closing too). A scheduler that cannot be reached is a `ConnectionError` naming it."""
     from distributed import Client
 
     if scheduler is not None:
         try:
-            return Client(scheduler, timeout="20s"), None
+            return Client(scheduler, timeout=timeout), None
         except (OSError, TimeoutError) as e:
             raise ConnectionError(
                 f"cannot reach the Dask scheduler at {scheduler!r} ({e}): start one (`dask scheduler`) and its workers "

@@ -121,6 +121,20 @@ def as_detector(model, conf: float, iou: float, device: str, threads: int | None
     )
 
 
+def check_sendable(detector) -> None:
+    """Raise a `TypeError` saying what to pass when `detector` cannot travel to Dask workers."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(detector)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise TypeError(
+            f"the model cannot be sent to Dask workers ({cause}). With workers= or scheduler=, pass the model by name "
+            "or path (a shipped reference name, a model YAML or a .pt file), or a picklable detector"
+        ) from None
+
+
 def predict_mosaic(
     model,
     source,
@@ -168,6 +182,8 @@ def predict_mosaic(
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
     detector = as_detector(model, conf, iou, device, threads if threads is not None or not distributed else 1)
     stride = int(detector.stride)  # loads the model: a missing one fails here, before any work
+    if distributed:
+        check_sendable(detector)
     names = detector.names
     window, overlap = check_window(window, default_overlap(max_object) if overlap is None else overlap, stride)
     inputs = list_inputs(source)

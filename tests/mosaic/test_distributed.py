@@ -101,3 +101,19 @@ def test_bad_input_fails_alone_and_scheduler_address(tmp_path):
     assert good.status == "done" and good.detections == 6
     assert bad.status == "failed" and "truncated.tif" in bad.error and "corrupt or truncated" in bad.error
     assert not (tmp_path / "out" / "truncated.done.json").exists()
+
+
+def test_a_model_object_cannot_travel(tmp_path):
+    from sparseyolo.yolo.api import YOLO
+
+    img, _ = blob_raster(100, 100, n=2, seed=1)
+    write_geotiff(tmp_path / "a.tif", img)
+    with pytest.raises(TypeError, match="cannot be sent to Dask workers.*pass the model by name or path"):
+        predict_mosaic(YOLO("yolov8n-aerial"), tmp_path / "a.tif", tmp_path / "out", workers=1, progress=False)
+
+
+def test_an_unreachable_scheduler_is_named():
+    from sparseyolo.mosaic.distributed import connect
+
+    with pytest.raises(ConnectionError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'.*workers=N"):
+        connect(scheduler="tcp://127.0.0.1:9", timeout="1s")
