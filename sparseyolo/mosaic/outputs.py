@@ -6,7 +6,8 @@
   WKT in `crs_wkt`. Without georeferencing the coordinates are pixels (`"coordinates": "pixel"`, no `crs`).
 - `<name>.csv`: one row per box in pixel coordinates: `x0, y0, x1, y1, score, class, name`.
 - `<name>.coco.json`: COCO (`images`, `categories`, `annotations` with `score`) in pixel coordinates.
-- `<name>.quicklook.jpg`: the raster downscaled to at most `QUICKLOOK` px a side, boxes drawn.
+- `<name>.quicklook.jpg`: the raster downscaled to at most `QUICKLOOK` px a side, boxes scoring at least
+  `QUICKLOOK_CONF` drawn.
 - `<name>.done.json`, last: the settings and counts; a rerun with the same settings skips the input.
 """
 
@@ -25,6 +26,8 @@ from sparseyolo.mosaic.merge import Detections
 from sparseyolo.mosaic.raster import RasterInfo
 
 QUICKLOOK = 1024  # longest side of the quick-look picture
+QUICKLOOK_CONF = 0.25  # boxes drawn on it: those scoring at least this (Ultralytics' predict default); a run at
+# conf=0.001 (for AP) has tens of thousands of boxes that would cover the picture
 DONE = ".done.json"
 
 
@@ -157,12 +160,13 @@ class QuickLook:
             (y0, x0, y1, x1), small = piece
             self.canvas[y0:y1, x0:x1] = small
 
-    def jpeg(self, det: Detections) -> bytes:
+    def jpeg(self, det: Detections, min_score: float = QUICKLOOK_CONF) -> bytes:
+        """The picture as JPEG, with the boxes scoring at least `min_score` drawn in red."""
         from PIL import Image, ImageDraw
 
         im = Image.fromarray(self.canvas)
         draw = ImageDraw.Draw(im)
-        for x0, y0, x1, y1 in det.boxes * self.scale:
+        for x0, y0, x1, y1 in det.boxes[det.scores >= min_score] * self.scale:
             draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(255, 40, 40))
         f = io.BytesIO()
         im.save(f, "JPEG", quality=88)

@@ -172,3 +172,17 @@ def test_interrupted_run_is_not_done(blob_tif, tmp_path):
     assert (tmp_path / "blobs.geojson").is_file() and not (tmp_path / "blobs.done.json").exists()
     res = predict_mosaic(BlobDetector(), path, tmp_path, window=512, overlap=224, progress=False)
     assert res[0].status == "done" and (tmp_path / "blobs.done.json").is_file()
+
+
+def test_quicklook_draws_only_confident_boxes():
+    import io
+
+    from PIL import Image
+
+    from sparseyolo.mosaic.outputs import QUICKLOOK_CONF, QuickLook
+
+    look = QuickLook(200, 200)
+    det = Detections([[10, 10, 60, 60], [120, 120, 180, 180]], [QUICKLOOK_CONF, QUICKLOOK_CONF - 0.01], [0, 0])
+    pic = np.asarray(Image.open(io.BytesIO(look.jpeg(det))).convert("RGB")).astype(int)
+    red = (pic[..., 0] > 150) & (pic[..., 1] < 100)
+    assert red[5:65, 5:65].sum() > 100 and red[115:185, 115:185].sum() == 0
