@@ -31,7 +31,9 @@ class RasterInfo:
 
     transform: the affine pixel-to-map transform `(a, b, c, d, e, f)`: `X = a*col + b*row + c`,
     `Y = d*col + e*row + f` (rasterio's / GDAL's order; identity for a raster without georeferencing).
-    crs: the CRS as WKT (None: pixel coordinates); crs_name: `EPSG:NNNN` when the CRS has an EPSG code."""
+    crs: the CRS as WKT (None: pixel coordinates); crs_name: `EPSG:NNNN` when the CRS has an EPSG code.
+    nodata: the raster's nodata value, when the bands used share one (None: none): a window that holds nothing else
+    is not run (orthomosaics are often irregular footprints in a rectangle of nodata)."""
 
     path: str
     width: int
@@ -41,6 +43,7 @@ class RasterInfo:
     transform: tuple[float, float, float, float, float, float]
     crs: str | None
     crs_name: str | None
+    nodata: float | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +137,8 @@ def inspect_raster(path, bands=None, pixel: bool = False) -> RasterInfo:
                 f"(`gdal_edit.py -a_srs EPSG:XXXX -a_ullr ULX ULY LRX LRY {path.name}`), or pass pixel=True to write "
                 "pixel coordinates"
             )
+        nodatas = {ds.nodatavals[b - 1] for b in use}
+        nodata = nodatas.pop() if len(nodatas) == 1 else None
         t = ds.transform if crs is not None else None
         epsg = crs.to_epsg() if crs is not None else None
         return RasterInfo(
@@ -145,6 +150,7 @@ def inspect_raster(path, bands=None, pixel: bool = False) -> RasterInfo:
             transform=(t.a, t.b, t.c, t.d, t.e, t.f) if t is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
             crs=crs.to_wkt() if crs is not None else None,
             crs_name=f"EPSG:{epsg}" if epsg else None,
+            nodata=None if nodata is None else float(nodata),
         )
 
 

@@ -80,7 +80,8 @@ def release_memory() -> None:
 
 
 def window_task(info: RasterInfo, window: Window, detector, scale: float, reader: RasterReader | None = None):
-    """Read `window` of `info`'s raster, run `detector` on it (padded to the stride), keep the core's detections."""
+    """Read `window` of `info`'s raster, run `detector` on it (padded to the stride), keep the core's detections.
+    A window of nothing but the raster's nodata value is not run."""
     release_memory()
     t0 = time.perf_counter()
     own = reader is None
@@ -90,8 +91,11 @@ def window_task(info: RasterInfo, window: Window, detector, scale: float, reader
     finally:
         if own:
             reader.close()
-    det = detector(padded(pixels, int(detector.stride)))
-    core = keep_core(det, window)
+    if info.nodata is not None and (pixels == info.nodata).all():
+        core = Detections.empty()  # nothing but nodata: nothing to find
+    else:
+        det = detector(padded(pixels, int(detector.stride)))
+        core = keep_core(det, window)
     return WindowResult(window.index, core, quicklook_piece(pixels, window, scale), time.perf_counter() - t0)
 
 

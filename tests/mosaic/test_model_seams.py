@@ -1,11 +1,11 @@
 """Seams with a real detector: the dense reference model on a composite mosaic, windowed vs one whole-image run.
 
 A CNN's detections near a window's edge see less context than in the whole image (its receptive field is cut),
-so scores differ a little; with the default overlap (256 px: 128 px of context around every core) the 23 detections
->= 0.05 on this mosaic had windowed partners at IoU >= 0.97 with scores within 0.013 (measured). The test asks, both ways,
-that every detection scoring >= 0.05 in one run has a partner in the other (same class, IoU >= 0.9, score within
-0.03) among its detections >= 0.01: no duplicates on seams, no object lost or cut in two. With too small an overlap
-this fails (asserted too)."""
+so scores differ a little; with the default overlap (256 px: 128 px of context around every core) the 23
+detections >= 0.05 on this mosaic had windowed partners at IoU >= 0.97 with scores within 0.013 (measured). The
+test asks, both ways, that every detection scoring >= 0.05 in one run has a partner in the other (same class,
+IoU >= 0.9, score within 0.03) among its detections >= 0.01: no duplicates on seams, no object lost or cut in two.
+With too small an overlap this fails (asserted too)."""
 
 from __future__ import annotations
 

@@ -186,3 +186,48 @@ def test_quicklook_draws_only_confident_boxes():
     pic = np.asarray(Image.open(io.BytesIO(look.jpeg(det))).convert("RGB")).astype(int)
     red = (pic[..., 0] > 150) & (pic[..., 1] < 100)
     assert red[5:65, 5:65].sum() > 100 and red[115:185, 115:185].sum() == 0
+
+
+def test_rotated_transform_corners(tmp_path):
+    """A sheared/rotated affine transform: each polygon's corners are the box's corners through it, by hand."""
+    from affine import Affine
+
+    from sparseyolo.mosaic.samples import write_geotiff
+
+    img, _ = blob_raster(300, 400, n=5, seed=7)
+    a, b, c, d, e, f = 0.08, 0.06, 500000.0, 0.06, -0.08, 4200000.0
+    write_geotiff(tmp_path / "rot.tif", img, transform=Affine(a, b, c, d, e, f))
+    predict_mosaic(BlobDetector(), tmp_path / "rot.tif", tmp_path / "out", window=256, overlap=128, progress=False)
+    gj = _features(tmp_path / "out" / "rot.geojson")
+    assert len(gj["features"]) == 5
+    for feat in gj["features"]:
+        x0, y0, x1, y1 = feat["properties"]["bbox_px"]
+        ring = np.array(feat["geometry"]["coordinates"][0])
+        want = {(round(a * x + b * y + c, 4), round(d * x + e * y + f, 4)) for x in (x0, x1) for y in (y0, y1)}
+        assert {(round(p[0], 4), round(p[1], 4)) for p in ring[:-1]} == want
+
+
+def test_nodata_windows_are_not_run(tmp_path):
+    """A footprint inside nodata: windows of nothing but nodata never reach the detector; the same detections."""
+    from sparseyolo.mosaic.samples import write_geotiff
+
+    img, _ = blob_raster(600, 800, n=10, seed=8)
+    img[:, 400:] = 0
+    write_geotiff(tmp_path / "a.tif", img, nodata=0)
+    write_geotiff(tmp_path / "b.tif", img)
+    calls = {"a": 0, "b": 0}
+
+    class Counting(BlobDetector):
+        def __init__(self, key):
+            self.key = key
+
+        def __call__(self, image):
+            calls[self.key] += 1
+            return super().__call__(image)
+
+    kw = dict(window=256, overlap=64, progress=False)
+    ra = predict_mosaic(Counting("a"), tmp_path / "a.tif", tmp_path / "oa", **kw)[0]
+    rb = predict_mosaic(Counting("b"), tmp_path / "b.tif", tmp_path / "ob", **kw)[0]
+    assert ra.detections == rb.detections > 0
+    assert calls["b"] == rb.windows and calls["a"] < calls["b"]
+    assert (tmp_path / "oa" / "a.csv").read_text() == (tmp_path / "ob" / "b.csv").read_text()
