@@ -43,6 +43,19 @@ def load_model(model, device: str = "cpu"):
     return _MODELS[key]
 
 
+def model_files(model) -> list:
+    """`[name, size, mtime_ns]` of the files a model name or path loads (a shipped reference's weights, a `.pt`, a
+    YAML); empty for a model object."""
+    if not isinstance(model, (str, Path)):
+        return []
+    paths = [Path(model)]
+    if not paths[0].is_file():
+        from sparseyolo.yolo.reference import is_reference_name, reference_files
+
+        paths = list(reference_files(str(model))) if is_reference_name(str(model)) else []
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.is_file()]
+
+
 class YOLODetector:
     """A SparseYOLO/Ultralytics detection model run on one window at native resolution, batch 1.
 
@@ -84,9 +97,16 @@ class YOLODetector:
         return {int(k): str(v) for k, v in self.yolo.names.items()}
 
     def describe(self) -> dict:
-        """The settings the detections depend on (recorded with the outputs; a change reruns an input)."""
+        """The settings the detections depend on (recorded with the outputs; a change reruns an input): the model's
+        name, and the size and modification time of its files (new weights under the same name rerun an input)."""
         name = self.model if isinstance(self.model, (str, Path)) else type(self.model).__name__
-        return {"model": str(name), "conf": self.conf, "iou": self.iou, "max_det": self.max_det}
+        return {
+            "model": str(name),
+            "files": model_files(self.model),
+            "conf": self.conf,
+            "iou": self.iou,
+            "max_det": self.max_det,
+        }
 
     def __getstate__(self):
         if not isinstance(self.model, (str, Path)):

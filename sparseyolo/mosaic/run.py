@@ -15,7 +15,14 @@ from pathlib import Path
 from sparseyolo.mosaic.detector import YOLODetector, clip, padded
 from sparseyolo.mosaic.merge import Detections, keep_core, merge_windows
 from sparseyolo.mosaic.outputs import QuickLook, is_done, quicklook_piece, quicklook_scale, write_outputs
-from sparseyolo.mosaic.raster import MosaicInputError, RasterInfo, RasterReader, inspect_raster, list_inputs
+from sparseyolo.mosaic.raster import (
+    MosaicInputError,
+    RasterInfo,
+    RasterReader,
+    inspect_raster,
+    list_inputs,
+    parse_bands,
+)
 from sparseyolo.mosaic.windows import (
     DEFAULT_MAX_OBJECT,
     DEFAULT_WINDOW,
@@ -184,6 +191,7 @@ def predict_mosaic(
         raise ValueError("give workers=N (a local cluster) or scheduler=ADDRESS (a running one), not both")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    bands = parse_bands(bands)  # a malformed value is an error at once, not one per input
     detector = as_detector(model, conf, iou, device, threads if threads is not None or not distributed else 1)
     stride = int(detector.stride)  # loads the model: a missing one fails here, before any work
     if distributed:
@@ -197,7 +205,7 @@ def predict_mosaic(
     out.mkdir(parents=True, exist_ok=True)
     describe = detector.describe() if hasattr(detector, "describe") else {"detector": type(detector).__name__}
     settings = {"format": FORMAT, **describe, "iou": float(iou), "window": window, "overlap": overlap}
-    settings.update(bands=None if bands is None else list(bands) if not isinstance(bands, str) else bands, pixel=pixel)
+    settings.update(bands=None if bands is None else list(bands), pixel=bool(pixel))
 
     results: dict[int, InputResult] = {}
     jobs: dict[int, Job] = {}

@@ -231,3 +231,20 @@ def test_nodata_windows_are_not_run(tmp_path):
     assert ra.detections == rb.detections > 0
     assert calls["b"] == rb.windows and calls["a"] < calls["b"]
     assert (tmp_path / "oa" / "a.csv").read_text() == (tmp_path / "ob" / "b.csv").read_text()
+
+
+def test_new_weights_under_the_same_name_rerun(tmp_path):
+    """The settings recorded with the outputs hold the model file's size and time: replaced weights rerun an input."""
+    import shutil
+
+    from sparseyolo.mosaic.samples import write_geotiff
+    from sparseyolo.yolo.reference import reference_files
+
+    write_geotiff(tmp_path / "a.tif", blob_raster(128, 128, n=2, seed=2)[0])
+    yaml = tmp_path / "m.yaml"
+    shutil.copy(reference_files("yolov8n-aerial")[0], yaml)
+    kw = dict(window=128, overlap=32, progress=False)
+    assert predict_mosaic(str(yaml), tmp_path / "a.tif", tmp_path / "out", **kw)[0].status == "done"
+    assert predict_mosaic(str(yaml), tmp_path / "a.tif", tmp_path / "out", **kw)[0].status == "skipped"
+    yaml.write_text(yaml.read_text() + "\n# changed\n")
+    assert predict_mosaic(str(yaml), tmp_path / "a.tif", tmp_path / "out", **kw)[0].status == "done"
