@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sparseyolo.mosaic.merge import Detections
-from sparseyolo.mosaic.raster import RasterInfo
+from sparseyolo.mosaic.raster import QUICKLOOK_SUFFIX, RasterInfo
 
 QUICKLOOK = 1024  # longest side of the quick-look picture
 QUICKLOOK_CONF = 0.25  # boxes drawn on it: those scoring at least this (Ultralytics' predict default); a run at
@@ -179,7 +179,7 @@ def output_paths(out: Path, name: str) -> dict[str, Path]:
         "geojson": out / f"{name}.geojson",
         "csv": out / f"{name}.csv",
         "coco": out / f"{name}.coco.json",
-        "quicklook": out / f"{name}.quicklook.jpg",
+        "quicklook": out / f"{name}{QUICKLOOK_SUFFIX}",
         "done": out / f"{name}{DONE}",
     }
 

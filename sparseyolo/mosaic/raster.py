@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+QUICKLOOK_SUFFIX = ".quicklook.jpg"  # our own output: never an input
 GDAL_CACHE_MB = 64  # GDAL's block cache while reading windows (its default, 5% of the RAM, only holds pixels that
 # are read once: every window is read once, neighbours share a few blocks of their overlap)
 GEOREFERENCED_DRIVERS = ("GTiff", "COG")  # formats that are expected to carry a CRS
@@ -55,13 +56,18 @@ class RasterInfo:
 
 
 def list_inputs(source) -> list[Path]:
-    """The rasters of `source`: a file, a folder (its `.tif/.tiff/.png/.jpg/.jpeg` files, sorted, not recursive),
-    or a list of files. Raises `FileNotFoundError` for a missing path or a folder without rasters."""
+    """The rasters of `source`: a file, a folder (its `.tif/.tiff/.png/.jpg/.jpeg` files, sorted, not recursive; not
+    the quick-looks of an earlier run written there), or a list of files. Raises `FileNotFoundError` for a missing
+    path or a folder without rasters."""
     if isinstance(source, (list, tuple)):
         return [p for s in source for p in list_inputs(s)]
     path = Path(source)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.endswith(QUICKLOOK_SUFFIX)
+        )
         if not found:
             raise FileNotFoundError(f"no rasters in {path} (looked for {', '.join(SUFFIXES)} files)")
         return found

@@ -248,3 +248,14 @@ def test_new_weights_under_the_same_name_rerun(tmp_path):
     assert predict_mosaic(str(yaml), tmp_path / "a.tif", tmp_path / "out", **kw)[0].status == "skipped"
     yaml.write_text(yaml.read_text() + "\n# changed\n")
     assert predict_mosaic(str(yaml), tmp_path / "a.tif", tmp_path / "out", **kw)[0].status == "done"
+
+
+def test_out_inside_source_is_not_read_back(tmp_path):
+    """Outputs written into the source folder (quick-look JPEGs) are not inputs of the next run."""
+    from sparseyolo.mosaic.samples import write_geotiff
+
+    write_geotiff(tmp_path / "a.tif", blob_raster(128, 128, n=2, seed=2)[0])
+    kw = dict(window=128, overlap=32, progress=False)
+    assert [r.status for r in predict_mosaic(BlobDetector(), tmp_path, tmp_path, **kw)] == ["done"]
+    assert (tmp_path / "a.quicklook.jpg").is_file()
+    assert [r.status for r in predict_mosaic(BlobDetector(), tmp_path, tmp_path, **kw)] == ["skipped"]
