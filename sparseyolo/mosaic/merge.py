@@ -69,11 +69,14 @@ class Detections:
 
 
 def keep_core(det: Detections, window: Window) -> Detections:
-    """Detections of `window` (boxes in window pixels) whose box centre lies in its core, in raster pixels."""
+    """Detections of `window` (boxes in window pixels) whose box centre lies in its core, in raster pixels. On the
+    raster's right and bottom edges the core reaches on into the pad (a box centred there is kept, as a whole-image
+    run keeps it)."""
     d = det.shifted(window.x0, window.y0)
     cx = (d.boxes[:, 0] + d.boxes[:, 2]) / 2
     cy = (d.boxes[:, 1] + d.boxes[:, 3]) / 2
-    inside = (cx >= window.cx0) & (cx < window.cx1) & (cy >= window.cy0) & (cy < window.cy1)
+    right, bottom = window.cx1 == window.x1, window.cy1 == window.y1  # the core ends at the raster's edge
+    inside = (cx >= window.cx0) & ((cx < window.cx1) | right) & (cy >= window.cy0) & ((cy < window.cy1) | bottom)
     return d.take(inside)
 
 

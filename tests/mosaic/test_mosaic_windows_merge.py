@@ -146,3 +146,15 @@ def test_never_reads_more_than_a_window(blob_tif, tmp_path, monkeypatch):
     for y0, x0, y1, x1 in reads:
         cover[y0:y1, x0:x1] = True
     assert cover.all()
+
+
+def test_keep_core_at_the_raster_edge_keeps_the_pad():
+    """A box centred in the pad below/right of the raster is kept by the edge window (a whole-image run keeps it
+    too); inside the raster, a centre on a core boundary belongs to the next core only."""
+    grid = window_grid(100, 300, 128, 64)  # one row; columns start at 0, 64, 128, 192
+    last, first = grid[-1], grid[0]
+    assert last.cx1 == last.x1 == 300 and first.cx1 < first.x1
+    pad = Detections([[295 - last.x0, 10, 310 - last.x0, 20]], [0.9], [0])  # centre x 302.5 > 300
+    assert len(keep_core(pad, last)) == 1
+    edge = Detections([[first.cx1 - 5, 10, first.cx1 + 5, 20]], [0.9], [0])  # centre exactly on the boundary
+    assert len(keep_core(edge, first)) == 0 and len(keep_core(edge.shifted(-grid[1].x0, 0), grid[1])) == 1
