@@ -13,6 +13,7 @@ commands:
   demo [--train]              the main job: shipped reference detectors on held-out aerial data, side by side
   eval model=... data=...     COCO metrics, executed GFLOPs, latency and memory of models x inference methods
   data aerial|synth|fetch     build datasets (deepforest aerial tiles, synthetic scenes), fetch sample data
+  mosaic model=... source=... out=...   rasters of any size (GeoTIFF) window by window -> GeoJSON/CSV/COCO
   bench NAME [options]        run a benchmark (`sparseyolo bench --help` lists them)
   train|val|predict|export    Ultralytics modes with SparseYOLO modules registered: key=value arguments
   convert                     turn the first stages of a dense YOLOv8 checkpoint into sparse blocks
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from sparseyolo.data.cli import main as data_main
 
         return data_main(rest)
+    if command == "mosaic":
+        from sparseyolo.mosaic.cli import main as mosaic_main
+
+        return mosaic_main(rest)
     if command in YOLO_COMMANDS:
         from sparseyolo.yolo.cli import main as yolo_main
 

@@ -31,6 +31,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "sparseyolo.bench.finder",
         "where sparse models look: mask recall, active share, finder cost, blank frames, against the targets",
     ),
+    "mosaic": (
+        "sparseyolo.bench.mosaic",
+        "orthomosaic window by window: sparse vs dense windows, SAHI, dense at 640; memory, AP; 1 vs 2 workers",
+    ),
 }
 
 
