@@ -324,7 +324,8 @@ def fit_finder(
             raise ValueError(f"weights must be {len(images)} non-negative numbers (one per image), not all 0")
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
-    params = [p for p in finder.parameters() if p.requires_grad]
+    finder.requires_grad_(True)  # a finder taken from an EMA or a frozen model has its gradients off
+    params = list(finder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=int(steps), pct_start=0.1)
     finder.train()

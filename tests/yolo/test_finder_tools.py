@@ -250,3 +250,16 @@ def test_the_margin_loss_reads_what_the_mask_reads():
     assert finder_loss(good, cover, margin=16) < finder_loss(noisy, cover, margin=16)
     with pytest.raises(ValueError, match="margin must be"):
         finder_loss(logits, cover, margin=-1)
+
+
+def test_fit_finder_trains_a_finder_whose_gradients_were_off():
+    """A finder taken from an EMA checkpoint has `requires_grad` off on every weight: it still trains."""
+    from sparseyolo.nn.finder import fit_finder
+
+    finder = Finder(down=4, width=8)
+    finder.requires_grad_(False)
+    before = [p.clone() for p in finder.parameters()]
+    rng = np.random.default_rng(0)
+    data = [scene(rng, size=96, n=2) for _ in range(3)]
+    fit_finder(finder, [d[0] for d in data], [d[1] for d in data], steps=2, batch=2, crop=64, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, finder.parameters()))
