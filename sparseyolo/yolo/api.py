@@ -127,6 +127,13 @@ class YOLO(_UltralyticsYOLO):
 
         return foreground(self, source, **predict_kwargs)
 
+    def mosaic(self, source, out, **kwargs) -> list:
+        """Detect over rasters of any size window by window, writing GeoJSON (map coordinates), CSV/COCO (pixels)
+        and a quick-look per input under `out` (`sparseyolo.mosaic.predict_mosaic`; in this process)."""
+        from sparseyolo.mosaic import predict_mosaic
+
+        return predict_mosaic(self, source, out, **kwargs)
+
     def train_finder(self, recall: float = 0.99, **kwargs) -> dict:
         """Train the foreground finder of the sparse stem (`sparsify='finder'`) from boxes alone, the detector
         frozen, then calibrate it to `recall` on the same training data (`sparseyolo.yolo.finder.train_finder`:
