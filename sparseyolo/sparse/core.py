@@ -49,16 +49,23 @@ def grouped_mm(x: Tensor, w: Tensor) -> Tensor:
 def grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
     """Sum over rows of `x_n^T g_n` per group: `(n, G*I), (n, G*O)` -> `(G, I, O)`.
 
-    The rows are reduced in fixed chunks whose partial products are added in chunk order: one GEMM over all
-    rows lets the BLAS split the reduction by thread count, which changes the last bits with the threads.
+    The rows are reduced in fixed chunks whose partial products are added in chunk order, each product on one
+    thread: a GEMM lets the BLAS split its reduction by thread count (MKL does so from ~1000 rows on AVX-512),
+    which changes the last bits with the threads. (The pure-PyTorch path is the reference; the compiled kernels
+    are the fast path.)
     """
     n = x.shape[0]
     I, O = x.shape[1] // G, g.shape[1] // G
     out = x.new_zeros(G, I, O)
-    for start in range(0, n, WEIGHT_GRAD_ROWS):
-        xs, gs = x[start : start + WEIGHT_GRAD_ROWS], g[start : start + WEIGHT_GRAD_ROWS]
-        m = xs.shape[0]
-        out += torch.bmm(xs.reshape(m, G, I).permute(1, 2, 0), gs.reshape(m, G, O).transpose(0, 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for start in range(0, n, WEIGHT_GRAD_ROWS):
+            xs, gs = x[start : start + WEIGHT_GRAD_ROWS], g[start : start + WEIGHT_GRAD_ROWS]
+            m = xs.shape[0]
+            out += torch.bmm(xs.reshape(m, G, I).permute(1, 2, 0), gs.reshape(m, G, O).transpose(0, 1))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
