@@ -205,4 +205,6 @@ def cli_main(overrides: dict) -> int:
     save_checkpoint(model, out)
     p3 = " and the P3 path" + (" and the P4 path" if kw["p4"] else "") if kw["p3"] else ""
     print(f"sparseyolo convert: {src} -> {out} (layers 0-{int(overrides.get('stages', 5)) - 1} sparse{p3})")
+    if kw["method"] == "finder":
+        print(f"its foreground finder is untrained (it keeps every pixel): sparseyolo finder model={out}")
     return 0
