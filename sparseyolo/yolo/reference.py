@@ -352,7 +352,7 @@ def _with_finder(variant: Variant, model, run_dir: Path, log):
         log(f"{variant.name}: the finder trained with the same settings ({cache}), calibrated for this model")
         finder.load_state_dict(torch.load(cache, map_location="cpu"))
         report = train_finder(model, seed=variant.seed, progress=False, **{**FINDER, "steps": 0})
-        report["weights"] = str(cache)
+        report["weights"] = f"finders/{cache.name} (the shared finder training of this project)"
     else:
         log(f"{variant.name}: training the finder ({FINDER})")
         report = train_finder(model, seed=variant.seed, progress=False, **FINDER)

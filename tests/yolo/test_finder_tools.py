@@ -207,7 +207,7 @@ def test_a_converted_variant_is_made_shipped_and_says_how(tmp_path, monkeypatch)
     stem = Variant("tiny-stem", "yolov8n.yaml", "test", convert={"from": "yolov8n-aerial", "method": "finder"})
     final2 = train_variant(stem, recipe, data, tmp_path, threads=1, log=lambda *a: None)
     report2 = json.loads((tmp_path / "tiny-stem" / "finder.json").read_text())
-    assert report2["train"] is None and report2["weights"].endswith(".pt") and report2["margin"] == 8
+    assert report2["train"] is None and report2["weights"].startswith("finders/finder-") and report2["margin"] == 8
     sp2 = torch.load(final2, map_location="cpu", weights_only=False)["model"].model[0].sparsify
     assert sp2.dilate == 8 and float(sp2.finder.threshold) == report2["calibration"]["threshold"]
     w1, w2 = finder.state_dict(), sp2.finder.state_dict()
