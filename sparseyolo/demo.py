@@ -255,9 +255,16 @@ def run_demo(
     memory=True,
     scenes: bool = True,
 ):
-    import platform
+    """The demo (see the module doc) with `threads` torch threads, restored afterwards; returns `(tiles, full,
+    sparse_scenes)`."""
+    from sparseyolo.threads import threads as using_threads
 
-    import torch
+    with using_threads(threads):
+        return _run_demo(out, repeats, force, threads, command, memory, scenes)
+
+
+def _run_demo(out: Path, repeats: int, force: bool, threads: int, command: str, memory, scenes: bool):
+    import platform
 
     from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.eval.data import load_split
@@ -267,7 +274,6 @@ def run_demo(
     from sparseyolo.yolo.reference import Recipe, reference_files
 
     t0 = time.time()
-    torch.set_num_threads(threads)
     for name in SHIPPED:
         reference_files(name)  # a clear error naming what is missing, before any work
     recipe = Recipe()
@@ -382,11 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--composites changes the training recipe: it needs --train")
     if a.repeats < 0 or a.threads < 1 or (a.epochs is not None and a.epochs < 1):
         ap.error("--repeats must be >= 0, --threads >= 1, --epochs >= 1")
-    import torch
-
     import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
 
-    threads_before = torch.get_num_threads()  # run_demo sets --threads; restored below
     try:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
@@ -397,6 +400,4 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sparseyolo demo: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        torch.set_num_threads(threads_before)
     return 0

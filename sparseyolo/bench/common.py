@@ -21,34 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sparseyolo.threads as _threads
+
 MiB = 1024 * 1024
 
 
 # --- threads ----------------------------------------------------------------------------------------
 
 
-def set_threads(n: int) -> None:
-    """Intra-op threads of PyTorch (and of OpenMP code called from this thread, e.g. C++ extensions)."""
-    import torch
-
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    """Run a block with `n` intra-op threads, restoring the previous count afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    set_threads(n)
-    try:
-        yield
-    finally:
-        set_threads(before)
-
+# one implementation for every layer (`sparseyolo.threads`), named here for the benchmarks
+set_threads = _threads.set_threads
+threads = _threads.threads
 
 # --- statistics and formatting ----------------------------------------------------------------------
 

@@ -136,13 +136,9 @@ def target_rows(masks: list[dict], times: list[dict], dense_name: str, size, bla
 
 
 def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be WIDTHxHEIGHT, e.g. 3840x2160, got {text!r}") from None
-    if w < 640 or h < 640:
-        raise argparse.ArgumentTypeError(f"--size must be at least 640x640 (a composite's window), got {text!r}")
-    return w, h
+    from sparseyolo.data.cli import image_size
+
+    return image_size(text, 640, " (a composite's window)")
 
 
 def fmt(v, digits: int = 3) -> str:

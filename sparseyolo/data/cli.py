@@ -20,14 +20,17 @@ PROG = "sparseyolo data"
 ERRORS = (ValueError, OSError, RuntimeError)  # OSError: FileExistsError, FileNotFoundError, PermissionError, ...
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    """`WIDTHxHEIGHT` -> `(width, height)`."""
+def image_size(text: str, minimum: int = 1, why: str = "") -> tuple[int, int]:
+    """`WIDTHxHEIGHT` -> `(width, height)`, each side at least `minimum` (`why`: the reason, for the error); an
+    argparse `type` (an `ArgumentTypeError` on bad text)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}") from None
-    if w < 1 or h < 1:
+    if minimum <= 1 and (w < 1 or h < 1):
         raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    if w < minimum or h < minimum:
+        raise argparse.ArgumentTypeError(f"image size must be at least {minimum}x{minimum}{why}, got {text!r}")
     return w, h
 
 
@@ -112,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=int, default=8, metavar="N", help="number of images, train and val together (default 8)"
     )
     s.add_argument(
-        "--size", type=_image_size, default=(1920, 1080), metavar="WxH", help="WIDTHxHEIGHT (default 1920x1080)"
+        "--size", type=image_size, default=(1920, 1080), metavar="WxH", help="WIDTHxHEIGHT (default 1920x1080)"
     )
     s.add_argument(
         "--fg", type=float, default=0.05, metavar="F", help="foreground fraction of the pixels in [0, 1) (default 0.05)"
@@ -153,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     c.add_argument(
-        "--size", type=_image_size, default=(3840, 2160), metavar="WxH", help="WIDTHxHEIGHT (default 3840x2160)"
+        "--size", type=image_size, default=(3840, 2160), metavar="WxH", help="WIDTHxHEIGHT (default 3840x2160)"
     )
     c.add_argument(
         "--fg",

@@ -117,14 +117,11 @@ class YOLODetector:
         return {**self.__dict__, "_yolo": None}
 
     def __call__(self, image: np.ndarray) -> Detections:
-        import torch
+        from sparseyolo.threads import threads
 
         h, w = image.shape[:2]
         bgr = np.ascontiguousarray(image[..., ::-1])  # Ultralytics reads numpy images as BGR
-        before = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
+        with threads(self.threads):
             r = self.yolo.predict(
                 bgr,
                 imgsz=[h, w],
@@ -134,9 +131,6 @@ class YOLODetector:
                 device=self.device,
                 verbose=False,
             )[0]
-        finally:
-            if self.threads is not None:
-                torch.set_num_threads(before)
         b = r.boxes
         return Detections(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy())
 

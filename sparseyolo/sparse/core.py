@@ -15,6 +15,7 @@ from torch import Tensor
 
 from sparseyolo.sparse import _ext
 from sparseyolo.sparse import kmap as km
+from sparseyolo.threads import threads
 
 EXT_DTYPES = (torch.float32, torch.float64)  # the compiled kernels' types; others take the PyTorch path
 WEIGHT_GRAD_ROWS = 2048  # rows per partial product of `grouped_weight_grad`
@@ -57,15 +58,11 @@ def grouped_weight_grad(x: Tensor, g: Tensor, G: int) -> Tensor:
     n = x.shape[0]
     I, O = x.shape[1] // G, g.shape[1] // G
     out = x.new_zeros(G, I, O)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         for start in range(0, n, WEIGHT_GRAD_ROWS):
             xs, gs = x[start : start + WEIGHT_GRAD_ROWS], g[start : start + WEIGHT_GRAD_ROWS]
             m = xs.shape[0]
             out += torch.bmm(xs.reshape(m, G, I).permute(1, 2, 0), gs.reshape(m, G, O).transpose(0, 1))
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

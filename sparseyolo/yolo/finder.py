@@ -308,21 +308,20 @@ def cli_main(overrides: dict) -> int:
     name = str(overrides["model"])
     out = Path(str(overrides.get("out") or Path("runs/finder") / f"{Path(name).stem}-finder.pt"))
     composites = COMPOSITES if flags["composites"] else None
-    before = torch.get_num_threads()
+    from sparseyolo.threads import threads
+
     try:
-        torch.set_num_threads(n_threads)
-        model = YOLO(name)
-        if flags["train"]:
-            report = model.train_finder(recall=recall, data=overrides.get("data"), composites=composites,
-                                        steps=steps, seed=seed)  # fmt: skip
-        else:
-            report = model.calibrate_recall(recall, data=overrides.get("data"), composites=composites)
+        with threads(n_threads):
+            model = YOLO(name)
+            if flags["train"]:
+                report = model.train_finder(recall=recall, data=overrides.get("data"), composites=composites,
+                                            steps=steps, seed=seed)  # fmt: skip
+            else:
+                report = model.calibrate_recall(recall, data=overrides.get("data"), composites=composites)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save(str(out))
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
         return fail(f"error: {e}", 1)
-    finally:
-        torch.set_num_threads(before)
     cal = report.get("calibration", report)
     print(json.dumps(report, indent=1, default=str))
     print(f"sparseyolo finder: threshold {cal['threshold']:.4g}: recall {cal['recall']:.3f}, active share "

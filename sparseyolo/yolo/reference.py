@@ -268,7 +268,7 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     calibration and the fine-tune (see `Variant`)."""
     import dataclasses
 
-    import torch
+    from sparseyolo.threads import threads as using_threads
 
     recipe = dataclasses.replace(recipe, seed=variant.seed)
     run_dir = project / variant.name
@@ -278,9 +278,7 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     if done.is_file() and json.loads(done.read_text()).get("spec") == spec and final.is_file():
         log(f"{variant.name}: already made ({run_dir}), reused")
         return final
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with using_threads(threads):
         t0 = time.time()
         if variant.convert:
             model = _converted(variant, log)
@@ -294,14 +292,19 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
 
         save_checkpoint(model, final)
         done.write_text(json.dumps({"spec": spec, "seconds": time.time() - t0}))
-    finally:
-        torch.set_num_threads(before)
     return final
+
+
+def run_weights(path: Path):
+    """The model of an Ultralytics checkpoint `path`: its EMA when it has one (what training ships), fp32."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float()
 
 
 def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, log):
     """The recipe's run of a from-scratch variant (resumed from its last checkpoint); returns its EMA model."""
-    import torch
 
     from sparseyolo.yolo.api import YOLO
 
@@ -319,8 +322,7 @@ def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, l
             data = recipe.training_data(data_yaml, project)  # the aerial tiles, plus composites when set
             model.train(data=str(data), project=str(project), name=name, exist_ok=True, **recipe.train_args())
         trained.write_text(json.dumps({"recipe": recipe.as_dict()}))
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    return (ckpt.get("ema") or ckpt["model"]).float()
+    return run_weights(last)
 
 
 def _converted(variant: Variant, log):
@@ -370,20 +372,18 @@ def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project
     BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds."""
     import copy
 
-    import torch
-
+    from sparseyolo.nn.finder import Finder
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.convert import save_checkpoint
 
     name = f"{variant.name}-finetune"
     start = save_checkpoint(model, project / variant.name / "weights" / "converted.pt")
-    finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if type(v).__name__ == "Finder"}
+    finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if isinstance(v, Finder)}
     args = {**recipe.train_args(), "epochs": int(variant.finetune), "close_mosaic": 0, **FINETUNE}
     log(f"{variant.name}: fine-tuning {variant.finetune} epochs with distillation from {variant.convert['from']}")
     YOLO(str(start)).train(data=str(recipe.training_data(data_yaml, project)), project=str(project), name=name,
                            exist_ok=True, dff_teacher=variant.convert["from"], **args)  # fmt: skip
-    ckpt = torch.load(project / name / "weights" / "last.pt", map_location="cpu", weights_only=False)
-    tuned = (ckpt.get("ema") or ckpt["model"]).float()
+    tuned = run_weights(project / name / "weights" / "last.pt")
     modules = dict(tuned.named_modules())
     for k, state in finders.items():
         modules[k].load_state_dict(state)
@@ -398,16 +398,13 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
     import csv
     import dataclasses
 
-    import torch
-
     recipe = dataclasses.replace(recipe, seed=variant.seed)
     last = run_dir / "weights" / "final.pt"
     if not last.is_file():
         last = run_dir / "weights" / "last.pt"  # a run made before final.pt existed
     if not last.is_file():
         raise FileNotFoundError(f"no trained weights for {variant.name}: {last} is missing")
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    model = (ckpt.get("ema") or ckpt["model"]).float()
+    model = run_weights(last)
     calibration = calibrate_reference(model, recipe) if has_dff_neck(model) else None
     tuned = run_dir.parent / f"{variant.name}-finetune"
     results = (tuned if variant.convert else run_dir) / "results.csv"
