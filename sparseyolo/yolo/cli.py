@@ -50,6 +50,14 @@ def _parse(args: list[str]) -> dict:
     return out
 
 
+def flag(overrides: dict, key: str, default: bool) -> bool:
+    """The boolean CLI argument `key=` (True/False, 1/0, yes/no, any case); `ValueError` naming it otherwise."""
+    v = str(overrides.get(key, default)).lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{key} must be True or False, got {overrides[key]!r}")
+    return v in ("true", "1", "yes")
+
+
 def unknown_keys(overrides: dict) -> list[str]:
     """One message per key that is not an Ultralytics argument, with the closest valid keys."""
     from difflib import get_close_matches

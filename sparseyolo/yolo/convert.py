@@ -183,6 +183,13 @@ def cli_main(overrides: dict) -> int:
         return 2
     src = Path(str(overrides["model"]))
     out = Path(str(overrides.get("out") or src.with_name(src.stem + "-sparse.pt")))
+    from sparseyolo.yolo.cli import flag
+
+    try:
+        p3, p4 = flag(overrides, "p3", False), flag(overrides, "p4", False)
+    except ValueError as e:
+        print(f"sparseyolo convert: {e}", file=sys.stderr)
+        return 2
     kw = {
         "method": str(overrides.get("sparsify", "nonzero")),
         "threshold": float(overrides.get("threshold", 0.0)),
@@ -190,13 +197,9 @@ def cli_main(overrides: dict) -> int:
         "dilate": None if overrides.get("dilate") is None else int(overrides["dilate"]),
         "max_active": overrides.get("max_active"),
         "target": None if overrides.get("target") is None else float(overrides["target"]),
-        "p3": str(overrides.get("p3", False)).lower() in ("true", "1", "yes"),
-        "p4": str(overrides.get("p4", False)).lower() in ("true", "1", "yes"),
+        "p3": p3,
+        "p4": p4,
     }
-    for key in ("p3", "p4"):
-        if str(overrides.get(key, False)).lower() not in ("true", "false", "1", "0", "yes", "no"):
-            print(f"sparseyolo convert: {key} must be True or False, got {overrides[key]!r}", file=sys.stderr)
-            return 2
     try:
         model = convert(src, int(overrides.get("stages", 5)), **kw)
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:

@@ -289,12 +289,12 @@ def cli_main(overrides: dict) -> int:
     if "model" not in overrides:
         return fail("model= is required: a checkpoint or YAML with sparsify=finder (`sparseyolo convert model=dense.pt "
                     "sparsify=finder p3=True p4=True` makes one from a dense model)")  # fmt: skip
-    flags = {}
-    for key, default in (("train", True), ("composites", True)):
-        v = str(overrides.get(key, default)).lower()
-        if v not in ("true", "false", "1", "0", "yes", "no"):
-            return fail(f"{key} must be True or False, got {overrides[key]!r}")
-        flags[key] = v in ("true", "1", "yes")
+    from sparseyolo.yolo.cli import flag
+
+    try:
+        flags = {key: flag(overrides, key, True) for key in ("train", "composites")}
+    except ValueError as e:
+        return fail(str(e))
     try:
         recall = float(overrides.get("recall", 0.99))
         steps, seed, n_threads = (int(overrides.get(k, d)) for k, d in (("steps", 6000), ("seed", 0), ("threads", 2)))
