@@ -52,7 +52,9 @@ def run_one(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    import sparseyolo.yolo  # noqa: F401  (offline defaults)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.bench.common import time_call
     from sparseyolo.eval.coco import to_coco_results
 

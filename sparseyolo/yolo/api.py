@@ -10,6 +10,7 @@ from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
 from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
+from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.model import SparseDetectionModel
 from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files
 from sparseyolo.yolo.train import SparseDetectionTrainer
@@ -33,6 +34,7 @@ class YOLO(_UltralyticsYOLO):
         verbose: bool = False,
         sparsify: str | dict | None = None,
     ):
+        enable()
         sparsify = parse_sparsify(sparsify)
         reference = None
         if isinstance(model, (str, Path)) and is_reference_name(str(model)):
