@@ -12,6 +12,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from sparseyolo import __version__
+from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.yolo.cfg import resolve_cfg
 from sparseyolo.yolo.integration import enable
 
@@ -43,10 +44,12 @@ class SparseDetectionModel(DetectionModel):
             for bn in m.modules():
                 if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.BatchNorm2d:
                     bn.eps, bn.momentum = 1e-3, 0.03
+        resolve_crossover(self)
 
     def __setstate__(self, state):
         enable()
         super().__setstate__(state)
+        resolve_crossover(self)  # this machine's, not the one of the process that pickled it
 
     def _predict_once(self, x, profile=False, embed=None):
         """Ultralytics' forward, with the early exit of sparse stems in inference: when no image of the batch has
