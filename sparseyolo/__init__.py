@@ -1,15 +1,16 @@
 """SparseYOLO: spatially sparse convolution and dynamic feature fusion for YOLOv8.
 
-`import sparseyolo.sparse` needs only torch. The Ultralytics-facing API (`sparseyolo.YOLO`) is imported
-lazily, on first attribute access, so the engine stays usable without Ultralytics installed.
+`import sparseyolo.sparse` needs only torch. Importing sparseyolo changes nothing in Ultralytics: the
+Ultralytics-facing API (`sparseyolo.YOLO`, loaded on first access) and `sparseyolo.enable()` install the
+integration, `sparseyolo.disable()` removes it (`sparseyolo.yolo.integration`).
 """
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name == "YOLO":
-        from sparseyolo.yolo import YOLO
+    if name in ("YOLO", "enable", "disable", "enabled"):
+        import sparseyolo.yolo
 
-        return YOLO
+        return getattr(sparseyolo.yolo, name)
     raise AttributeError(f"module 'sparseyolo' has no attribute {name!r}")

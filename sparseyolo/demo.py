@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from sparseyolo.demo_scenes import print_scenes, run_scenes, scenes_report
+from sparseyolo.yolo.integration import enable
 
 DENSE, DENSE_SEED1, SPARSE = "yolov8n-aerial", "yolov8n-aerial-seed1", "yolov8n-sparse-aerial"
 SPARSE_LOW = f"{SPARSE} target 0.10"  # the same weights, keeping 10% of the pixels at inference: the budget knob
@@ -388,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--composites changes the training recipe: it needs --train")
     if a.repeats < 0 or a.threads < 1 or (a.epochs is not None and a.epochs < 1):
         ap.error("--repeats must be >= 0, --threads >= 1, --epochs >= 1")
-    import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics loads)
-
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     try:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:

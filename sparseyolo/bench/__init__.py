@@ -78,4 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         print(f"sparseyolo bench: {error}", file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+    from sparseyolo.threads import threads
+
+    with threads(None):  # a benchmark sets its --threads: the caller's count is back after it
+        return int(module.main(rest) or 0)

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         targets = [float(t) for t in a.targets.split(",") if t]
     except ValueError:
         ap.error(f"--targets must be comma-separated fractions, got {a.targets!r}")
-    import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.bench.common import latency, markdown_table, write_text
     from sparseyolo.yolo.api import YOLO
 

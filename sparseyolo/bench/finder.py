@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.repeats < 1 or a.threads < 1 or a.blank < 32:
         ap.error("--repeats and --threads must be >= 1 and --blank >= 32")
-    import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.bench.common import markdown_table, write_csv, write_text
 
     try:

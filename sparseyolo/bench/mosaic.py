@@ -50,13 +50,13 @@ def _peak_mib() -> dict:
 def run_one(spec: dict) -> dict:
     """One method in this process: `{"seconds", "peak_mib", "peak_children_mib", "rows"}` (COCO result rows)."""
     import numpy as np
-    import torch
 
-    import sparseyolo.yolo  # noqa: F401  (offline defaults)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.bench.common import time_call
     from sparseyolo.eval.coco import to_coco_results
 
-    torch.set_num_threads(spec["threads"])
     method, tif, conf = spec["method"], Path(spec["raster"]), spec["conf"]
     if method == "windows":
         from sparseyolo.mosaic.run import predict_mosaic
@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.one:  # a child: one method, its result as JSON
-        Path(a.result).write_text(json.dumps(run_one(json.loads(a.one))))
+    if a.one:  # a child: one method (with its threads), its result as JSON
+        from sparseyolo.threads import threads
+
+        with threads(json.loads(a.one)["threads"]):
+            Path(a.result).write_text(json.dumps(run_one(json.loads(a.one))))
         return 0
     if a.size < 192 or a.tile < 192 or a.window < 32 or a.threads < 1 or a.inputs < 1:
         ap.error("--size and --tile must be >= 192, --window >= 32, --threads and --inputs >= 1")

@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     import torch
 
-    import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
     from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.eval.compare import evaluate

@@ -99,7 +99,9 @@ def build_models(seed: int = 0):
     fused."""
     import torch
 
-    import sparseyolo.yolo  # noqa: F401  (first: offline environment, then registration)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.yolo.convert import convert
 
     from ultralytics.nn.tasks import DetectionModel  # isort: skip

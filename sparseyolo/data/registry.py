@@ -7,20 +7,13 @@ bundle it: laspy's source distribution (airborne LiDAR scans), deepforest's whee
 from __future__ import annotations
 
 import fnmatch
-import os
 import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    """Root of the data cache: `$SPARSEYOLO_CACHE`, else `~/.cache/sparseyolo`."""
-    root = os.environ.get("SPARSEYOLO_CACHE") or Path.home() / ".cache" / "sparseyolo"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from sparseyolo.settings import cache_dir
 
 
 def _download(requirement: str, dest: Path, sdist: bool) -> Path:

@@ -48,7 +48,9 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: dict) -> int:
-    import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.yolo.integration import enable
+
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.eval.compare import METHODS, evaluate
     from sparseyolo.eval.data import load_split
     from sparseyolo.eval.report import rows_table, write_rows

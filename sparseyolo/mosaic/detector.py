@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sparseyolo.mosaic.merge import Detections
+from sparseyolo.yolo.integration import enable
 
 MAX_DET = 30_000  # detections per window: Ultralytics' NMS keeps at most 30000 candidates (`max_nms`) anyway
 PAD_VALUE = 114  # Ultralytics' letterbox grey: the pad below/right of a window at the raster's edge
@@ -30,7 +31,7 @@ def load_model(model, device: str = "cpu"):
         return model
     key = (str(model), device)
     if key not in _MODELS:
-        import sparseyolo.yolo  # noqa: F401  (offline defaults before Ultralytics reads its settings)
+        enable()  # first: offline defaults before Ultralytics loads, then registration
         from sparseyolo.yolo.api import YOLO
 
         try:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlBlock, YamlContext
 from sparseyolo.nn.common import fold_batchnorm
-from sparseyolo.nn.crossover import default_crossover
+from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
 from sparseyolo.sparse import functional as SF
 from sparseyolo.sparsify import Sparsifier
@@ -92,7 +92,7 @@ class SparseBlock(YamlBlock, nn.Module):
 
     The dense switch: in inference, a sparse input whose occupancy (active sites / all sites) is above
     `crossover` runs the dense masked path instead (same numbers, see `DenseMasked`), and so do the blocks after
-    it. `crossover` None reads the machine's stored value (`sparseyolo.nn.crossover`).
+    it. `crossover` None: `default_crossovers`, resolved once for the model (`sparseyolo.nn.crossover.resolve`).
     """
 
     accepts_sparse = True
@@ -107,7 +107,10 @@ class SparseBlock(YamlBlock, nn.Module):
         """True when this block should run its dense path at `density` (inference only)."""
         if self.training:
             return False
-        return density > (self.crossover if self.crossover is not None else default_crossover(device))
+        if self.crossover is not None:
+            return density > self.crossover
+        table = self.__dict__.get("default_crossovers") or resolve_crossover(self)
+        return density > table.get(device.type, table[""])
 
     def carrier(self, x, name: str):
         """`x` as this block will run it: a `DenseMasked` (export, dense input carrier, or above the crossover)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import platform
 import warnings
 from pathlib import Path
+
+from sparseyolo import settings
 
 # "module": the loaded module, or None after a failed build or inside `disabled()`; "error": why it failed.
 _state: dict = {}
@@ -51,9 +52,8 @@ def build_dir() -> Path:
     """The build cache of this torch version on this CPU (created if missing)."""
     import torch
 
-    root = os.environ.get("SPARSEYOLO_CACHE") or Path.home() / ".cache" / "sparseyolo"
     cpu = hashlib.sha1(cpu_features().encode()).hexdigest()[:12]
-    path = Path(root) / "torch_extensions" / f"torch-{torch.__version__}-cpu-{cpu}"
+    path = settings.get().cache / "torch_extensions" / f"torch-{torch.__version__}-cpu-{cpu}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -64,7 +64,7 @@ def load(required: bool = False):
     With `required=True` it never returns None: it raises `RuntimeError` when the kernels are disabled or
     cannot be built, also when an earlier call already failed (the failure is cached; the build is not retried).
     """
-    if os.environ.get("SPARSEYOLO_NO_EXT") == "1" and not required:
+    if settings.get().no_ext and not required:
         return None
     if "module" not in _state:
         _build(warn=not required)

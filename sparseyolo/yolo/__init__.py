@@ -1,27 +1,25 @@
-"""The Ultralytics boundary (the only package that touches Ultralytics internals).
-
-Importing it sets offline environment defaults and registers SparseYOLO blocks with Ultralytics' model parser
-(now if Ultralytics is loaded, else as soon as it is; see `hook.py`). Ultralytics itself is imported lazily:
-`YOLO`, `SparseDetectionModel`, `SparseDetectionTrainer` are loaded on first access.
+"""The Ultralytics boundary (the only package that touches Ultralytics internals). Importing it changes nothing:
+`enable()`/`disable()` (`integration.py`) install/remove the integration. `YOLO`, `SparseDetectionModel` and
+`SparseDetectionTrainer` load on first access, enabling it first (so Ultralytics reads the offline defaults).
 """
-
-from sparseyolo.yolo.hook import install as _install
-
-_install()
 
 _LAZY = {
     "YOLO": "sparseyolo.yolo.api",
     "SparseDetectionModel": "sparseyolo.yolo.model",
     "SparseDetectionTrainer": "sparseyolo.yolo.train",
-    "register_all": "sparseyolo.yolo.registry",
 }
+_INTEGRATION = ("enable", "disable", "enabled")
 
-__all__ = list(_LAZY)
+__all__ = [*_LAZY, *_INTEGRATION]
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    integration = importlib.import_module("sparseyolo.yolo.integration")
+    if name in _INTEGRATION:
+        return getattr(integration, name)
+    if name in _LAZY:
+        integration.enable()
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sparseyolo.yolo' has no attribute {name!r}")

@@ -9,7 +9,9 @@ import torch
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
+from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
+from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.model import SparseDetectionModel
 from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files
 from sparseyolo.yolo.train import SparseDetectionTrainer
@@ -33,6 +35,7 @@ class YOLO(_UltralyticsYOLO):
         verbose: bool = False,
         sparsify: str | dict | None = None,
     ):
+        enable()
         sparsify = parse_sparsify(sparsify)
         reference = None
         if isinstance(model, (str, Path)) and is_reference_name(str(model)):
@@ -263,6 +266,7 @@ class YOLO(_UltralyticsYOLO):
         `target_fps=` adapts the budget per frame to hold that rate (`self.scheduler.history`); `preset=`
         (`cpu`, `gpu`, `edge`) caps the paths run side by side. Sparse blocks: `crossover=` (see
         `set_crossover`) for this call."""
+        resolve_crossover(*self._live_models())
         if budget is None and target_fps is None and preset is None and crossover is None:
             return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
         if stream:
@@ -277,6 +281,7 @@ class YOLO(_UltralyticsYOLO):
     def val(self, validator=None, budget: float | None = None, crossover: float | None = None, **kwargs):
         """Ultralytics' `val`; `budget=` runs DFF necks at their calibrated threshold for that budget;
         `crossover=` sets the sparse blocks' dense switch for this call."""
+        resolve_crossover(*self._live_models())
         with self._dff_control(budget), self._crossover(crossover):
             return super().val(validator=validator, **kwargs)
 

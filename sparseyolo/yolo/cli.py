@@ -1,7 +1,7 @@
 """`sparseyolo train|val|predict|export|convert|finder|calibrate key=value`: Ultralytics modes, SparseYOLO added.
 
 Every Ultralytics argument passes through unchanged (`imgsz=640 epochs=3 device=cpu ...`); unknown keys are
-reported with Ultralytics' own suggestions. Offline by default (see `sparseyolo.yolo.env`).
+reported with Ultralytics' own suggestions. Offline by default (see `sparseyolo.yolo.integration`).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(HELP.format(cfgs=", ".join(list_cfgs())))
         return 0
-    import sparseyolo.yolo  # noqa: F401  (env defaults + registration before anything else)
+    from sparseyolo.yolo.integration import enable
 
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     try:
         overrides = _parse(rest)
     except SyntaxError as e:

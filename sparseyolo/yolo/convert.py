@@ -17,6 +17,7 @@ import torch
 
 from sparseyolo import __version__
 from sparseyolo.yolo.cfg import stem_args
+from sparseyolo.yolo.integration import enable
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
 # The sparse P3 path of yolov8.yaml (`p3=True`): layer -> (dense module, sparse module); see yolov8-sparse-p3.yaml
@@ -107,7 +108,7 @@ def convert(dense, stages: int = 5, **sparsify):
     `method="finder"` and no `dilate`, the mask's margin is the model's context margin
     (`sparseyolo.yolo.finder.context_margin`: 8 px, 16 with the P4 path); the finder starts untrained (see
     `train_finder`)."""
-    import sparseyolo.yolo  # noqa: F401
+    enable()  # first: offline defaults before Ultralytics loads, then registration
     from sparseyolo.yolo.model import SparseDetectionModel
 
     if isinstance(dense, (str, Path)):

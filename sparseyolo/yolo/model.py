@@ -9,15 +9,12 @@ import warnings
 
 import torch
 from torch import nn
+from ultralytics.nn.tasks import DetectionModel
 
-import sparseyolo.yolo  # noqa: F401  (offline env + registration, before the first Ultralytics import)
-from sparseyolo.yolo.registry import register_all
-
-register_all()
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-
-from sparseyolo import __version__  # noqa: E402
-from sparseyolo.yolo.cfg import resolve_cfg  # noqa: E402
+from sparseyolo import __version__
+from sparseyolo.nn.crossover import resolve as resolve_crossover
+from sparseyolo.yolo.cfg import resolve_cfg
+from sparseyolo.yolo.integration import enable
 
 
 def aux_modules(model: nn.Module) -> list[nn.Module]:
@@ -38,6 +35,7 @@ class SparseDetectionModel(DetectionModel):
     """
 
     def __init__(self, cfg="yolov8n-sparse.yaml", ch=3, nc=None, verbose=True):
+        enable()  # building (and loading, `__setstate__`) a SparseYOLO model installs the integration
         if isinstance(cfg, str):
             cfg = resolve_cfg(cfg)
         super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
@@ -46,6 +44,12 @@ class SparseDetectionModel(DetectionModel):
             for bn in m.modules():
                 if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.BatchNorm2d:
                     bn.eps, bn.momentum = 1e-3, 0.03
+        resolve_crossover(self)
+
+    def __setstate__(self, state):
+        enable()
+        super().__setstate__(state)
+        resolve_crossover(self)  # this machine's, not the one of the process that pickled it
 
     def _predict_once(self, x, profile=False, embed=None):
         """Ultralytics' forward, with the early exit of sparse stems in inference: when no image of the batch has

@@ -1,10 +1,10 @@
-"""The one place where SparseYOLO touches Ultralytics' model parser (`ultralytics.nn.tasks.parse_model`).
+"""How SparseYOLO extends Ultralytics' model parser (`ultralytics.nn.tasks.parse_model`; installed by `integration`).
 
 Ultralytics has no plugin registry: `parse_model` resolves YAML module names through the globals of
 `ultralytics.nn.tasks`, passes channels only to its own hard-coded module sets, and gives any other module
 `c2 = ch[f]` (which raises for a list `from`). We
 
-1. put our block classes into `ultralytics.nn.tasks`' namespace, and
+1. put our block classes into `ultralytics.nn.tasks`' namespace (`integration.enable`), and
 2. recompile `parse_model` from its own source with ONE extra branch in front of that fallback: a class with a
    `yaml_args(args, ctx)` classmethod (see `sparseyolo.nn.base`) computes its constructor args, output
    channels and repeat count from the channel list and the model's width/depth scaling.
@@ -66,7 +66,7 @@ def check_anchors(src: str) -> None:
     if problems:
         import ultralytics
 
-        from sparseyolo.yolo.env import TESTED_ULTRALYTICS_SPEC
+        from sparseyolo.yolo.integration import TESTED_ULTRALYTICS_SPEC
 
         raise RuntimeError(
             f"sparseyolo cannot register its modules with ultralytics {ultralytics.__version__}: "
@@ -76,7 +76,7 @@ def check_anchors(src: str) -> None:
 
 
 def _yaml_args(m, args, ch, f, n, width, max_channels, depth, scale):
-    """Called by the patched parser for classes exposing `yaml_args`."""
+    """Called by the patched parser for classes exposing `yaml_args` (as `tasks._sparseyolo_yaml_args`)."""
     from sparseyolo.nn.base import YamlContext
 
     ctx = YamlContext(ch=list(ch), f=f, n=n, width=width, max_channels=max_channels, depth=depth, scale=scale or "")
@@ -110,27 +110,14 @@ def validate_yaml_modules(d: dict, namespace: dict) -> None:
         if not isinstance(name, str) or not _resolvable(name, namespace):
             close = difflib.get_close_matches(str(name), known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(
-                f"model YAML layer {i}: unknown module {name!r}.{hint} (SparseYOLO modules are registered by "
-                "importing sparseyolo.yolo; use `sparseyolo train` or `from sparseyolo import YOLO`.)"
-            )
+            raise ValueError(f"model YAML layer {i}: unknown module {name!r}.{hint}")
 
 
-def register(classes: dict[str, type]) -> None:
-    """Put `classes` into `ultralytics.nn.tasks`' namespace and install the patched parser (idempotent)."""
+def patched_parse_model():
+    """Ultralytics' `parse_model` with our branch (see above), validating the YAML first and linking sparse
+    outputs after; `__sparseyolo_original__` holds the original. It calls `_sparseyolo_yaml_args` of `tasks`."""
     from ultralytics.nn import tasks
 
-    for name, cls in classes.items():
-        existing = tasks.__dict__.get(name)
-        if (
-            existing is not None
-            and existing is not cls
-            and not getattr(existing, "__module__", "").startswith("sparseyolo")
-        ):
-            raise RuntimeError(f"sparseyolo module name {name!r} clashes with ultralytics' {existing!r}")
-        setattr(tasks, name, cls)
-    if getattr(tasks.parse_model, "__sparseyolo_original__", None) is not None:
-        return
     original = tasks.parse_model
     src = parse_model_source()
     check_anchors(src)
@@ -138,7 +125,6 @@ def register(classes: dict[str, type]) -> None:
     first_line = inspect.getsourcelines(original)[1]
     code = compile("\n" * (first_line - 1) + patched_src, inspect.getsourcefile(original), "exec")
     ns: dict = {}
-    tasks.__dict__["_sparseyolo_yaml_args"] = _yaml_args
     exec(code, tasks.__dict__, ns)  # globals are tasks' own: `globals()[m]` keeps resolving there
     patched = ns["parse_model"]
 
@@ -152,8 +138,4 @@ def register(classes: dict[str, type]) -> None:
         return model, save
 
     parse_model.__sparseyolo_original__ = original
-    tasks.parse_model = parse_model
-    import ultralytics.nn as unn
-
-    if getattr(unn, "parse_model", None) is original:
-        unn.parse_model = parse_model
+    return parse_model

@@ -184,12 +184,3 @@ class SparseDetect(Detect):
             y = self._inference(raw)
             return y if self.export else (y, raw)
         return self._compact_inference(levels, B), LazyRaw(lambda: self._full_layout(levels, B))
-
-
-def _register() -> None:
-    from sparseyolo.yolo.patch import register
-
-    register({"SparseDetect": SparseDetect})
-
-
-_register()  # when this module was the one that imported Ultralytics, the registry skipped it (import cycle)

@@ -5,10 +5,11 @@ Import path is used by Ultralytics' DDP launcher (it pickles the trainer class):
 
 from __future__ import annotations
 
-from sparseyolo.yolo.model import SparseDetectionModel  # first: registration (also in DDP workers)
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import RANK
 
-from ultralytics.models.yolo.detect import DetectionTrainer  # isort: skip
-from ultralytics.utils import RANK  # isort: skip
+from sparseyolo.yolo.integration import enable
+from sparseyolo.yolo.model import SparseDetectionModel
 
 
 class SparseDetectionTrainer(DetectionTrainer):
@@ -16,6 +17,7 @@ class SparseDetectionTrainer(DetectionTrainer):
     the DFF curriculum (`sparseyolo.yolo.curriculum`; default settings unless one was registered)."""
 
     def __init__(self, *args, **kwargs):
+        enable()  # also in the fresh processes of Ultralytics' DDP launcher, which import only this module
         super().__init__(*args, **kwargs)
         from sparseyolo.yolo.curriculum import add_curriculum
 

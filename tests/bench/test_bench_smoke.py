@@ -67,9 +67,9 @@ def test_table_and_files():
     assert md.splitlines()[1] == "|:---|---:|---:|"
 
 
-def test_sparse_conv_quick(tmp_path, monkeypatch, capsys):
+def test_sparse_conv_quick(tmp_path, setenv, capsys):
     # The pure-PyTorch engine path: independent of a (possibly rebuilding) compiled extension.
-    monkeypatch.setenv("SPARSEYOLO_NO_EXT", "1")
+    setenv("SPARSEYOLO_NO_EXT", "1")
     # One thread: on a loaded 2-core machine, 2-thread OpenMP barriers make tiny ops 100x slower.
     args = ["--quick", "--threads", "1", "--no-spconv", "--no-progress", "--out", str(tmp_path), "--voxel-sizes", "8"]
     assert bench.main(["sparse-conv", *args]) == 0

@@ -266,7 +266,7 @@ def test_cli_bad_input(tmp_path, capsys, argv, rc, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_python_dash_m_and_the_cache_folder(tmp_path, monkeypatch):
+def test_python_dash_m_and_the_cache_folder(tmp_path, monkeypatch, setenv):
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "-m", "sparseyolo.data", "composite", "--out", str(tmp_path / "m"), "--size", "256x256",
@@ -276,7 +276,7 @@ def test_python_dash_m_and_the_cache_folder(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "m" / "build.json").read_text())
     assert [p["fg_requested"] for p in report["per_image"]] == [0.0, 0.1]
-    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path / "cache"))  # out=None: a cache folder named by the params
+    setenv("SPARSEYOLO_CACHE", str(tmp_path / "cache"))  # out=None: a cache folder named by the params
     yaml = build_composite_dataset(size=(256, 256), fg=[0, 0.1], images=2, split="val")
     assert yaml.parent == tmp_path / "cache" / "composite-256x256-fg0-0.1-n2-val-seed0"
     assert (yaml.parent / "images/val/composite_0001.png").read_bytes() == (

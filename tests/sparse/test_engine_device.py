@@ -99,11 +99,11 @@ META_CALLS = {
 
 
 @pytest.mark.parametrize("call", META_CALLS.values(), ids=META_CALLS.keys())
-def test_no_compiled_kernel_sees_a_non_cpu_tensor(call, monkeypatch):
+def test_no_compiled_kernel_sees_a_non_cpu_tensor(call, monkeypatch, setenv):
     """With the kernels loaded, meta tensors take the PyTorch path (which may then stop: meta holds no data)."""
     spy = _Spy()
     monkeypatch.setattr(_ext, "_state", {"module": spy})
-    monkeypatch.delenv("SPARSEYOLO_NO_EXT", raising=False)
+    setenv("SPARSEYOLO_NO_EXT", None)
     with torch.no_grad():
         try:
             call()

@@ -29,14 +29,14 @@ def _chain(x, params):
     return [y.features, z.features, t.features, u.features]
 
 
-def test_compiled_and_pytorch_paths_agree(monkeypatch):
+def test_compiled_and_pytorch_paths_agree(setenv):
     """The fallback path (SPARSEYOLO_NO_EXT=1) and the default path give the same values and gradients."""
     g = torch.Generator().manual_seed(8)
     shapes = [(6, 2, 3, 3), (5, 6, 3, 3), (5, 4, 3, 3), (5, 3, 3, 3)]
     params = [torch.randn(s, generator=g, dtype=F64) for s in shapes]
     results = []
     for no_ext in ("0", "1"):
-        monkeypatch.setenv("SPARSEYOLO_NO_EXT", no_ext)
+        setenv("SPARSEYOLO_NO_EXT", no_ext)
         x = random_sparse((20, 24), 2, 4, seed=8, requires_grad=True)
         ps = [leaf(p) for p in params]
         outs = _chain(x, ps)
@@ -51,11 +51,11 @@ def test_compiled_and_pytorch_paths_agree(monkeypatch):
 
 
 @pytest.fixture
-def fresh_loader(monkeypatch, tmp_path):
+def fresh_loader(monkeypatch, setenv, tmp_path):
     """`_ext` with an empty state and its own cache directory (restored afterwards)."""
     monkeypatch.setattr(_ext, "_state", {})
-    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path))
-    monkeypatch.delenv("SPARSEYOLO_NO_EXT", raising=False)
+    setenv("SPARSEYOLO_CACHE", str(tmp_path))
+    setenv("SPARSEYOLO_NO_EXT", None)
     return _ext
 
 

@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sparseyolo
+from sparseyolo import settings
+
 os.environ.setdefault("YOLO_VERBOSE", "False")
+# Sparse blocks run their sparse path in tests unless a test sets a crossover itself: neither the machine's
+# stored crossover nor the built-in default decides what a test exercises.
+os.environ.setdefault("SPARSEYOLO_CROSSOVER", "1")
+settings.reload()
+# The tests run with the integration on, installed before any Ultralytics import (test_integration.py checks
+# importing, enabling and disabling in fresh processes).
+sparseyolo.enable()
 
 
 def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 96, seed: int = 0) -> Path:
@@ -66,8 +76,3 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
-
-
-# Sparse blocks run their sparse path in tests unless a test sets a crossover itself: neither the machine's
-# stored crossover nor the built-in default decides what a test exercises.
-os.environ.setdefault("SPARSEYOLO_CROSSOVER", "1")

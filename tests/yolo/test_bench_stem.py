@@ -93,8 +93,9 @@ def test_target_rows_sparse_p3_and_full_scene():
     assert not any(k.endswith("1920x1088") for k in got)  # no rows at that size: no verdicts
 
 
-def test_crossover_choice_and_quick_run_store_it(tmp_path, monkeypatch):
+def test_crossover_choice_and_quick_run_store_it(tmp_path, setenv):
     from sparseyolo.bench import crossover
+    from sparseyolo.bench import main as bench_main
     from sparseyolo.nn.crossover import ENV, default_crossover
 
     times = {"5%": {0.0: 300.0, 0.5: 100.0, 1.0: 101.0}, "full": {0.0: 200.0, 0.5: 205.0, 1.0: 400.0}}
@@ -103,9 +104,9 @@ def test_crossover_choice_and_quick_run_store_it(tmp_path, monkeypatch):
     times["5%"][1.0] = 100.5  # within 2% of the best candidate's cost: the larger crossover wins ties
     times["full"][1.0] = 205.0
     assert crossover.choose(times)[0] == 1.0
-    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path))
-    monkeypatch.delenv(ENV, raising=False)
-    assert crossover.main(["--quick", "--threads", "1", "--save", "--out", str(tmp_path / "out")]) == 0
+    setenv("SPARSEYOLO_CACHE", str(tmp_path))
+    setenv(ENV, None)
+    assert bench_main(["crossover", "--quick", "--threads", "1", "--save", "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "crossover.md").read_text()
     assert "Chosen crossover" in md and "full 100%" in md
     stored = default_crossover("cpu")

@@ -1,16 +1,12 @@
-"""Multi-process training pieces on CPU: our model under torch.distributed (gloo, 2 processes) with DDP, SyncBatchNorm
-conversion of the sparse BatchNorms, and the trainer/model classes restored by a fresh process as Ultralytics'
-DDP
-worker script does (it unpickles the trainer class and model, without importing sparseyolo first)."""
+"""Multi-process training pieces on CPU: our model under torch.distributed (gloo, 2 processes) with DDP, and
+SyncBatchNorm conversion of the sparse BatchNorms. Ultralytics' DDP worker script (it unpickles the trainer class
+and model in a fresh process): `test_integration.py`."""
 
 from __future__ import annotations
 
 import copy
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -41,7 +37,7 @@ def _worker(rank: int, world: int, port: int, out: dict):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from sparseyolo.yolo import SparseDetectionModel  # first: offline env before ultralytics
+        from sparseyolo.yolo import SparseDetectionModel  # first: enables (offline env before ultralytics)
         from ultralytics.utils import DEFAULT_CFG  # isort: skip
 
         torch.manual_seed(0)
@@ -87,30 +83,6 @@ def test_ddp_gloo_two_processes():
         assert r["keys"][-2:] == ["mask_loss", "active"]
         assert r["n_sync"] == r["n_bn"] > 0
         assert r["eval_diff"] < 1e-5
-
-
-def test_ddp_worker_restores_our_classes(tmp_path, tiny_data):
-    """Ultralytics' DDP launcher pickles `type(trainer)` and `trainer.model`; its worker script imports only
-    ultralytics. Unpickling must import and register sparseyolo by itself."""
-    from sparseyolo.yolo import SparseDetectionModel, SparseDetectionTrainer
-
-    state = tmp_path / "state.pt"
-    model = SparseDetectionModel("yolov8n-sparse.yaml", nc=2, verbose=False)
-    torch.save({"trainer": SparseDetectionTrainer, "model": model, "args": {"data": str(tiny_data)}}, state)
-    script = textwrap.dedent(f"""
-        import torch
-        from ultralytics.utils import DEFAULT_CFG_DICT
-        state = torch.load({str(state)!r}, weights_only=False)
-        cfg = DEFAULT_CFG_DICT.copy(); cfg.update(save_dir='')
-        trainer = state["trainer"](cfg=cfg, overrides={{**state["args"], "model": "yolov8n-sparse.yaml"}})
-        from ultralytics.nn import tasks
-        print(type(trainer).__name__, type(state["model"]).__name__, tasks.SparseStem.__module__,
-              tasks.parse_model.__sparseyolo_original__ is not None)
-    """)
-    env = {**os.environ, "YOLO_VERBOSE": "False"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "SparseDetectionTrainer SparseDetectionModel sparseyolo.nn.sparse_blocks True" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")

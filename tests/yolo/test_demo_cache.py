@@ -27,14 +27,14 @@ def weights_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def setup(tmp_path, weights_dir, monkeypatch):
+def setup(tmp_path, weights_dir, monkeypatch, setenv):
     """A sparse reference model in a temporary weights folder, two labelled images, their ground truth."""
     from PIL import Image
 
     from sparseyolo.nn import crossover
 
     monkeypatch.setattr(crossover, "store_path", lambda: tmp_path / "crossover.json")  # this machine's: none yet
-    monkeypatch.delenv("SPARSEYOLO_CROSSOVER", raising=False)
+    setenv("SPARSEYOLO_CROSSOVER", None)
     torch.manual_seed(0)
     src = YOLO("yolov8n-sparse-budget.yaml")
     src.model.names = {0: "tree"}
@@ -53,7 +53,7 @@ def key(models, images, plan, gt=None):
     return demo._cache_key("full", models, images, gt or yolo_ground_truth(images, {0: "tree"}), plan, 1, False)
 
 
-def test_cache_key_covers_what_the_figures_depend_on(setup, monkeypatch, weights_dir):
+def test_cache_key_covers_what_the_figures_depend_on(setup, monkeypatch, setenv, weights_dir):
     models, images, plan = setup
     base = key(models, images, plan)
     assert key(models, images, plan) == base
@@ -71,9 +71,9 @@ def test_cache_key_covers_what_the_figures_depend_on(setup, monkeypatch, weights
             assert key(models, images, plan) != base, attr
     assert key(models, images, plan) == base
     # the crossover in force: environment, this machine's store, the model's own
-    with monkeypatch.context() as m:
-        m.setenv("SPARSEYOLO_CROSSOVER", "0.3")
-        assert key(models, images, plan) != base
+    setenv("SPARSEYOLO_CROSSOVER", "0.3")
+    assert key(models, images, plan) != base
+    setenv("SPARSEYOLO_CROSSOVER", None)
     from sparseyolo.nn.crossover import save_crossover
 
     assert key(models, images, plan) == base
@@ -104,7 +104,7 @@ class FakeEvaluate:
         return [compare.Result(n, m, metrics={"map": 0.5, "map50": 0.7, "ap_large": None}) for n, m in plan]
 
 
-def test_evaluate_cached_reuses_only_matching_figures(setup, tmp_path, monkeypatch):
+def test_evaluate_cached_reuses_only_matching_figures(setup, tmp_path, monkeypatch, setenv):
     models, images, plan = setup
     fake = FakeEvaluate()
     monkeypatch.setattr(compare, "evaluate", fake)
@@ -125,7 +125,7 @@ def test_evaluate_cached_reuses_only_matching_figures(setup, tmp_path, monkeypat
     moved["annotations"][0]["bbox"][0] += 1.0
     assert run(moved)["cached"] is False and fake.calls == 2
     assert run(force=True)["cached"] is False and fake.calls == 3
-    monkeypatch.setenv("SPARSEYOLO_CROSSOVER", "0.5")
+    setenv("SPARSEYOLO_CROSSOVER", "0.5")
     assert run()["cached"] is False and fake.calls == 4
 
 

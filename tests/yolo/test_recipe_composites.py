@@ -62,8 +62,6 @@ def test_composites_are_listed_beside_the_forest_tiles(tmp_path, monkeypatch):
 
     from ultralytics.data.utils import check_det_dataset
 
-    import sparseyolo.yolo  # noqa: F401  (offline defaults)
-
     checked = check_det_dataset(str(got))  # Ultralytics resolves both training folders
     assert checked["train"] == data["train"]
 

@@ -230,15 +230,15 @@ def test_bad_arguments_give_clear_errors(dense):
         cat(s)
 
 
-def test_crossover_sources_and_checks(tmp_path, monkeypatch, p3):
-    monkeypatch.delenv(xo.ENV, raising=False)
-    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path))
+def test_crossover_sources_and_checks(tmp_path, setenv, p3):
+    setenv(xo.ENV, None)
+    setenv("SPARSEYOLO_CACHE", str(tmp_path))
     assert default_crossover("cpu") == xo.BUILTIN["cpu"]
     xo.save_crossover(0.37, "cpu", command="test")
     assert default_crossover("cpu") == 0.37
-    monkeypatch.setenv(xo.ENV, "0.2")
+    setenv(xo.ENV, "0.2")
     assert default_crossover("cpu") == 0.2
-    monkeypatch.setenv(xo.ENV, "2")
+    setenv(xo.ENV, "2")
     with pytest.raises(ValueError, match=xo.ENV):
         default_crossover("cpu")
     for bad in (-0.1, 1.5, "x"):
