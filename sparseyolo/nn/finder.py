@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.boxes import MIN_COVER, box_pixels
+from sparseyolo.nn.masks import dilate_mask, expand_mask, topk_mask
 
 DOWN = 2  # the finder looks at the image average-pooled by this factor (2 or 4)
 WIDTH = 16  # channels at 1/8 (twice that at 1/16)
@@ -112,8 +113,6 @@ class Finder(nn.Module):
         top `target` share of cells when `target` is given."""
         lo = logits[:, 0]
         if target is not None:
-            from sparseyolo.sparsify import topk_mask
-
             return topk_mask(lo, target)
         return (lo > self.threshold) | ~self.calibrated  # no branch on data: traceable
 
@@ -134,8 +133,6 @@ def margin_cells(margin: int, cell: int) -> int:
 def expand_cells(cells: Tensor, cell: int, margin: int, shape: tuple[int, int]) -> Tensor:
     """`bool[B, h, w]` kept cells -> `bool[B, H, W]` pixels: dilated by `margin` pixels (whole cells), each cell
     repeated `cell` x `cell` times, cropped to `shape (H, W)`."""
-    from sparseyolo.sparsify import dilate_mask, expand_mask
-
     return expand_mask(dilate_mask(cells, margin_cells(margin, cell)), cell, shape)
 
 

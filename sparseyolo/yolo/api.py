@@ -315,9 +315,9 @@ def configure_sparsify(model, sparsify: dict) -> None:
     creates an untrained head (it starts "all on"). A `finder` keeps its trained finder and calibrated threshold
     when the method stays `finder` (a `threshold` given here replaces the calibrated one); switching to `finder`
     creates an untrained, uncalibrated finder (it keeps every pixel). A new method drops the method-specific
-    settings not given here (`sparseyolo.sparsify.switch_settings`)."""
+    settings not given here (`sparseyolo.nn.sparsify.switch_settings`)."""
     from sparseyolo.nn import SparseStem
-    from sparseyolo.sparsify import SETTINGS, Sparsifier, switch_settings
+    from sparseyolo.nn.sparsify import SETTINGS, Sparsifier, switch_settings
 
     stems = [m for m in model.modules() if isinstance(m, SparseStem)]
     if not stems:

@@ -87,7 +87,7 @@ def test_executed_flops_returns_the_stem_mask_that_ran():
     """The mask reported with the FLOPs is the one the stem keeps: nonzero pixels (dense model: None)."""
     from sparseyolo import YOLO
     from sparseyolo.eval.flops import executed_flops
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.nn.sparsify import Sparsifier
 
     model = YOLO("yolov8n-sparse.yaml").model.eval()
     model.model[0].sparsify = Sparsifier(3, "nonzero")
@@ -124,7 +124,7 @@ def _sparse_model(method: str, threshold: float = 0.0):
     """A YOLO with a sparse stem whose mask is `method` (nonzero keeps every object of the tiny dataset, whose
     objects are bright boxes on a black background; a high intensity threshold keeps none)."""
     from sparseyolo import YOLO
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.nn.sparsify import Sparsifier
 
     y = YOLO("yolov8n-sparse.yaml")
     y.model.model[0].sparsify = Sparsifier(3, method, threshold)

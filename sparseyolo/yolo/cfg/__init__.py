@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sparseyolo.sparsify import SETTINGS
+from sparseyolo.nn.sparsify import METHODS, SETTINGS, switch_settings
 
 CFG_DIR = Path(__file__).parent
 # The scale letter after the version in a model name (yolov8n-sparse.yaml: n), as Ultralytics reads it.
@@ -75,8 +75,6 @@ def parse_sparsify(spec) -> dict:
     bad = sorted(set(spec) - set(SPARSIFY_KEYS))
     if bad:
         raise ValueError(f"unknown sparsify setting(s) {bad}; expected {', '.join(SPARSIFY_KEYS)}")
-    from sparseyolo.sparsify import METHODS
-
     if "method" in spec and spec["method"] not in METHODS:
         raise ValueError(f"unknown sparsify method {spec['method']!r}; expected one of {METHODS}")
     return dict(spec)
@@ -88,8 +86,6 @@ def customize_yaml(d: dict, sparsify: dict) -> dict:
     A new method drops the row's method-specific settings that `sparsify` does not give (`switch_settings`):
     `{"method": "nonzero"}` on a row with a learned `target` gives a plain nonzero stem."""
     import copy
-
-    from sparseyolo.sparsify import switch_settings
 
     d = copy.deepcopy(d)
     found = False
