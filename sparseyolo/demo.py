@@ -162,7 +162,7 @@ def write_report(
 ) -> Path:
     import numpy as np
 
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
     from sparseyolo.eval.report import (
         plot_accuracy_vs_flops,
         plot_boxes_grid,
@@ -267,7 +267,7 @@ def _run_demo(out: Path, repeats: int, force: bool, threads: int, command: str, 
     import platform
 
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.eval.data import load_split
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.report import rows_table
     from sparseyolo.nn import set_neck_mode
     from sparseyolo.yolo.api import YOLO

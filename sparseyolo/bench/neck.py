@@ -117,8 +117,8 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     import sparseyolo.yolo  # noqa: F401  (offline defaults first)
     from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
     from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.compare import evaluate
-    from sparseyolo.eval.data import load_split
     from sparseyolo.nn import dff_necks
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO

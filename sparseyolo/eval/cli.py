@@ -49,8 +49,8 @@ def main(argv: list[str]) -> int:
 
 def run(args: dict) -> int:
     import sparseyolo.yolo  # noqa: F401  (offline defaults first)
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.compare import METHODS, evaluate
-    from sparseyolo.eval.data import load_split
     from sparseyolo.eval.report import rows_table, write_rows
     from sparseyolo.yolo.api import YOLO
 

@@ -380,7 +380,7 @@ def evaluate(
     `save_masks`: a folder to write each of those masks over its image (`<model>-<method>/<image>.jpg`)."""
     from tqdm import tqdm
 
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
 
     by_name = {im["file_name"]: im["id"] for im in gt["images"]}
     missing = [p.name for p in images if p.name not in by_name]

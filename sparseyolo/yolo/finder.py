@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseyolo.data.split import split_boxes
+
 # Training composites for the finder: 640x640 frames of training crowns on training ground (a quarter of them
 # ground only); `COMPOSITE_SHARE` of the training crops come from them (crowns on open ground are the use case and
 # the hard part: the forest tiles alone teach "forest texture").
@@ -87,21 +89,6 @@ def context_margin(model: nn.Module) -> int:
     return int(round(margin))
 
 
-def _yolo_split(data: str | Path, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """RGB images and xyxy pixel boxes of a YOLO dataset split (labels read from its label files)."""
-    from sparseyolo.eval.data import load_split, read_image
-
-    paths, gt, _ = load_split(data, split)
-    by_id = {im["id"]: [] for im in gt["images"]}
-    for a in gt["annotations"]:
-        x, y, w, h = a["bbox"]
-        by_id[a["image_id"]].append([x, y, x + w, y + h])
-    id_of = {im["file_name"]: im["id"] for im in gt["images"]}
-    images = [read_image(p) for p in paths]
-    boxes = [np.asarray(by_id[id_of[p.name]], np.float32).reshape(-1, 4) for p in paths]
-    return images, boxes
-
-
 def training_data(data: str | Path | None = None, composites: dict | None = COMPOSITES):
     """`(images, boxes, sources)` to train and calibrate a finder on: the `train` split of `data` (default: the
     aerial training tiles, `build_aerial_dataset(tile=320)`: training scenes only) and, unless `composites` is None,
@@ -111,7 +98,7 @@ def training_data(data: str | Path | None = None, composites: dict | None = COMP
         from sparseyolo.data.aerial import build_aerial_dataset
 
         data = build_aerial_dataset(tile=320, overlap=0.2)
-    images, boxes = _yolo_split(data, "train")
+    images, boxes = split_boxes(data, "train")
     sources = {"data": str(data), "images": len(images)}
     if composites is not None:
         from sparseyolo.data.composite import build_composite_dataset
@@ -125,7 +112,7 @@ def training_data(data: str | Path | None = None, composites: dict | None = COMP
         if "fg" in args and not isinstance(args["fg"], (int, float)):
             args["fg"] = list(args["fg"])
         comp = build_composite_dataset(**args)
-        ci, cb = _yolo_split(comp, "train")
+        ci, cb = split_boxes(comp, "train")
         images, boxes = images + ci, boxes + cb
         sources.update(composites=str(comp), composite_images=len(ci))
     return images, boxes, sources

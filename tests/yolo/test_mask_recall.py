@@ -134,8 +134,8 @@ def _sparse_model(method: str, threshold: float = 0.0):
 
 def test_evaluate_reports_mask_recall_and_saves_masks(tiny_data, tmp_path):
     from sparseyolo import YOLO
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.compare import _mask_of, evaluate
-    from sparseyolo.eval.data import load_split
 
     images, gt, _ = load_split(tiny_data, "val")
     models = {
@@ -156,7 +156,7 @@ def test_evaluate_reports_mask_recall_and_saves_masks(tiny_data, tmp_path):
         is None
     )
     # the active share is the share of the images' own pixels under the mask (letterbox padding excluded)
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
 
     own = np.mean([(read_image(p) != 0).any(2).mean() for p in images])
     assert s["keeps", "native"]["active"] == pytest.approx(own, abs=0.02)
