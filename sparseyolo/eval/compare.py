@@ -347,7 +347,8 @@ def _slug(text: str) -> str:
 def _mask_of(masks: list, image: np.ndarray, boxes: np.ndarray, save: Path | None) -> dict | None:
     """Mask recall and active share of the one mask a whole-image method ran on `image` (None: no mask, or
     several forwards such as SAHI's slices, whose masks do not map to one image); optionally its overlay."""
-    from sparseyolo.eval.mask import mask_stats, save_overlay, to_image
+    from sparseyolo.eval.mask import mask_stats, save_overlay
+    from sparseyolo.yolo.finder import to_image
 
     if len(masks) != 1:
         return None

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from sparseyolo.data.split import split_boxes
+from sparseyolo.nn import SparseBlock, SparseStem
+from sparseyolo.nn.finder import Finder, fit_finder
+from sparseyolo.nn.finder import calibrate_recall as _calibrate
 
 # Training composites for the finder: 640x640 frames of training crowns on training ground (a quarter of them
 # ground only); `COMPOSITE_SHARE` of the training crops come from them (crowns on open ground are the use case and
@@ -34,8 +37,6 @@ HOLDOUT = 0.2  # the share of training images kept out of the fit, to calibrate 
 
 def finder_sparsifiers(model: nn.Module) -> list:
     """The `finder` sparsifiers of `model`'s sparse stems; a clear error when there is none."""
-    from sparseyolo.nn import SparseStem
-
     stems = [m for m in model.modules() if isinstance(m, SparseStem)]
     if not stems:
         raise ValueError("this model has no sparse stem (SparseStem): it has no foreground finder")
@@ -74,8 +75,6 @@ def _out_stride(m: nn.Module, s_in: float) -> float:
 def context_margin(model: nn.Module) -> int:
     """The finder's context margin for `model` (a DetectionModel or YOLO), in input pixels: the largest input stride
     of its sparse blocks (see the module doc); 0 for a model without sparse blocks."""
-    from sparseyolo.nn import SparseBlock
-
     model = detection_model(model)
     strides: list[float] = []
     margin = 0.0
@@ -122,9 +121,6 @@ def calibrate_recall(model: nn.Module, images, boxes, recall: float = 0.99) -> d
     """Calibrate the finder of `model` (a DetectionModel, `YOLO`, or a `Finder`) so that at least `recall` of the
     objects of `images`/`boxes` (training data) keep 90% of their box active after the model's context margin
     (the stem's `dilate`); see `sparseyolo.nn.finder.calibrate_recall`. Returns its report."""
-    from sparseyolo.nn.finder import Finder
-    from sparseyolo.nn.finder import calibrate_recall as _calibrate
-
     if isinstance(model, Finder):
         return _calibrate(model, images, boxes, recall)
     sparsifiers = finder_sparsifiers(detection_model(model))
@@ -162,9 +158,6 @@ def train_finder(
     the same held-out images). Returns a report: training losses and seconds, the calibration
     (threshold, recall and active share on the calibration images), the same measured on the fitted images, the
     data used."""
-    from sparseyolo.nn.finder import calibrate_recall as _calibrate
-    from sparseyolo.nn.finder import fit_finder
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0 (0: calibrate the finder as it is), got {steps!r}")
     if not 0.0 <= float(composite_share) < 1.0:
@@ -205,12 +198,25 @@ def train_finder(
 # --- masks at the images' own resolution ------------------------------------------------------------------------
 
 
+def to_image(mask, image_shape: tuple[int, int]) -> np.ndarray:
+    """`bool[H', W']` mask on the letterboxed network input -> `bool[h, w]` on the original `image_shape`.
+
+    Undoes Ultralytics' letterbox (scale, centred padding) with its own `scale_masks`, nearest neighbour."""
+    from ultralytics.utils.ops import scale_masks
+
+    m = torch.as_tensor(np.asarray(mask))
+    if m.dim() != 2:
+        raise ValueError(f"to_image expects one mask bool[H, W], got shape {tuple(m.shape)}")
+    h, w = (int(v) for v in image_shape[:2])
+    if h < 1 or w < 1:
+        raise ValueError(f"image_shape must be positive (h, w), got {image_shape}")
+    out = scale_masks(m[None, None].float(), (h, w), mode="nearest")
+    return (out[0, 0] > 0.5).numpy()
+
+
 def _predictor_class():
     from ultralytics.engine.results import Results
     from ultralytics.models.yolo.detect import DetectionPredictor
-
-    from sparseyolo.eval.mask import to_image
-    from sparseyolo.nn import SparseStem
 
     class ForegroundPredictor(DetectionPredictor):
         """Ultralytics' detection predictor (same sources, letterbox, batching) that runs only the sparse stem's
@@ -240,8 +246,6 @@ def foreground(yolo, source, **predict_kwargs) -> list[np.ndarray]:
     image's own resolution: the images are loaded and letterboxed by Ultralytics' predictor (`predict_kwargs`:
     `imgsz`, `batch`, ...), the stem's sparsifier runs on them, and each mask is mapped back with Ultralytics'
     `scale_masks` (nearest). Only the sparsifier runs, not the detector."""
-    from sparseyolo.nn import SparseStem
-
     if not any(isinstance(m, SparseStem) for m in yolo.model.modules()):
         raise ValueError("foreground: this model has no sparse stem (SparseStem): it looks at every pixel")
     predict_kwargs.setdefault("verbose", False)

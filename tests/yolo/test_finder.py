@@ -408,7 +408,7 @@ def test_foreground_on_a_real_image(finder_model):
 
     from sparseyolo import YOLO
     from sparseyolo.data.aerial import load_scene
-    from sparseyolo.eval.mask import to_image
+    from sparseyolo.yolo.finder import to_image
 
     require_aerial_data()
     img = np.ascontiguousarray(load_scene("OSBS_029")[0])  # RGB 400x400

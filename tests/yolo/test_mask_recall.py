@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparseyolo.eval.mask import box_coverage, box_pixels, mask_stats, pooled_recall, save_overlay, to_image
+from sparseyolo.eval.mask import box_coverage, box_pixels, mask_stats, pooled_recall, save_overlay
+from sparseyolo.yolo.finder import to_image
 
 
 def _brute_coverage(mask, boxes):
