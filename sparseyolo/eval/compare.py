@@ -32,6 +32,7 @@ import numpy as np
 
 from sparseyolo.eval.coco import EVAL_MAX_DET, STAT_NAMES, coco_metrics, subset_ground_truth, to_coco_results
 from sparseyolo.eval.flops import executed_flops
+from sparseyolo.memory import PeakRSS
 
 METHODS = ("native", "640", "sahi")
 EVAL_CONF = 0.001  # COCO AP: keep (nearly) every detection, as Ultralytics' val does
@@ -438,8 +439,6 @@ def evaluate(
                     bar.update()
         bar.close()
     if memory:
-        from sparseyolo.bench.common import PeakRSS
-
         probe = PeakRSS(pin_allocator=False)
         largest = max(images, key=lambda p: pixels[p].size)
         for key, runner in runners.items():
