@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sparseyolo import __version__
+from sparseyolo.cliargs import flag
 from sparseyolo.yolo.cfg import stem_args
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
@@ -183,8 +184,6 @@ def cli_main(overrides: dict) -> int:
         return 2
     src = Path(str(overrides["model"]))
     out = Path(str(overrides.get("out") or src.with_name(src.stem + "-sparse.pt")))
-    from sparseyolo.yolo.cli import flag
-
     try:
         p3, p4 = flag(overrides, "p3", False), flag(overrides, "p4", False)
     except ValueError as e:
