@@ -92,13 +92,13 @@ def time_rows(models: dict, dense_name: str, sets: dict, size, blank: int, repea
     import torch
 
     from sparseyolo.bench.common import latency
-    from sparseyolo.nn.finder import _pad_to
+    from sparseyolo.nn.finder import pad_to
     from sparseyolo.yolo.api import YOLO
 
     dense = YOLO(dense_name)
     w, h = size
     im = sets[f"{w}x{h} 1%"][0][0]
-    x = _pad_to(torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].float() / 255)
+    x = pad_to(torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].float() / 255)
     fns = {(dense_name, f"forward {w}x{h}"): lambda: dense.model(x)}
     for name, (_, sp) in models.items():
         fns[(name, f"finder {w}x{h}")] = lambda f=sp.finder: f(x)

@@ -408,9 +408,9 @@ def pixel_gate_table(a, size: int = 160, c: int = 64) -> str:
 
 
 def plot_histogram(per_image: list[dict], path: Path) -> Path:
-    from sparseyolo.eval.report import _plt, _save
+    from sparseyolo.eval.report import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     configs = [c for c in dict.fromkeys(r["config"] for r in per_image) if not c.startswith("ablation")]
     for c in configs:
@@ -418,4 +418,4 @@ def plot_histogram(per_image: list[dict], path: Path) -> Path:
     ax.set_xlabel("executed neck GFLOPs per image")
     ax.set_ylabel("images")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -353,7 +353,7 @@ def fit_finder(
 # --- recall calibration --------------------------------------------------------------------------------------
 
 
-def _pad_to(x: Tensor, multiple: int = 32) -> Tensor:
+def pad_to(x: Tensor, multiple: int = 32) -> Tensor:
     """`x (B, C, H, W)` padded with letterbox grey at the bottom and right to a multiple of `multiple` (as a model's
     input is)."""
     H, W = x.shape[-2:]
@@ -412,7 +412,7 @@ def finder_outputs(finder: Finder, images, boxes, margin: int = 0, min_cover: fl
     crit, logits_all = [], []
     try:
         for im, b in zip(images, boxes):
-            lo = finder(_pad_to(im[None].float() / 255))
+            lo = finder(pad_to(im[None].float() / 255))
             logits_all.append((lo, tuple(im.shape[-2:])))
             if len(b):
                 crit.append(critical_thresholds(lo, b.numpy(), tuple(im.shape[-2:]), finder.cell, margin, min_cover))
