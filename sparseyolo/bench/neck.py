@@ -123,7 +123,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.budget import calibrate, calibration_images, letterboxed
-    from sparseyolo.yolo.reference import Recipe
+    from sparseyolo.yolo.recipe import Recipe
 
     set_threads(a.threads)
     recipe = Recipe()  # the tiles the reference models were trained and validated on

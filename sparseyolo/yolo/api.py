@@ -11,7 +11,7 @@ from ultralytics import YOLO as _UltralyticsYOLO
 from sparseyolo import __version__
 from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
 from sparseyolo.yolo.model import SparseDetectionModel
-from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files
+from sparseyolo.yolo.recipe import is_reference_name, load_reference_model, reference_files
 from sparseyolo.yolo.train import SparseDetectionTrainer
 
 
@@ -55,7 +55,7 @@ class YOLO(_UltralyticsYOLO):
                     d = customize_yaml(yaml_model_load(model), sparsify)
                     model = write_custom_yaml(d, model)
             elif not suffix and not Path(model).exists() and "://" not in model:
-                from sparseyolo.yolo.reference import shipped_names
+                from sparseyolo.yolo.recipe import shipped_names
 
                 raise FileNotFoundError(
                     f"model {model!r} is neither a file nor a shipped reference model "
