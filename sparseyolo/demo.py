@@ -73,7 +73,7 @@ def _cache_key(name: str, models: dict, images, gt: dict, plan, repeats, memory)
     evaluation settings and code, the crossover in force, the timing and memory settings."""
     import sparseyolo.eval as ev
     from sparseyolo.eval.compare import eval_settings
-    from sparseyolo.yolo.recipe import reference_files
+    from sparseyolo.yolo.reference import reference_files
 
     weights = sorted({reference_files(m.split()[0])[1] for m, _ in plan})  # "name target 0.10" -> name
     code = sorted(Path(ev.__file__).parent.glob("*.py"))
@@ -271,7 +271,8 @@ def _run_demo(out: Path, repeats: int, force: bool, threads: int, command: str, 
     from sparseyolo.eval.report import rows_table
     from sparseyolo.nn import set_neck_mode
     from sparseyolo.yolo.api import YOLO
-    from sparseyolo.yolo.recipe import Recipe, reference_files
+    from sparseyolo.yolo.recipe import Recipe
+    from sparseyolo.yolo.reference import reference_files
 
     t0 = time.time()
     for name in SHIPPED:
@@ -315,7 +316,7 @@ def record_metrics(tiles: dict, full: dict, command: str, sparse_scenes=()) -> l
 
     Only freshly measured figures are recorded: when `tiles`, `full` or a sparse scene is not marked
     `"cached": False` (figures reused from the cache, or of unknown origin) nothing is written and a note says so."""
-    from sparseyolo.yolo.recipe import reference_files
+    from sparseyolo.yolo.reference import reference_files
 
     parts = (("tiles", tiles), ("full", full), *((r["scene"].name, r) for r in sparse_scenes))
     stale = [k for k, d in parts if d.get("cached") is not False]

@@ -39,7 +39,7 @@ def finder_models(names: list[str] | None):
     """`{name: (YOLO, Sparsifier)}`: the given models, or every shipped reference with a finder."""
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.finder import finder_sparsifiers
-    from sparseyolo.yolo.recipe import reference_files, shipped_names
+    from sparseyolo.yolo.reference import reference_files, shipped_names
 
     out = {}
     if names is None:

@@ -50,7 +50,7 @@ def model_files(model) -> list:
         return []
     paths = [Path(model)]
     if not paths[0].is_file():
-        from sparseyolo.yolo.recipe import is_reference_name, reference_files
+        from sparseyolo.yolo.reference import is_reference_name, reference_files
 
         paths = list(reference_files(str(model))) if is_reference_name(str(model)) else []
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.is_file()]

@@ -1,14 +1,16 @@
-"""Reference models: one training recipe for every variant, and the shipped checkpoints it produced.
+"""The training recipe of the reference models: one recipe for every variant, and how its runs are shipped.
 
 The recipe (`sparseyolo demo --train`) trains each variant from scratch on the deepforest aerial tiles with an
-identical budget and fixed seeds. Its results ship inside the package as `<name>.yaml` (the model YAML) +
-`<name>.safetensors` (fp16 weights: plain tensors, no pickled classes, so a newer SparseYOLO or Ultralytics
-still loads them) + `<name>.json` (recipe command, seed, epochs, measured metrics). `YOLO("yolov8n-aerial")`
-resolves such a name to those files, offline.
+identical budget and fixed seeds (or converts and fine-tunes a shipped one); `ship_variant` writes a run's result as
+a shipped reference model (`sparseyolo.yolo.reference`).
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import dataclasses
+import hashlib
 import json
 import shlex
 import sys
@@ -16,7 +18,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+import torch
+import yaml
+
+from sparseyolo.data.aerial import build_aerial_dataset
+from sparseyolo.data.composite import build_composite_dataset
+from sparseyolo.nn import dff_necks
+from sparseyolo.nn.finder import Finder
+from sparseyolo.threads import threads as using_threads
+from sparseyolo.yolo.api import YOLO
+from sparseyolo.yolo.budget import calibrate, calibration_images
+from sparseyolo.yolo.convert import convert, save_checkpoint
+from sparseyolo.yolo.finder import finder_sparsifiers, train_finder
+from sparseyolo.yolo.reference import load_reference_model, run_weights, save_reference
 
 
 @dataclass(frozen=True)
@@ -142,12 +156,6 @@ class Recipe:
         the training composites are built (cached, see `build_composite_dataset`) and a YAML is written in `folder`
         whose `train` lists the aerial training tiles and the composites, and whose `val` and `names` are
         `data_yaml`'s (Ultralytics accepts a list of folders for `train`)."""
-        import hashlib
-
-        import yaml
-
-        from sparseyolo.data.composite import build_composite_dataset
-
         data_yaml = Path(data_yaml)
         if self.composites is None:
             return data_yaml
@@ -178,76 +186,6 @@ class Recipe:
         return out
 
 
-def shipped_names() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def is_reference_name(name: str) -> bool:
-    """True for a shipped reference model name such as `yolov8n-aerial` (no suffix, no path)."""
-    return "/" not in name and "\\" not in name and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
-
-
-def reference_files(name: str) -> tuple[Path, Path, Path]:
-    """`(yaml, safetensors, json)` of a shipped reference model; a clear error naming the shipped ones."""
-    files = tuple(WEIGHTS_DIR / f"{name}{ext}" for ext in (".yaml", ".safetensors", ".json"))
-    missing = [p.name for p in files if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"reference model {name!r} is not shipped (missing {missing}); shipped: {shipped_names() or 'none'}. "
-            "Train them with `sparseyolo demo --train`."
-        )
-    return files
-
-
-def reference_info(name: str) -> dict:
-    return json.loads(reference_files(name)[2].read_text())
-
-
-def save_reference(model, name: str, info: dict, out_dir: Path | None = None) -> Path:
-    """Write `model` (a DetectionModel) as `<name>.yaml` + fp16 `<name>.safetensors` + `<name>.json` in `out_dir`
-    (default: `WEIGHTS_DIR`, read at call time)."""
-    import yaml
-    from safetensors.torch import save_file
-
-    out_dir = Path(WEIGHTS_DIR if out_dir is None else out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {k: v for k, v in model.yaml.items() if k not in ("yaml_file", "channels")}
-    cfg["nc"] = int(model.nc) if hasattr(model, "nc") else cfg.get("nc")
-    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    sd = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        sd[k] = (v.half() if v.is_floating_point() else v).contiguous()
-    save_file(sd, str(out_dir / f"{name}.safetensors"))
-    (out_dir / f"{name}.safetensors").chmod(0o644)
-    info = {**info, "names": {int(k): v for k, v in dict(getattr(model, "names", {}) or {}).items()}}
-    (out_dir / f"{name}.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-    return out_dir / f"{name}.safetensors"
-
-
-def load_reference_model(name: str):
-    """Build the shipped reference model `name` as a `SparseDetectionModel` (fp32, eval mode)."""
-    from safetensors.torch import load_file
-
-    from sparseyolo.yolo.model import SparseDetectionModel
-
-    cfg, weights, meta = reference_files(name)
-    info = json.loads(meta.read_text())
-    model = SparseDetectionModel(str(cfg), verbose=False)
-    sd = load_file(str(weights))
-    own = model.state_dict()
-    bad = sorted(k for k in own if k not in sd) + sorted(k for k in sd if k not in own)
-    if bad:
-        raise RuntimeError(f"reference weights {weights.name} do not match {cfg.name}: {bad[:5]} ...")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
-    model.names = {int(k): v for k, v in info.get("names", {}).items()} or {0: "item0"}
-    model.args = {"imgsz": info.get("recipe", {}).get("imgsz", 640), "task": "detect"}
-    return model.eval()
-
-
-# --- the recipe --------------------------------------------------------------------------------------------
-
-
 def recipe_command(recipe: Recipe, variants: list[str]) -> str:
     default = Recipe()
     parts = ["sparseyolo", "demo", "--train"]
@@ -266,10 +204,6 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     """Make (train, or resume) one variant under `project/<name>`; returns the path of its final checkpoint: the
     recipe's run for a from-scratch variant, the conversion for a converted one, then the finder's training and
     calibration and the fine-tune (see `Variant`)."""
-    import dataclasses
-
-    from sparseyolo.threads import threads as using_threads
-
     recipe = dataclasses.replace(recipe, seed=variant.seed)
     run_dir = project / variant.name
     done = run_dir / "finished.json"
@@ -288,26 +222,13 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
             model = _with_finder(variant, model, run_dir, log)
         if variant.finetune:
             model = _finetuned(variant, recipe, model, data_yaml, project, log)
-        from sparseyolo.yolo.convert import save_checkpoint
-
         save_checkpoint(model, final)
         done.write_text(json.dumps({"spec": spec, "seconds": time.time() - t0}))
     return final
 
 
-def run_weights(path: Path):
-    """The model of an Ultralytics checkpoint `path`: its EMA when it has one (what training ships), fp32."""
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return (ckpt.get("ema") or ckpt["model"]).float()
-
-
 def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, log):
     """The recipe's run of a from-scratch variant (resumed from its last checkpoint); returns its EMA model."""
-
-    from sparseyolo.yolo.api import YOLO
-
     name = variant.name
     run_dir = project / name
     last = run_dir / "weights" / "last.pt"
@@ -327,8 +248,6 @@ def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, l
 
 def _converted(variant: Variant, log):
     """The variant's dense reference converted to sparse blocks (finder margin: the model's context margin)."""
-    from sparseyolo.yolo.convert import convert
-
     spec = {**variant.convert}
     dense = spec.pop("from")
     log(f"{variant.name}: converting {dense} ({spec})")
@@ -341,12 +260,6 @@ def _with_finder(variant: Variant, model, run_dir: Path, log):
     A converted variant's finder starts fresh and learns from boxes alone, so converted variants with the same
     `FINDER` settings, seed and finder shape share one training (cached under the project's `finders/`); each is
     calibrated for its own context margin."""
-    import hashlib
-
-    import torch
-
-    from sparseyolo.yolo.finder import finder_sparsifiers, train_finder
-
     finder = finder_sparsifiers(model)[0].finder
     key = json.dumps([FINDER, variant.seed, [int(v) for v in finder.arch]], sort_keys=True)
     cache = run_dir.parent / "finders" / f"finder-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
@@ -370,12 +283,6 @@ def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project
     """`model` fine-tuned `variant.finetune` epochs on the recipe's data with distillation from its dense
     reference (`dff_teacher`); the stem (layer 0, with the finder) is frozen and the finder's state (weights,
     BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds."""
-    import copy
-
-    from sparseyolo.nn.finder import Finder
-    from sparseyolo.yolo.api import YOLO
-    from sparseyolo.yolo.convert import save_checkpoint
-
     name = f"{variant.name}-finetune"
     start = save_checkpoint(model, project / variant.name / "weights" / "converted.pt")
     finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if isinstance(v, Finder)}
@@ -395,9 +302,6 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
 
     The last epoch is shipped, not Ultralytics' `best.pt`: the validation tiles come from the held-out region
     that the evaluation measures, so choosing an epoch on them would tune the model to the test region."""
-    import csv
-    import dataclasses
-
     recipe = dataclasses.replace(recipe, seed=variant.seed)
     last = run_dir / "weights" / "final.pt"
     if not last.is_file():
@@ -443,17 +347,12 @@ CALIBRATION_TILES = 48
 
 
 def has_dff_neck(model) -> bool:
-    from sparseyolo.nn import dff_necks
-
     return bool(dff_necks(model))
 
 
 def calibrate_reference(model, recipe: Recipe) -> dict:
     """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on `CALIBRATION_TILES` training tiles
     (evenly spaced; never the validation region); returns the report stored in the model's JSON."""
-    from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.yolo.budget import calibrate, calibration_images
-
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
     tiles = calibration_images(data, CALIBRATION_TILES)
     report = calibrate(model, tiles, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)

@@ -10,6 +10,8 @@ from sparseyolo.yolo.model import SparseDetectionModel  # first: registration (a
 from ultralytics.models.yolo.detect import DetectionTrainer  # isort: skip
 from ultralytics.utils import RANK  # isort: skip
 
+from sparseyolo.yolo.curriculum import add_curriculum
+
 
 class SparseDetectionTrainer(DetectionTrainer):
     """Trains `SparseDetectionModel`; loss columns include our aux losses/stats. Models with a DFF neck follow
@@ -17,8 +19,6 @@ class SparseDetectionTrainer(DetectionTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from sparseyolo.yolo.curriculum import add_curriculum
-
         add_curriculum(self.callbacks)
 
     def get_model(self, cfg=None, weights=None, verbose=True):

@@ -238,7 +238,7 @@ def test_new_weights_under_the_same_name_rerun(tmp_path):
     import shutil
 
     from sparseyolo.mosaic.samples import write_geotiff
-    from sparseyolo.yolo.recipe import reference_files
+    from sparseyolo.yolo.reference import reference_files
 
     write_geotiff(tmp_path / "a.tif", blob_raster(128, 128, n=2, seed=2)[0])
     yaml = tmp_path / "m.yaml"

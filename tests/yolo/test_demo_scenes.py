@@ -7,7 +7,7 @@ import pytest
 
 from sparseyolo import demo, demo_scenes
 from sparseyolo.demo_scenes import Scene, focus_crop, scene_plan
-from sparseyolo.yolo.recipe import shipped_names
+from sparseyolo.yolo.reference import shipped_names
 
 
 def test_scene_plans_run_every_model_or_its_roles():

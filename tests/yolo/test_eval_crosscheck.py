@@ -20,7 +20,7 @@ from sparseyolo import YOLO
 from sparseyolo.data.split import load_split, read_image
 from sparseyolo.eval.coco import EVAL_MAX_DET
 from sparseyolo.eval.compare import EVAL_CONF, NMS_IOU, evaluate, native_imgsz
-from sparseyolo.yolo.recipe import shipped_names
+from sparseyolo.yolo.reference import shipped_names
 
 pytest.importorskip("pycocotools")
 TOL = 0.015

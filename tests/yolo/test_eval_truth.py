@@ -439,7 +439,7 @@ def test_sahi_runner_equals_sahi_called_directly():
     from yolo_utils import require_aerial_data
 
     from sparseyolo.data.aerial import VAL_SCENES, load_scene
-    from sparseyolo.yolo.recipe import shipped_names
+    from sparseyolo.yolo.reference import shipped_names
 
     if "yolov8n-aerial" not in shipped_names():
         pytest.skip("reference model yolov8n-aerial not shipped")

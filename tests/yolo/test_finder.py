@@ -439,7 +439,7 @@ def test_train_finder_needs_a_finder_stem():
 
 def test_the_finder_ships_in_safetensors_and_old_pickles_load(finder_model, tmp_path, monkeypatch):
     from sparseyolo.nn.sparsify import Sparsifier
-    from sparseyolo.yolo import recipe as reference
+    from sparseyolo.yolo import reference
 
     model = finder_model.model
     monkeypatch.setattr(reference, "WEIGHTS_DIR", tmp_path)

@@ -12,8 +12,9 @@ from yolo_utils import require_aerial_data
 
 from sparseyolo import YOLO
 from sparseyolo.nn.sparsify import Sparsifier, calibrate_threshold
-from sparseyolo.yolo import recipe as reference
-from sparseyolo.yolo.recipe import VARIANTS, load_reference_model, save_reference, shipped_names
+from sparseyolo.yolo import reference
+from sparseyolo.yolo.recipe import VARIANTS
+from sparseyolo.yolo.reference import load_reference_model, save_reference, shipped_names
 
 
 def test_skip_names_only_missing_data(monkeypatch):
