@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseyolo.data.aerial import build_aerial_dataset
+from sparseyolo.data.composite import build_composite_dataset
 from sparseyolo.data.split import split_boxes
 from sparseyolo.nn import SparseBlock, SparseStem
 from sparseyolo.nn.finder import Finder, fit_finder
@@ -94,14 +96,10 @@ def training_data(data: str | Path | None = None, composites: dict | None = COMP
     the training composites `build_composite_dataset(split="train", **composites)` (cached), after them. Images:
     RGB uint8 `(H, W, 3)`; boxes: `(N, 4)` xyxy pixels; `sources["images"]`: how many come from `data`."""
     if data is None:
-        from sparseyolo.data.aerial import build_aerial_dataset
-
         data = build_aerial_dataset(tile=320, overlap=0.2)
     images, boxes = split_boxes(data, "train")
     sources = {"data": str(data), "images": len(images)}
     if composites is not None:
-        from sparseyolo.data.composite import build_composite_dataset
-
         args = {**composites}
         if args.get("split", "train") != "train":
             raise ValueError(f"finder composites must be the training split, got split={args['split']!r}")

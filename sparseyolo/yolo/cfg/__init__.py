@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sparseyolo.data.registry import cache_dir
+from sparseyolo.nn import SparseStem
 from sparseyolo.nn.sparsify import METHODS, SETTINGS, switch_settings
 
 CFG_DIR = Path(__file__).parent
@@ -44,8 +46,6 @@ SPARSIFY_KEYS = SETTINGS  # the sparsify settings of a SparseStem, in YAML order
 def stem_params() -> tuple[list[str], list]:
     """Names and defaults of `SparseStem`'s YAML args `(c2, k, s, *SPARSIFY_KEYS)`, read from its signature."""
     import inspect
-
-    from sparseyolo.nn import SparseStem
 
     params = list(inspect.signature(SparseStem).parameters.values())[1:]  # after c1 (given by the parser)
     return [p.name for p in params], [None if p.default is p.empty else p.default for p in params]
@@ -109,8 +109,6 @@ def write_custom_yaml(d: dict, name: str) -> str:
     import hashlib
 
     import yaml
-
-    from sparseyolo.data.registry import cache_dir
 
     d = {k: v for k, v in d.items() if k not in ("yaml_file", "channels")}
     text = yaml.safe_dump(d, sort_keys=False)
