@@ -18,19 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
-from sparseyolo.data.aerial import build_aerial_dataset
-from sparseyolo.data.composite import build_composite_dataset
-from sparseyolo.nn import dff_necks
-from sparseyolo.nn.finder import Finder
 from sparseyolo.threads import threads as using_threads
-from sparseyolo.yolo.api import YOLO
-from sparseyolo.yolo.budget import calibrate, calibration_images
-from sparseyolo.yolo.convert import convert, save_checkpoint
-from sparseyolo.yolo.finder import finder_sparsifiers, train_finder
 from sparseyolo.yolo.reference import load_reference_model, run_weights, save_reference
+
+# torch, the models and the datasets are imported where they are used: the variants and the recipe's settings
+# (`sparseyolo demo --help`) load without them
 
 
 @dataclass(frozen=True)
@@ -156,6 +150,8 @@ class Recipe:
         the training composites are built (cached, see `build_composite_dataset`) and a YAML is written in `folder`
         whose `train` lists the aerial training tiles and the composites, and whose `val` and `names` are
         `data_yaml`'s (Ultralytics accepts a list of folders for `train`)."""
+        from sparseyolo.data.composite import build_composite_dataset
+
         data_yaml = Path(data_yaml)
         if self.composites is None:
             return data_yaml
@@ -222,6 +218,8 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
             model = _with_finder(variant, model, run_dir, log)
         if variant.finetune:
             model = _finetuned(variant, recipe, model, data_yaml, project, log)
+        from sparseyolo.yolo.convert import save_checkpoint
+
         save_checkpoint(model, final)
         done.write_text(json.dumps({"spec": spec, "seconds": time.time() - t0}))
     return final
@@ -229,6 +227,8 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
 
 def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, log):
     """The recipe's run of a from-scratch variant (resumed from its last checkpoint); returns its EMA model."""
+    from sparseyolo.yolo.api import YOLO
+
     name = variant.name
     run_dir = project / name
     last = run_dir / "weights" / "last.pt"
@@ -249,6 +249,8 @@ def _trained(variant: Variant, recipe: Recipe, data_yaml: Path, project: Path, l
 def _converted(variant: Variant, log):
     """The variant's dense reference converted to sparse blocks (finder margin: the model's context margin)."""
     spec = {**variant.convert}
+    from sparseyolo.yolo.convert import convert
+
     dense = spec.pop("from")
     log(f"{variant.name}: converting {dense} ({spec})")
     return convert(load_reference_model(dense), **spec)
@@ -260,6 +262,10 @@ def _with_finder(variant: Variant, model, run_dir: Path, log):
     A converted variant's finder starts fresh and learns from boxes alone, so converted variants with the same
     `FINDER` settings, seed and finder shape share one training (cached under the project's `finders/`); each is
     calibrated for its own context margin."""
+    import torch
+
+    from sparseyolo.yolo.finder import finder_sparsifiers, train_finder
+
     finder = finder_sparsifiers(model)[0].finder
     key = json.dumps([FINDER, variant.seed, [int(v) for v in finder.arch]], sort_keys=True)
     cache = run_dir.parent / "finders" / f"finder-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
@@ -283,6 +289,10 @@ def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project
     """`model` fine-tuned `variant.finetune` epochs on the recipe's data with distillation from its dense
     reference (`dff_teacher`); the stem (layer 0, with the finder) is frozen and the finder's state (weights,
     BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds."""
+    from sparseyolo.nn.finder import Finder
+    from sparseyolo.yolo.api import YOLO
+    from sparseyolo.yolo.convert import save_checkpoint
+
     name = f"{variant.name}-finetune"
     start = save_checkpoint(model, project / variant.name / "weights" / "converted.pt")
     finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if isinstance(v, Finder)}
@@ -347,12 +357,17 @@ CALIBRATION_TILES = 48
 
 
 def has_dff_neck(model) -> bool:
+    from sparseyolo.nn import dff_necks
+
     return bool(dff_necks(model))
 
 
 def calibrate_reference(model, recipe: Recipe) -> dict:
     """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on `CALIBRATION_TILES` training tiles
     (evenly spaced; never the validation region); returns the report stored in the model's JSON."""
+    from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.yolo.budget import calibrate, calibration_images
+
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
     tiles = calibration_images(data, CALIBRATION_TILES)
     report = calibrate(model, tiles, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)
