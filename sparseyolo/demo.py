@@ -163,7 +163,7 @@ def write_report(
 ) -> Path:
     import numpy as np
 
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
     from sparseyolo.eval.report import (
         plot_accuracy_vs_flops,
         plot_boxes_grid,
@@ -268,11 +268,12 @@ def _run_demo(out: Path, repeats: int, force: bool, threads: int, command: str, 
     import platform
 
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.eval.data import load_split
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.report import rows_table
     from sparseyolo.nn import set_neck_mode
     from sparseyolo.yolo.api import YOLO
-    from sparseyolo.yolo.reference import Recipe, reference_files
+    from sparseyolo.yolo.recipe import Recipe
+    from sparseyolo.yolo.reference import reference_files
 
     t0 = time.time()
     for name in SHIPPED:
@@ -347,7 +348,7 @@ def run_training(
     epochs: int | None, variants: list[str], threads: int, project: Path, composites: bool = False
 ) -> None:
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.yolo.reference import COMPOSITES, VARIANTS, Recipe, recipe_command, ship_variant, train_variant
+    from sparseyolo.yolo.recipe import COMPOSITES, VARIANTS, Recipe, recipe_command, ship_variant, train_variant
 
     recipe = Recipe(composites=COMPOSITES if composites else None)
     if epochs is not None:
@@ -362,7 +363,7 @@ def run_training(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sparseyolo.yolo.reference import VARIANTS
+    from sparseyolo.yolo.recipe import VARIANTS
 
     ap = argparse.ArgumentParser(prog="sparseyolo demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default runs/demo)")

@@ -85,7 +85,7 @@ def run_scenes(out: Path, models: dict, evaluate_cached, roles: dict[str, str], 
     """Evaluate every scene of `SCENES` (cached like the rest of the demo); returns one dict per scene with its
     `scene`, `images`, `gt` and the cached evaluation (`rows`, `per_image`, `detections`, ...). Masks of the
     sparse models are written over their images under `out/masks/<scene>/` when measured."""
-    from sparseyolo.eval.data import load_split
+    from sparseyolo.data.split import load_split
 
     results = []
     for scene in SCENES:
@@ -115,7 +115,7 @@ def write_scene_pictures(out: Path, scene_result: dict, skip: tuple[str, ...] = 
     that holds the most objects, and each sparse model's mask over the whole frame (copied from `out/masks`)."""
     import shutil
 
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
     from sparseyolo.eval.report import plot_boxes_grid
 
     scene, image = scene_result["scene"], scene_result["images"][0]

@@ -56,14 +56,14 @@ def scene_sets(size: tuple[int, int], blank: int) -> dict:
     """`{set name: (images, boxes)}`: RGB uint8 arrays and xyxy pixel boxes (see the module doc)."""
     from sparseyolo.data.aerial import VAL_SCENES, load_scene
     from sparseyolo.data.composite import build_composite_dataset
-    from sparseyolo.yolo.finder import _yolo_split
+    from sparseyolo.data.split import split_boxes
 
     img, boxes = load_scene(VAL_SCENES[0])
     sets = {"forest": ([img], [boxes])}
     w, h = size
     for fg, label in ((0.01, "1%"), (0.04, "4%"), (0.0, "empty")):
         data = build_composite_dataset(size=(w, h), fg=fg, images=1, split="val", seed=0)
-        sets[f"{w}x{h} {label}"] = _yolo_split(data, "val")
+        sets[f"{w}x{h} {label}"] = split_boxes(data, "val")
     sets[f"blank {blank}"] = ([np.full((blank, blank, 3), 114, np.uint8)], [np.zeros((0, 4), np.float32)])
     return sets
 
@@ -92,13 +92,13 @@ def time_rows(models: dict, dense_name: str, sets: dict, size, blank: int, repea
     import torch
 
     from sparseyolo.bench.common import latency
-    from sparseyolo.nn.finder import _pad_to
+    from sparseyolo.nn.finder import pad_to
     from sparseyolo.yolo.api import YOLO
 
     dense = YOLO(dense_name)
     w, h = size
     im = sets[f"{w}x{h} 1%"][0][0]
-    x = _pad_to(torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].float() / 255)
+    x = pad_to(torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].float() / 255)
     fns = {(dense_name, f"forward {w}x{h}"): lambda: dense.model(x)}
     for name, (_, sp) in models.items():
         fns[(name, f"finder {w}x{h}")] = lambda f=sp.finder: f(x)

@@ -28,6 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
+from sparseyolo.data.aerial import build_aerial_dataset
+from sparseyolo.data.split import load_split
+from sparseyolo.data.synth import synth_scene
+from sparseyolo.eval.coco import coco_metrics, subset_ground_truth
+from sparseyolo.eval.report import pyplot, save_figure
+
 NECK_GROUP = "neck 10-21"
 ABLATION = (
     ("fusion blocks only", {"routing", "depth", "pixel"}),
@@ -74,8 +81,6 @@ def configure(yolo, mode: str, threshold: float | None = None, disabled=frozense
 
 def subset_map(gt: dict, dets: list[dict], ids: set) -> float | None:
     """mAP50-95 of the images `ids` scored on themselves; None when they hold no ground truth."""
-    from sparseyolo.eval.coco import coco_metrics, subset_ground_truth
-
     sub = subset_ground_truth(gt, ids)
     return coco_metrics(sub, [d for d in dets if d["image_id"] in ids], per_image=False)["map"]
 
@@ -117,15 +122,12 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     from sparseyolo.yolo.integration import enable
 
     enable()  # first: offline defaults before Ultralytics loads, then registration
-    from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
-    from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.eval.compare import evaluate
-    from sparseyolo.eval.data import load_split
     from sparseyolo.nn import dff_necks
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.budget import calibrate, calibration_images, letterboxed
-    from sparseyolo.yolo.reference import Recipe
+    from sparseyolo.yolo.recipe import Recipe
 
     set_threads(a.threads)
     recipe = Recipe()  # the tiles the reference models were trained and validated on
@@ -334,8 +336,6 @@ def synthetic_table(configs: dict, dffs: list[str], budgets: list[float], a, img
     """Neck GFLOPs, ratio, complexity estimate and neck latency on synthetic scenes with 2, 8 and 32 objects."""
     import torch
 
-    from sparseyolo.bench.common import latency, markdown_table
-    from sparseyolo.data.synth import synth_scene
     from sparseyolo.nn import dff_necks
 
     levels = [(2, 0.0), (8, 0.05), (32, 0.2)]
@@ -385,7 +385,6 @@ def pixel_gate_table(a, size: int = 160, c: int = 64) -> str:
     import torch
     import torch.nn.functional as F
 
-    from sparseyolo.bench.common import latency, markdown_table
     from sparseyolo.nn.dff import FusionBlock
 
     torch.manual_seed(0)
@@ -410,9 +409,7 @@ def pixel_gate_table(a, size: int = 160, c: int = 64) -> str:
 
 
 def plot_histogram(per_image: list[dict], path: Path) -> Path:
-    from sparseyolo.eval.report import _plt, _save
-
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     configs = [c for c in dict.fromkeys(r["config"] for r in per_image) if not c.startswith("ablation")]
     for c in configs:
@@ -420,4 +417,4 @@ def plot_histogram(per_image: list[dict], path: Path) -> Path:
     ax.set_xlabel("executed neck GFLOPs per image")
     ax.set_ylabel("images")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)

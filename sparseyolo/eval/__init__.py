@@ -2,5 +2,5 @@
 by side on the same images.
 
 Used by `sparseyolo eval`, `sparseyolo demo` and the benchmarks. Modules: `coco` (metrics), `flops` (executed
-FLOPs of one forward), `data` (a dataset split and its ground truth), `compare` (models x inference methods).
+FLOPs of one forward), `compare` (models x inference methods).
 """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sparseyolo.cliargs import flag
+
 HELP = """usage: sparseyolo eval model=NAME_OR_PATH[,...] data=DATA [key=value ...]
 
   model=    shipped reference names (yolov8n-aerial, yolov8n-sparse-aerial, ...), .pt checkpoints or YAMLs
@@ -51,8 +53,8 @@ def run(args: dict) -> int:
     from sparseyolo.yolo.integration import enable
 
     enable()  # first: offline defaults before Ultralytics loads, then registration
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.compare import METHODS, evaluate
-    from sparseyolo.eval.data import load_split
     from sparseyolo.eval.report import rows_table, write_rows
     from sparseyolo.yolo.api import YOLO
 
@@ -66,8 +68,8 @@ def run(args: dict) -> int:
         raise ValueError(f"repeats must be an integer >= 0, got {args['repeats']!r}") from e
     if repeats < 0:
         raise ValueError(f"repeats must be >= 0, got {repeats}")
-    memory = _flag(args, "memory", True)
-    save_masks = _flag(args, "save_masks", False)
+    memory = flag(args, "memory", True)
+    save_masks = flag(args, "save_masks", False)
     images, gt, names = load_split(args["data"], args.get("split", "val"))
     models = {}
     for m in [m for m in args["model"].split(",") if m]:
@@ -86,10 +88,3 @@ def run(args: dict) -> int:
         f"per image to {out}/eval_per_image.{{csv,json}}" + (f"; masks in {out}/masks" if save_masks else "")
     )
     return 0
-
-
-def _flag(args: dict, key: str, default: bool) -> bool:
-    v = str(args.get(key, default)).lower()
-    if v not in ("1", "true", "yes", "0", "false", "no"):
-        raise ValueError(f"{key} must be True or False, got {args[key]!r}")
-    return v in ("1", "true", "yes")

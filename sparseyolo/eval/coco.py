@@ -40,53 +40,6 @@ def load_ground_truth(gt) -> dict:
     return d
 
 
-def yolo_ground_truth(images: list[Path], names: dict) -> dict:
-    """COCO ground truth from YOLO label files (`labels/` beside `images/`, normalised `cls cx cy w h`).
-
-    Missing label files mean "no objects" (as in Ultralytics); a malformed row raises a ValueError naming the
-    file and line."""
-    from PIL import Image
-
-    gt = {"images": [], "annotations": [], "categories": [{"id": int(k), "name": v} for k, v in names.items()]}
-    for i, img in enumerate(images, start=1):
-        with Image.open(img) as im:
-            w, h = im.size
-        gt["images"].append({"id": i, "file_name": img.name, "width": w, "height": h})
-        label = label_path(img)
-        if not label.is_file():
-            continue
-        for n, line in enumerate(label.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                c, cx, cy, bw, bh = (float(v) for v in line.split()[:5])
-            except ValueError as e:
-                raise ValueError(f"malformed YOLO label {label}:{n}: {line!r}") from e
-            x0, y0 = max(0.0, (cx - bw / 2) * w), max(0.0, (cy - bh / 2) * h)
-            x1, y1 = min(float(w), (cx + bw / 2) * w), min(float(h), (cy + bh / 2) * h)
-            gt["annotations"].append(
-                {
-                    "id": len(gt["annotations"]) + 1,
-                    "image_id": i,
-                    "category_id": int(c),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
-    return gt
-
-
-def label_path(image: Path) -> Path:
-    """Ultralytics' rule: the last `images` folder in the path becomes `labels`, the suffix `.txt`."""
-    parts = list(image.parts)
-    for j in range(len(parts) - 2, -1, -1):
-        if parts[j] == "images":
-            parts[j] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
 def coco_max_dets(dets: list[dict], max_det: int = EVAL_MAX_DET) -> list[int]:
     """pycocotools' `maxDets` for `dets`: `[1, 10, N]` with N = max(`max_det`, the most detections on one image),
     so the last limit, the one every figure here is read at, never drops a detection."""

@@ -30,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseyolo.data.split import read_image
 from sparseyolo.eval.coco import EVAL_MAX_DET, STAT_NAMES, coco_metrics, subset_ground_truth, to_coco_results
 from sparseyolo.eval.flops import executed_flops
+from sparseyolo.eval.mask import mask_stats, pooled_recall, save_overlay
+from sparseyolo.memory import PeakRSS
+from sparseyolo.nn import DFFNeck, SparseBlock
 
 METHODS = ("native", "640", "sahi")
 EVAL_CONF = 0.001  # COCO AP: keep (nearly) every detection, as Ultralytics' val does
@@ -243,8 +247,6 @@ class Result:
         return {"mask_recall": m["mask_recall"], "objects_kept": m["n_kept"], "objects": m["n_objects"]} if m else {}
 
     def summary(self) -> dict:
-        from sparseyolo.eval.mask import pooled_recall
-
         lat = sorted(self.latency)
         act = [a for a in self.active if a is not None]
         masks = [m for m in self.masks if m]
@@ -296,8 +298,6 @@ def _flops_of(model, inputs: list, cache: dict) -> tuple[float, dict, float | No
     forward input image; empty for a dense model) of recorded forward inputs. A dense model's FLOPs depend on the
     input's shape only: they are counted on a copy of the model on the `meta` device (shapes, no arithmetic; the
     same count, tested) and cached by shape."""
-    from sparseyolo.nn import DFFNeck, SparseBlock
-
     sparse = any(isinstance(m, (SparseBlock, DFFNeck)) for m in model.modules())  # FLOPs vary per image
     total, groups, actives, masks = 0.0, {}, [], []
     for x in inputs:
@@ -347,7 +347,7 @@ def _slug(text: str) -> str:
 def _mask_of(masks: list, image: np.ndarray, boxes: np.ndarray, save: Path | None) -> dict | None:
     """Mask recall and active share of the one mask a whole-image method ran on `image` (None: no mask, or
     several forwards such as SAHI's slices, whose masks do not map to one image); optionally its overlay."""
-    from sparseyolo.eval.mask import mask_stats, save_overlay, to_image
+    from sparseyolo.yolo.finder import to_image  # Ultralytics' letterbox: loaded with the models, not with eval
 
     if len(masks) != 1:
         return None
@@ -379,8 +379,6 @@ def evaluate(
     with at least 90% of their box active, `sparseyolo.eval.mask`) and the active share of the images' pixels;
     `save_masks`: a folder to write each of those masks over its image (`<model>-<method>/<image>.jpg`)."""
     from tqdm import tqdm
-
-    from sparseyolo.eval.data import read_image
 
     by_name = {im["file_name"]: im["id"] for im in gt["images"]}
     missing = [p.name for p in images if p.name not in by_name]
@@ -437,8 +435,6 @@ def evaluate(
                     bar.update()
         bar.close()
     if memory:
-        from sparseyolo.bench.common import PeakRSS
-
         probe = PeakRSS(pin_allocator=False)
         largest = max(images, key=lambda p: pixels[p].size)
         for key, runner in runners.items():

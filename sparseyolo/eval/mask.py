@@ -15,23 +15,6 @@ import numpy as np
 from sparseyolo.boxes import MIN_COVER, box_coverage, box_pixels  # noqa: F401  (public here too)
 
 
-def to_image(mask, image_shape: tuple[int, int]) -> np.ndarray:
-    """`bool[H', W']` mask on the letterboxed network input -> `bool[h, w]` on the original `image_shape`.
-
-    Undoes Ultralytics' letterbox (scale, centred padding) with its own `scale_masks`, nearest neighbour."""
-    import torch
-    from ultralytics.utils.ops import scale_masks
-
-    m = torch.as_tensor(np.asarray(mask))
-    if m.dim() != 2:
-        raise ValueError(f"to_image expects one mask bool[H, W], got shape {tuple(m.shape)}")
-    h, w = (int(v) for v in image_shape[:2])
-    if h < 1 or w < 1:
-        raise ValueError(f"image_shape must be positive (h, w), got {image_shape}")
-    out = scale_masks(m[None, None].float(), (h, w), mode="nearest")
-    return (out[0, 0] > 0.5).numpy()
-
-
 def mask_stats(mask: np.ndarray, boxes: np.ndarray, min_cover: float = MIN_COVER) -> dict:
     """`{"active", "n_objects", "n_kept", "mask_recall"}` of one image's mask `bool[h, w]` and its ground-truth
     xyxy boxes; `mask_recall` is None for an image without objects."""

@@ -89,7 +89,8 @@ def write_rows(rows: list[dict], stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +99,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path, dpi: int = 120) -> Path:
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """Lay out, write (a `.jpg` path as JPEG: ~10x smaller than PNG for photos) and close `fig`."""
     import matplotlib.pyplot as plt
 
@@ -114,7 +115,7 @@ def label(r: dict) -> str:
 
 
 def plot_accuracy_vs_flops(rows: list[dict], path: Path, metric: str = "map50") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in rows:
         if r.get("gflops") is None or r.get(metric) is None:
@@ -126,7 +127,7 @@ def plot_accuracy_vs_flops(rows: list[dict], path: Path, metric: str = "map50") 
     ax.set_ylabel(metric)
     ax.set_title("Accuracy vs executed compute (full-resolution val scene)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency(rows: list[dict], path: Path) -> Path | None:
@@ -134,7 +135,7 @@ def plot_latency(rows: list[dict], path: Path) -> Path | None:
     rows = [r for r in rows if r.get("p50_ms") is not None]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, max(2.0, 0.8 + 0.45 * len(rows))))
     y = np.arange(len(rows))
     p50 = [r["p50_ms"] for r in rows]
@@ -145,12 +146,12 @@ def plot_latency(rows: list[dict], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("batch-1 latency per image, ms (2 CPU threads)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_image_flops(per_image: dict[str, list[float]], path: Path, title: str) -> Path:
     """Bars of executed GFLOPs per image, one series per model (e.g. dense vs sparse on the val tiles)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(per_image)
     n = max(len(v) for v in per_image.values())
@@ -162,14 +163,14 @@ def plot_per_image_flops(per_image: dict[str, list[float]], path: Path, title: s
     ax.set_xticks(np.arange(n) + width * (len(names) - 1) / 2, [str(i) for i in range(n)], fontsize=7)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(names), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_boxes_grid(image: np.ndarray, gt_boxes: np.ndarray, panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
     """The image with ground truth, then one panel per method with its boxes (xyxy pixels)."""
     from matplotlib.patches import Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     items = [("ground truth", gt_boxes)] + panels
     cols = min(3, len(items))
     rows = int(np.ceil(len(items) / cols))
@@ -182,4 +183,4 @@ def plot_boxes_grid(image: np.ndarray, gt_boxes: np.ndarray, panels: list[tuple[
         for b in np.asarray(boxes).reshape(-1, 4):
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=0.7, ec=color))
         ax.set_title(f"{title} ({len(np.asarray(boxes).reshape(-1, 4))} boxes)", fontsize=9)
-    return _save(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.boxes import MIN_COVER, box_pixels
+from sparseyolo.nn.masks import dilate_mask, expand_mask, topk_mask
 
 DOWN = 2  # the finder looks at the image average-pooled by this factor (2 or 4)
 WIDTH = 16  # channels at 1/8 (twice that at 1/16)
@@ -112,8 +113,6 @@ class Finder(nn.Module):
         top `target` share of cells when `target` is given."""
         lo = logits[:, 0]
         if target is not None:
-            from sparseyolo.sparsify import topk_mask
-
             return topk_mask(lo, target)
         return (lo > self.threshold) | ~self.calibrated  # no branch on data: traceable
 
@@ -134,8 +133,6 @@ def margin_cells(margin: int, cell: int) -> int:
 def expand_cells(cells: Tensor, cell: int, margin: int, shape: tuple[int, int]) -> Tensor:
     """`bool[B, h, w]` kept cells -> `bool[B, H, W]` pixels: dilated by `margin` pixels (whole cells), each cell
     repeated `cell` x `cell` times, cropped to `shape (H, W)`."""
-    from sparseyolo.sparsify import dilate_mask, expand_mask
-
     return expand_mask(dilate_mask(cells, margin_cells(margin, cell)), cell, shape)
 
 
@@ -356,7 +353,7 @@ def fit_finder(
 # --- recall calibration --------------------------------------------------------------------------------------
 
 
-def _pad_to(x: Tensor, multiple: int = 32) -> Tensor:
+def pad_to(x: Tensor, multiple: int = 32) -> Tensor:
     """`x (B, C, H, W)` padded with letterbox grey at the bottom and right to a multiple of `multiple` (as a model's
     input is)."""
     H, W = x.shape[-2:]
@@ -415,7 +412,7 @@ def finder_outputs(finder: Finder, images, boxes, margin: int = 0, min_cover: fl
     crit, logits_all = [], []
     try:
         for im, b in zip(images, boxes):
-            lo = finder(_pad_to(im[None].float() / 255))
+            lo = finder(pad_to(im[None].float() / 255))
             logits_all.append((lo, tuple(im.shape[-2:])))
             if len(b):
                 crit.append(critical_thresholds(lo, b.numpy(), tuple(im.shape[-2:]), finder.cell, margin, min_cover))

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from sparseyolo.nn.base import YamlBlock, YamlContext
 from sparseyolo.nn.common import fold_batchnorm
 from sparseyolo.nn.crossover import resolve as resolve_crossover
+from sparseyolo.nn.sparsify import Sparsifier
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
 from sparseyolo.sparse import functional as SF
-from sparseyolo.sparsify import Sparsifier
 
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
@@ -290,7 +290,7 @@ class SparseStem(SConv):
     `(c1, c2, k=3, s=2, method='nonzero', threshold=0.0, keep=1.0, dilate=0, max_active=None, target=None)`
     (the YAML args; `sparseyolo.yolo.cfg` reads their positions from this signature). `conv`/`bn` have the
     shapes and names of Ultralytics' `Conv(c1, c2, k, s)`, so it replaces YOLOv8's layer 0.
-    See `sparseyolo.sparsify` for the methods. An image with no active pixel gives an all-zero output.
+    See `sparseyolo.nn.sparsify` for the methods. An image with no active pixel gives an all-zero output.
     `last_empty` (`bool[B]`, None in export mode): which images of the last batch had no active pixel (a
     `SparseDetectionModel` skips the rest of the network when all had none, see `sparseyolo.yolo.model`).
     """

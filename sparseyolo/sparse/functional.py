@@ -210,10 +210,7 @@ def global_avg_pool(x: SparseConvTensor) -> Tensor:
 def to_dense(x: SparseConvTensor, channels_first: bool = True) -> Tensor:
     """Dense `(B, C, *spatial)` (or channels last) with zeros off the sites; differentiable."""
     check_input(x, "to_dense")
-    channels = x.features.shape[1]
-    out = x.features.new_zeros((x.batch_size, *x.spatial_shape, channels))
-    out.index_put_(tuple(x.indices.to(torch.int64).unbind(1)), x.features)  # in place: no second dense copy
-    return out.movedim(-1, 1) if channels_first else out
+    return x.dense(channels_first)
 
 
 def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = True) -> SparseConvTensor:
@@ -222,20 +219,7 @@ def from_dense(x: Tensor, mask: Tensor | None = None, channels_first: bool = Tru
     The sites are where `mask (B, *spatial)` is True (default: where any channel is non-zero). Features keep
     their gradient path to `x`.
     """
-    if not isinstance(x, Tensor) or not 3 <= x.dim() <= 5 or not x.is_floating_point():
-        got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"from_dense expects a float tensor (B, C, *spatial) with 1-3 spatial dims, got {got}")
-    last = x.movedim(1, -1) if channels_first else x
-    if mask is None:
-        mask = (last != 0).any(dim=-1)
-    elif not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(last.shape[:-1]):
-        got = f"{mask.dtype} with shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a bool tensor of shape {tuple(last.shape[:-1])}, got {got}")
-    elif mask.device != x.device:
-        raise ValueError(f"from_dense: mask is on {mask.device} but x is on {x.device}; move it with mask.to(x.device)")
-    indices = mask.nonzero().to(torch.int32)
-    features = last[mask]
-    return SparseConvTensor(features, indices, tuple(last.shape[1:-1]), int(last.shape[0]), check=False)
+    return SparseConvTensor.from_dense(x, mask, channels_first)
 
 
 def conv2d_at_sites(

@@ -113,9 +113,9 @@ class SparseConvTensor:
     # --- dense conversion -------------------------------------------------------------------------
     def dense(self, channels_first: bool = True) -> Tensor:
         """Dense `(B, C, *spatial)` (or `(B, *spatial, C)`), zeros at inactive sites; differentiable."""
-        from sparseyolo.sparse.functional import to_dense
-
-        return to_dense(self, channels_first=channels_first)
+        out = self.features.new_zeros((self.batch_size, *self.spatial_shape, self.features.shape[1]))
+        out.index_put_(tuple(self.indices.to(torch.int64).unbind(1)), self.features)  # in place: no second copy
+        return out.movedim(-1, 1) if channels_first else out
 
     @classmethod
     def from_dense(cls, x: Tensor, mask: Tensor | None = None, channels_first: bool = True) -> SparseConvTensor:
@@ -124,9 +124,21 @@ class SparseConvTensor:
         The sites are where `mask (B, *spatial)` is True, or where any channel is non-zero when no mask is given.
         Differentiable with respect to `x`.
         """
-        from sparseyolo.sparse.functional import from_dense
-
-        return from_dense(x, mask, channels_first=channels_first)
+        if not isinstance(x, Tensor) or not 3 <= x.dim() <= 5 or not x.is_floating_point():
+            got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"from_dense expects a float tensor (B, C, *spatial) with 1-3 spatial dims, got {got}")
+        last = x.movedim(1, -1) if channels_first else x
+        if mask is None:
+            mask = (last != 0).any(dim=-1)
+        elif not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(last.shape[:-1]):
+            got = f"{mask.dtype} with shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(last.shape[:-1])}, got {got}")
+        elif mask.device != x.device:
+            raise ValueError(
+                f"from_dense: mask is on {mask.device} but x is on {x.device}; move it with mask.to(x.device)"
+            )
+        indices = mask.nonzero().to(torch.int32)
+        return SparseConvTensor(last[mask], indices, tuple(last.shape[1:-1]), int(last.shape[0]), check=False)
 
 
 def _validate(features, indices, spatial_shape, batch_size, duplicates):

@@ -10,10 +10,17 @@ from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
 from sparseyolo.nn.crossover import resolve as resolve_crossover
-from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, write_custom_yaml
+from sparseyolo.nn import SparseBlock, SparseStem, dff_necks, set_crossover
+from sparseyolo.nn.sparsify import SETTINGS, Sparsifier, switch_settings
+from sparseyolo.yolo.budget import budget_threshold, calibrate
+from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, unscaled_name, write_custom_yaml
+from sparseyolo.yolo.curriculum import Curriculum, add_curriculum
+from sparseyolo.yolo.export import check_stem, export_mode
+from sparseyolo.yolo.finder import COMPOSITES, calibrate_recall, foreground, train_finder, training_data
 from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.model import SparseDetectionModel
-from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files
+from sparseyolo.yolo.reference import is_reference_name, load_reference_model, reference_files, shipped_names
+from sparseyolo.yolo.scheduler import FrameRateScheduler, apply_preset
 from sparseyolo.yolo.train import SparseDetectionTrainer
 
 
@@ -58,8 +65,6 @@ class YOLO(_UltralyticsYOLO):
                     d = customize_yaml(yaml_model_load(model), sparsify)
                     model = write_custom_yaml(d, model)
             elif not suffix and not Path(model).exists() and "://" not in model:
-                from sparseyolo.yolo.reference import shipped_names
-
                 raise FileNotFoundError(
                     f"model {model!r} is neither a file nor a shipped reference model "
                     f"(shipped: {', '.join(shipped_names()) or 'none'}); or pass a model YAML or a .pt checkpoint"
@@ -104,9 +109,7 @@ class YOLO(_UltralyticsYOLO):
 
     def train(self, trainer=None, **kwargs):
         """Ultralytics' `train`; `dff_*` keywords set the DFF curriculum (`sparseyolo.yolo.curriculum`)."""
-        from sparseyolo.yolo.curriculum import Curriculum, add_curriculum
-
-        curriculum = Curriculum.pop_from(kwargs)
+        curriculum = Curriculum.pop_from(kwargs, load=lambda name: YOLO(name).model)
         add_curriculum(self.callbacks, curriculum)
         return super().train(trainer=trainer, **kwargs)
 
@@ -115,8 +118,6 @@ class YOLO(_UltralyticsYOLO):
         """Choose the DFF neck's gate threshold so the mean executed neck FLOPs on the images of `source` (an
         image, a folder, a data.yaml's val split, a list of files) is within `budget` (a fraction of all-on).
         Stored in the model (saved by `save()` and in checkpoints); returns a report with the whole curve."""
-        from sparseyolo.yolo.budget import calibrate
-
         report = calibrate(self.model, source, budget, imgsz=imgsz, progress=progress)
         self.predictor = None  # the predictor's model copy predates the calibration
         return report
@@ -126,8 +127,6 @@ class YOLO(_UltralyticsYOLO):
         """The active masks (`bool ndarray (h, w)`, one per image of `source`, at the image's own resolution) that
         the sparse stem runs on: letterboxed as `predict` does (same `predict_kwargs`: `imgsz`, `batch`, ...), only
         the stem's sparsifier run, mapped back to the image. A `ValueError` for a model without a sparse stem."""
-        from sparseyolo.yolo.finder import foreground
-
         return foreground(self, source, **predict_kwargs)
 
     def mosaic(self, source, out, **kwargs) -> list:
@@ -141,8 +140,6 @@ class YOLO(_UltralyticsYOLO):
         """Train the foreground finder of the sparse stem (`sparsify='finder'`) from boxes alone, the detector
         frozen, then calibrate it to `recall` on the same training data (`sparseyolo.yolo.finder.train_finder`:
         `data=`, `composites=`, `steps=`, ...). Stored in the model (saved by `save()`); returns a report."""
-        from sparseyolo.yolo.finder import train_finder
-
         report = train_finder(self.model, recall=recall, **kwargs)
         self.predictor = None  # the predictor's model copy predates the training
         return report
@@ -152,8 +149,6 @@ class YOLO(_UltralyticsYOLO):
         split, default the aerial training tiles, and the training `composites`, see
         `sparseyolo.yolo.finder.training_data`) keep 90% of their box active after the context margin. Stored in
         the model (a buffer: saved and shipped with it); returns the measured recall and active share."""
-        from sparseyolo.yolo.finder import COMPOSITES, calibrate_recall, training_data
-
         images, boxes, sources = training_data(data, COMPOSITES if composites == "default" else composites)
         report = {**calibrate_recall(self.model, images, boxes, recall), "data": sources}
         self.predictor = None
@@ -166,16 +161,12 @@ class YOLO(_UltralyticsYOLO):
 
     def _all_necks(self) -> list:
         """DFF necks of the model and of the predictor's model copy."""
-        from sparseyolo.nn import dff_necks
-
         necks = {id(n): n for m in self._live_models() for n in dff_necks(m)}
         return list(necks.values())
 
     def set_crossover(self, value: float | None) -> YOLO:
         """Occupancy in [0, 1] above which every sparse block runs its dense path in inference (same numbers);
         None: back to the machine's stored value (`sparseyolo.nn.crossover`). Also on the predictor's copy."""
-        from sparseyolo.nn import SparseBlock, set_crossover
-
         if not any(isinstance(b, SparseBlock) for b in self.model.modules()):
             raise ValueError("crossover applies to models with sparse blocks; this model has none")
         for m in self._live_models():
@@ -188,8 +179,6 @@ class YOLO(_UltralyticsYOLO):
         if value is None:
             yield
             return
-        from sparseyolo.nn import SparseBlock
-
         blocks = [b for b in self.model.modules() if isinstance(b, SparseBlock)]
         before = blocks[0].crossover if blocks else None
         self.set_crossover(value)
@@ -201,8 +190,6 @@ class YOLO(_UltralyticsYOLO):
     def neck_stats(self) -> dict:
         """`last_stats` of the DFF neck that ran last: per-image `gflops`, `ratio`, `complexity`, `depth`,
         `routes`, `spatial` (after `predict`, the neck of Ultralytics' model copy). Empty before any forward."""
-        from sparseyolo.nn import dff_necks
-
         backend = getattr(getattr(self, "predictor", None), "model", None)
         for m in (getattr(backend, "model", None), self.model):
             necks = dff_necks(m) if isinstance(m, torch.nn.Module) else []
@@ -220,10 +207,6 @@ class YOLO(_UltralyticsYOLO):
         if budget is None and target_fps is None and preset is None:
             yield
             return
-        from sparseyolo.nn import dff_necks
-        from sparseyolo.yolo.budget import budget_threshold
-        from sparseyolo.yolo.scheduler import FrameRateScheduler, apply_preset
-
         if not dff_necks(self.model):
             raise ValueError("budget=, target_fps= and preset= apply to models with a DFF neck; this model has none")
         thr = budget_threshold(self.model, budget) if budget is not None else None
@@ -289,8 +272,6 @@ class YOLO(_UltralyticsYOLO):
         """Ultralytics' `export`, with sparse blocks run as their dense masked equivalent (the same numbers in
         a graph that ONNX/TorchScript can trace) and DFF necks in their static all-on configuration (no
         data-dependent control flow). `stem="sparse"` is refused for models with sparse blocks."""
-        from sparseyolo.yolo.export import check_stem, export_mode
-
         check_stem(self.model, stem)
         with export_mode(self.model):
             return super().export(**kwargs)
@@ -305,8 +286,6 @@ class YOLO(_UltralyticsYOLO):
 def _ultralytics_has_cfg(name: str) -> bool:
     from ultralytics.utils.checks import check_yaml
 
-    from sparseyolo.yolo.cfg import unscaled_name
-
     try:
         return bool(check_yaml(name, hard=False) or check_yaml(unscaled_name(name), hard=False))
     except Exception:
@@ -320,10 +299,7 @@ def configure_sparsify(model, sparsify: dict) -> None:
     creates an untrained head (it starts "all on"). A `finder` keeps its trained finder and calibrated threshold
     when the method stays `finder` (a `threshold` given here replaces the calibrated one); switching to `finder`
     creates an untrained, uncalibrated finder (it keeps every pixel). A new method drops the method-specific
-    settings not given here (`sparseyolo.sparsify.switch_settings`)."""
-    from sparseyolo.nn import SparseStem
-    from sparseyolo.sparsify import SETTINGS, Sparsifier, switch_settings
-
+    settings not given here (`sparseyolo.nn.sparsify.switch_settings`)."""
     stems = [m for m in model.modules() if isinstance(m, SparseStem)]
     if not stems:
         raise ValueError("sparsify settings given, but the model has no SparseStem layer")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparseyolo.data.split import list_images, load_split, read_image
 from sparseyolo.nn.dff import calibrate_neck, check_budget, dff_necks, threshold_for_budget
 
 
@@ -28,12 +29,8 @@ def image_paths(source) -> list[Path]:
     if not p.exists():
         raise FileNotFoundError(f"calibration source not found: {p} (an image, a folder or a data.yaml)")
     if p.suffix.lower() in (".yaml", ".yml"):
-        from sparseyolo.eval.data import load_split
-
         return load_split(p, "val")[0]
     if p.is_dir():
-        from sparseyolo.eval.data import list_images
-
         return list_images(p)
     return [p]
 
@@ -41,8 +38,6 @@ def image_paths(source) -> list[Path]:
 def calibration_images(data_yaml, n: int, split: str = "train") -> list[Path]:
     """`n` images of a dataset split, evenly spaced over its sorted list (calibrate on training images, evaluate on
     the others)."""
-    from sparseyolo.eval.data import load_split
-
     images = load_split(data_yaml, split)[0]
     idx = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
     return [images[i] for i in sorted(set(idx.tolist()))]
@@ -51,8 +46,6 @@ def calibration_images(data_yaml, n: int, split: str = "train") -> list[Path]:
 def letterboxed(path: Path, imgsz: int) -> torch.Tensor:
     """`Tensor[1, 3, H, W]` in [0, 1]: the image resized and padded as Ultralytics' predictor does."""
     from ultralytics.data.augment import LetterBox
-
-    from sparseyolo.eval.data import read_image
 
     rgb = read_image(path)  # RGB uint8, clear errors for corrupt files
     img = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=32)(image=np.ascontiguousarray(rgb[..., ::-1]))

@@ -7,6 +7,9 @@ reported with Ultralytics' own suggestions. Offline by default (see `sparseyolo.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from sparseyolo.cliargs import flag
 
 MODES = ("train", "val", "predict", "export", "convert", "finder", "calibrate")
 
@@ -48,14 +51,6 @@ def _parse(args: list[str]) -> dict:
             raise SyntaxError(str(e)) from e
         out[k] = v
     return out
-
-
-def flag(overrides: dict, key: str, default: bool) -> bool:
-    """The boolean CLI argument `key=` (True/False, 1/0, yes/no, any case); `ValueError` naming it otherwise."""
-    v = str(overrides.get(key, default)).lower()
-    if v not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"{key} must be True or False, got {overrides[key]!r}")
-    return v in ("true", "1", "yes")
 
 
 def unknown_keys(overrides: dict) -> list[str]:
@@ -104,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli_main(overrides)
     if mode == "finder":
-        from sparseyolo.yolo.finder import cli_main as finder_main
-
         return finder_main(overrides)
     if mode == "calibrate":
         return calibrate_main(overrides)
@@ -156,8 +149,6 @@ def run_mode(mode: str, overrides: dict) -> int:
 
 def calibrate_main(overrides: dict) -> int:
     """`sparseyolo calibrate model=... data=... budget=0.7 [imgsz=640 out=...]`: calibrate and save."""
-    from pathlib import Path
-
     allowed = {"model", "data", "source", "budget", "imgsz", "out"}
     bad = sorted(set(overrides) - allowed)
     if bad:
@@ -184,4 +175,63 @@ def calibrate_main(overrides: dict) -> int:
         mark = "  <- chosen" if abs(t - report["threshold"]) < 1e-9 else ""
         print(f"  {t:.3f}  {r:.3f}{mark}")
     print(f"budget {report['budget']}: threshold {report['threshold']:.3f}, ratio {report['ratio']:.3f}; saved {out}")
+    return 0
+
+
+FINDER_KEYS = ("model", "out", "recall", "train", "steps", "data", "composites", "seed", "threads")
+
+
+def finder_main(overrides: dict) -> int:
+    """`sparseyolo finder model=M [out=PATH recall=0.99 train=True steps=6000 data=YAML composites=True seed=0
+    threads=2]`: train the foreground finder of M (a model with `sparsify=finder`, e.g. from `sparseyolo convert
+    ... sparsify=finder`) from boxes and calibrate it to `recall` (`train=False`: calibrate only), then save it
+    to `out` (default `runs/finder/<model>-finder.pt`); prints the report."""
+    import json
+
+    from sparseyolo.threads import threads
+    from sparseyolo.yolo import YOLO
+    from sparseyolo.yolo.finder import COMPOSITES
+
+    def fail(msg: str, code: int = 2) -> int:
+        print(f"sparseyolo finder: {msg}", file=sys.stderr)
+        return code
+
+    bad = sorted(set(overrides) - set(FINDER_KEYS))
+    if bad:
+        return fail(f"unknown argument(s) {bad}; expected {', '.join(FINDER_KEYS)}")
+    if "model" not in overrides:
+        return fail("model= is required: a checkpoint or YAML with sparsify=finder (`sparseyolo convert model=dense.pt "
+                    "sparsify=finder p3=True p4=True` makes one from a dense model)")  # fmt: skip
+    try:
+        flags = {key: flag(overrides, key, True) for key in ("train", "composites")}
+    except ValueError as e:
+        return fail(str(e))
+    try:
+        recall = float(overrides.get("recall", 0.99))
+        steps, seed, n_threads = (int(overrides.get(k, d)) for k, d in (("steps", 6000), ("seed", 0), ("threads", 2)))
+    except (TypeError, ValueError) as e:
+        return fail(f"recall must be a number and steps/seed/threads integers: {e}")
+    if not 0.0 < recall <= 1.0 or steps < 1 or n_threads < 1:
+        return fail(f"recall must be in (0, 1], steps and threads >= 1; got recall={recall}, steps={steps}, "
+                    f"threads={n_threads}")  # fmt: skip
+    name = str(overrides["model"])
+    out = Path(str(overrides.get("out") or Path("runs/finder") / f"{Path(name).stem}-finder.pt"))
+    composites = COMPOSITES if flags["composites"] else None
+    try:
+        with threads(n_threads):
+            model = YOLO(name)
+            if flags["train"]:
+                report = model.train_finder(recall=recall, data=overrides.get("data"), composites=composites,
+                                            steps=steps, seed=seed)  # fmt: skip
+            else:
+                report = model.calibrate_recall(recall, data=overrides.get("data"), composites=composites)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(str(out))
+    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
+        return fail(f"error: {e}", 1)
+    cal = report.get("calibration", report)
+    print(json.dumps(report, indent=1, default=str))
+    print(f"sparseyolo finder: threshold {cal['threshold']:.4g}: recall {cal['recall']:.3f}, active share "
+          f"{cal['active']:.3f} on {cal['images']} calibration images (margin {cal['margin']} px)")  # fmt: skip
+    print(f"saved {out}")
     return 0

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from sparseyolo import __version__
+from sparseyolo.cliargs import flag
 from sparseyolo.yolo.cfg import stem_args
 from sparseyolo.yolo.integration import enable
+from sparseyolo.yolo.finder import context_margin
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
 # The sparse P3 path of yolov8.yaml (`p3=True`): layer -> (dense module, sparse module); see yolov8-sparse-p3.yaml
@@ -124,8 +126,6 @@ def convert(dense, stages: int = 5, **sparsify):
     ch = dense.yaml.get("channels", 3)
     model = SparseDetectionModel(d, ch=ch, nc=d["nc"], verbose=False)
     if sparsify.get("method") == "finder" and sparsify.get("dilate") is None:
-        from sparseyolo.yolo.finder import context_margin
-
         d = sparse_yaml(dense.yaml, stages, **{**sparsify, "dilate": context_margin(model)})
         model = SparseDetectionModel(d, ch=ch, nc=d["nc"], verbose=False)
     state = dense.float().state_dict()
@@ -184,8 +184,6 @@ def cli_main(overrides: dict) -> int:
         return 2
     src = Path(str(overrides["model"]))
     out = Path(str(overrides.get("out") or src.with_name(src.stem + "-sparse.pt")))
-    from sparseyolo.yolo.cli import flag
-
     try:
         p3, p4 = flag(overrides, "p3", False), flag(overrides, "p4", False)
     except ValueError as e:

@@ -19,7 +19,10 @@ dff_eff_weight=2.0 dff_teacher=best.pt dff_distill=1.0`, or the same keywords in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
 
 from sparseyolo.nn import dff_necks
 from sparseyolo.nn.dff import check_budget
@@ -37,6 +40,7 @@ class Curriculum:
     eff_weight: float | None = None  # None: each neck's own
     teacher: str | None = None  # a static teacher checkpoint (or shipped reference name) to distil from
     distill: float = 1.0  # weight of `distill_loss`
+    load: Callable | None = field(default=None, repr=False)  # teacher name -> model (`sparseyolo.YOLO.train` gives one)
 
     def __post_init__(self):
         for name in ("warmup", "finetune"):
@@ -53,18 +57,21 @@ class Curriculum:
             raise ValueError(f"dff_eff_weight must be >= 0, got {self.eff_weight}")
         if float(self.distill) < 0:
             raise ValueError(f"dff_distill must be >= 0, got {self.distill}")
+        if self.teacher is not None and self.load is None:
+            raise ValueError("dff_teacher needs a model loader (Curriculum.load); sparseyolo.YOLO.train gives one")
 
     @classmethod
-    def pop_from(cls, overrides: dict) -> Curriculum:
-        """Take the `dff_*` keys out of `overrides` (CLI/train keywords); unknown `dff_` keys raise."""
-        names = {f.name for f in fields(cls)}
+    def pop_from(cls, overrides: dict, load: Callable | None = None) -> Curriculum:
+        """Take the `dff_*` keys out of `overrides` (CLI/train keywords); unknown `dff_` keys raise. `load`: how a
+        teacher name becomes a model."""
+        names = {f.name for f in fields(cls)} - {"load"}
         kw = {}
         for key in [k for k in overrides if k.startswith(PREFIX)]:
             name = key[len(PREFIX) :]
             if name not in names:
                 raise ValueError(f"unknown curriculum setting {key!r}; expected {', '.join(PREFIX + n for n in names)}")
             kw[name] = overrides.pop(key)
-        return cls(**kw)
+        return cls(**kw, load=load)
 
     def phase(self, epoch: int, epochs: int) -> tuple[str, float]:
         """(`warmup` | `dynamic` | `finetune`, temperature) at 0-based `epoch` of `epochs`."""
@@ -100,13 +107,10 @@ class Curriculum:
         """Attach the distillation teacher (if any) to the trained model and its EMA."""
         if self.teacher is None:
             return
-        import torch
         from ultralytics.utils.torch_utils import unwrap_model
 
-        from sparseyolo.yolo.api import YOLO
-
         try:
-            teacher = YOLO(str(self.teacher)).model.float().eval()
+            teacher = self.load(str(self.teacher)).float().eval()
         except FileNotFoundError as e:
             raise FileNotFoundError(f"dff_teacher: {e}") from e
         for p in teacher.parameters():

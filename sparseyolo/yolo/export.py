@@ -40,11 +40,8 @@ def export_mode(model):
 
 
 def export(model, stem: str = "dense", **kwargs):
-    """`model.export(**kwargs)` in export mode (`export_mode`); returns the exported file path."""
-    from sparseyolo.yolo.api import YOLO
-
-    if isinstance(model, YOLO):
-        return model.export(stem=stem, **kwargs)
+    """`model.export(**kwargs)` (any Ultralytics `Model`; a `sparseyolo.YOLO` enters the same mode again, which
+    changes nothing) in export mode (`export_mode`); returns the exported file path."""
     check_stem(model.model, stem)
     with export_mode(model.model):
         return model.export(**kwargs)

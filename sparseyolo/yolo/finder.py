@@ -22,6 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseyolo.data.aerial import build_aerial_dataset
+from sparseyolo.data.composite import build_composite_dataset
+from sparseyolo.data.split import split_boxes
+from sparseyolo.nn import SparseBlock, SparseStem
+from sparseyolo.nn.finder import Finder, fit_finder
+from sparseyolo.nn.finder import calibrate_recall as _calibrate
+
 # Training composites for the finder: 640x640 frames of training crowns on training ground (a quarter of them
 # ground only); `COMPOSITE_SHARE` of the training crops come from them (crowns on open ground are the use case and
 # the hard part: the forest tiles alone teach "forest texture").
@@ -32,8 +39,6 @@ HOLDOUT = 0.2  # the share of training images kept out of the fit, to calibrate 
 
 def finder_sparsifiers(model: nn.Module) -> list:
     """The `finder` sparsifiers of `model`'s sparse stems; a clear error when there is none."""
-    from sparseyolo.nn import SparseStem
-
     stems = [m for m in model.modules() if isinstance(m, SparseStem)]
     if not stems:
         raise ValueError("this model has no sparse stem (SparseStem): it has no foreground finder")
@@ -72,8 +77,6 @@ def _out_stride(m: nn.Module, s_in: float) -> float:
 def context_margin(model: nn.Module) -> int:
     """The finder's context margin for `model` (a DetectionModel or YOLO), in input pixels: the largest input stride
     of its sparse blocks (see the module doc); 0 for a model without sparse blocks."""
-    from sparseyolo.nn import SparseBlock
-
     model = detection_model(model)
     strides: list[float] = []
     margin = 0.0
@@ -87,35 +90,16 @@ def context_margin(model: nn.Module) -> int:
     return int(round(margin))
 
 
-def _yolo_split(data: str | Path, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """RGB images and xyxy pixel boxes of a YOLO dataset split (labels read from its label files)."""
-    from sparseyolo.eval.data import load_split, read_image
-
-    paths, gt, _ = load_split(data, split)
-    by_id = {im["id"]: [] for im in gt["images"]}
-    for a in gt["annotations"]:
-        x, y, w, h = a["bbox"]
-        by_id[a["image_id"]].append([x, y, x + w, y + h])
-    id_of = {im["file_name"]: im["id"] for im in gt["images"]}
-    images = [read_image(p) for p in paths]
-    boxes = [np.asarray(by_id[id_of[p.name]], np.float32).reshape(-1, 4) for p in paths]
-    return images, boxes
-
-
 def training_data(data: str | Path | None = None, composites: dict | None = COMPOSITES):
     """`(images, boxes, sources)` to train and calibrate a finder on: the `train` split of `data` (default: the
     aerial training tiles, `build_aerial_dataset(tile=320)`: training scenes only) and, unless `composites` is None,
     the training composites `build_composite_dataset(split="train", **composites)` (cached), after them. Images:
     RGB uint8 `(H, W, 3)`; boxes: `(N, 4)` xyxy pixels; `sources["images"]`: how many come from `data`."""
     if data is None:
-        from sparseyolo.data.aerial import build_aerial_dataset
-
         data = build_aerial_dataset(tile=320, overlap=0.2)
-    images, boxes = _yolo_split(data, "train")
+    images, boxes = split_boxes(data, "train")
     sources = {"data": str(data), "images": len(images)}
     if composites is not None:
-        from sparseyolo.data.composite import build_composite_dataset
-
         args = {**composites}
         if args.get("split", "train") != "train":
             raise ValueError(f"finder composites must be the training split, got split={args['split']!r}")
@@ -125,7 +109,7 @@ def training_data(data: str | Path | None = None, composites: dict | None = COMP
         if "fg" in args and not isinstance(args["fg"], (int, float)):
             args["fg"] = list(args["fg"])
         comp = build_composite_dataset(**args)
-        ci, cb = _yolo_split(comp, "train")
+        ci, cb = split_boxes(comp, "train")
         images, boxes = images + ci, boxes + cb
         sources.update(composites=str(comp), composite_images=len(ci))
     return images, boxes, sources
@@ -135,9 +119,6 @@ def calibrate_recall(model: nn.Module, images, boxes, recall: float = 0.99) -> d
     """Calibrate the finder of `model` (a DetectionModel, `YOLO`, or a `Finder`) so that at least `recall` of the
     objects of `images`/`boxes` (training data) keep 90% of their box active after the model's context margin
     (the stem's `dilate`); see `sparseyolo.nn.finder.calibrate_recall`. Returns its report."""
-    from sparseyolo.nn.finder import Finder
-    from sparseyolo.nn.finder import calibrate_recall as _calibrate
-
     if isinstance(model, Finder):
         return _calibrate(model, images, boxes, recall)
     sparsifiers = finder_sparsifiers(detection_model(model))
@@ -175,9 +156,6 @@ def train_finder(
     the same held-out images). Returns a report: training losses and seconds, the calibration
     (threshold, recall and active share on the calibration images), the same measured on the fitted images, the
     data used."""
-    from sparseyolo.nn.finder import calibrate_recall as _calibrate
-    from sparseyolo.nn.finder import fit_finder
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0 (0: calibrate the finder as it is), got {steps!r}")
     if not 0.0 <= float(composite_share) < 1.0:
@@ -218,12 +196,25 @@ def train_finder(
 # --- masks at the images' own resolution ------------------------------------------------------------------------
 
 
+def to_image(mask, image_shape: tuple[int, int]) -> np.ndarray:
+    """`bool[H', W']` mask on the letterboxed network input -> `bool[h, w]` on the original `image_shape`.
+
+    Undoes Ultralytics' letterbox (scale, centred padding) with its own `scale_masks`, nearest neighbour."""
+    from ultralytics.utils.ops import scale_masks
+
+    m = torch.as_tensor(np.asarray(mask))
+    if m.dim() != 2:
+        raise ValueError(f"to_image expects one mask bool[H, W], got shape {tuple(m.shape)}")
+    h, w = (int(v) for v in image_shape[:2])
+    if h < 1 or w < 1:
+        raise ValueError(f"image_shape must be positive (h, w), got {image_shape}")
+    out = scale_masks(m[None, None].float(), (h, w), mode="nearest")
+    return (out[0, 0] > 0.5).numpy()
+
+
 def _predictor_class():
     from ultralytics.engine.results import Results
     from ultralytics.models.yolo.detect import DetectionPredictor
-
-    from sparseyolo.eval.mask import to_image
-    from sparseyolo.nn import SparseStem
 
     class ForegroundPredictor(DetectionPredictor):
         """Ultralytics' detection predictor (same sources, letterbox, batching) that runs only the sparse stem's
@@ -253,8 +244,6 @@ def foreground(yolo, source, **predict_kwargs) -> list[np.ndarray]:
     image's own resolution: the images are loaded and letterboxed by Ultralytics' predictor (`predict_kwargs`:
     `imgsz`, `batch`, ...), the stem's sparsifier runs on them, and each mask is mapped back with Ultralytics'
     `scale_masks` (nearest). Only the sparsifier runs, not the detector."""
-    from sparseyolo.nn import SparseStem
-
     if not any(isinstance(m, SparseStem) for m in yolo.model.modules()):
         raise ValueError("foreground: this model has no sparse stem (SparseStem): it looks at every pixel")
     predict_kwargs.setdefault("verbose", False)
@@ -264,67 +253,3 @@ def foreground(yolo, source, **predict_kwargs) -> list[np.ndarray]:
         return [r.masks.data[0].cpu().numpy().astype(bool) for r in results]
     finally:
         yolo.predictor = saved
-
-
-# --- command line ----------------------------------------------------------------------------------------------
-
-CLI_KEYS = ("model", "out", "recall", "train", "steps", "data", "composites", "seed", "threads")
-
-
-def cli_main(overrides: dict) -> int:
-    """`sparseyolo finder model=M [out=PATH recall=0.99 train=True steps=6000 data=YAML composites=True seed=0
-    threads=2]`: train the foreground finder of M (a model with `sparsify=finder`, e.g. from `sparseyolo convert
-    ... sparsify=finder`) from boxes and calibrate it to `recall` (`train=False`: calibrate only), then save it
-    to `out` (default `runs/finder/<model>-finder.pt`); prints the report."""
-    import json
-    import sys
-
-    def fail(msg: str, code: int = 2) -> int:
-        print(f"sparseyolo finder: {msg}", file=sys.stderr)
-        return code
-
-    bad = sorted(set(overrides) - set(CLI_KEYS))
-    if bad:
-        return fail(f"unknown argument(s) {bad}; expected {', '.join(CLI_KEYS)}")
-    if "model" not in overrides:
-        return fail("model= is required: a checkpoint or YAML with sparsify=finder (`sparseyolo convert model=dense.pt "
-                    "sparsify=finder p3=True p4=True` makes one from a dense model)")  # fmt: skip
-    from sparseyolo.yolo.cli import flag
-
-    try:
-        flags = {key: flag(overrides, key, True) for key in ("train", "composites")}
-    except ValueError as e:
-        return fail(str(e))
-    try:
-        recall = float(overrides.get("recall", 0.99))
-        steps, seed, n_threads = (int(overrides.get(k, d)) for k, d in (("steps", 6000), ("seed", 0), ("threads", 2)))
-    except (TypeError, ValueError) as e:
-        return fail(f"recall must be a number and steps/seed/threads integers: {e}")
-    if not 0.0 < recall <= 1.0 or steps < 1 or n_threads < 1:
-        return fail(f"recall must be in (0, 1], steps and threads >= 1; got recall={recall}, steps={steps}, "
-                    f"threads={n_threads}")  # fmt: skip
-    from sparseyolo.yolo import YOLO
-
-    name = str(overrides["model"])
-    out = Path(str(overrides.get("out") or Path("runs/finder") / f"{Path(name).stem}-finder.pt"))
-    composites = COMPOSITES if flags["composites"] else None
-    from sparseyolo.threads import threads
-
-    try:
-        with threads(n_threads):
-            model = YOLO(name)
-            if flags["train"]:
-                report = model.train_finder(recall=recall, data=overrides.get("data"), composites=composites,
-                                            steps=steps, seed=seed)  # fmt: skip
-            else:
-                report = model.calibrate_recall(recall, data=overrides.get("data"), composites=composites)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.save(str(out))
-    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
-        return fail(f"error: {e}", 1)
-    cal = report.get("calibration", report)
-    print(json.dumps(report, indent=1, default=str))
-    print(f"sparseyolo finder: threshold {cal['threshold']:.4g}: recall {cal['recall']:.3f}, active share "
-          f"{cal['active']:.3f} on {cal['images']} calibration images (margin {cal['margin']} px)")  # fmt: skip
-    print(f"saved {out}")
-    return 0

@@ -11,6 +11,8 @@ from ultralytics.utils import RANK
 from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.model import SparseDetectionModel
 
+from sparseyolo.yolo.curriculum import add_curriculum
+
 
 class SparseDetectionTrainer(DetectionTrainer):
     """Trains `SparseDetectionModel`; loss columns include our aux losses/stats. Models with a DFF neck follow
@@ -19,8 +21,6 @@ class SparseDetectionTrainer(DetectionTrainer):
     def __init__(self, *args, **kwargs):
         enable()  # also in the fresh processes of Ultralytics' DDP launcher, which import only this module
         super().__init__(*args, **kwargs)
-        from sparseyolo.yolo.curriculum import add_curriculum
-
         add_curriculum(self.callbacks)
 
     def get_model(self, cfg=None, weights=None, verbose=True):

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from sparseyolo import YOLO, demo
+from sparseyolo.data.split import yolo_ground_truth
 from sparseyolo.eval import compare
-from sparseyolo.eval.coco import yolo_ground_truth
 from sparseyolo.yolo import reference
-from sparseyolo.yolo.reference import VARIANTS, Recipe, save_reference, ship_variant
+from sparseyolo.yolo.recipe import VARIANTS, Recipe, ship_variant
+from sparseyolo.yolo.reference import save_reference
 
 NAME = "tiny-sparse"  # a reference saved into a temporary weights folder
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sparseyolo import YOLO
-from sparseyolo.eval.coco import coco_metrics, label_path, load_ground_truth, to_coco_results, yolo_ground_truth
+from sparseyolo.data.split import label_path, load_split, yolo_ground_truth
+from sparseyolo.eval.coco import coco_metrics, load_ground_truth, to_coco_results
 from sparseyolo.eval.compare import Runner, evaluate, native_imgsz
-from sparseyolo.eval.data import load_split
 from sparseyolo.eval.flops import executed_flops
 
 pytest.importorskip("pycocotools")

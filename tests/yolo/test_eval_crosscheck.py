@@ -17,9 +17,9 @@ import pytest
 from yolo_utils import require_aerial_data
 
 from sparseyolo import YOLO
+from sparseyolo.data.split import load_split, read_image
 from sparseyolo.eval.coco import EVAL_MAX_DET
 from sparseyolo.eval.compare import EVAL_CONF, NMS_IOU, evaluate, native_imgsz
-from sparseyolo.eval.data import load_split, read_image
 from sparseyolo.yolo.reference import shipped_names
 
 pytest.importorskip("pycocotools")

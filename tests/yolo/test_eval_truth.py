@@ -265,7 +265,7 @@ def scripted(monkeypatch, tmp_path):
     """20 images (`000.png`...; first pixel = index) with 1-4 boxes each, and their ground truth."""
     from PIL import Image
 
-    from sparseyolo.eval.coco import yolo_ground_truth
+    from sparseyolo.data.split import yolo_ground_truth
 
     monkeypatch.setattr(compare.Runner, "__call__", _scripted_call)
     monkeypatch.setattr(compare.Runner, "executed_model", lambda self: self.yolo)

@@ -408,7 +408,7 @@ def test_foreground_on_a_real_image(finder_model):
 
     from sparseyolo import YOLO
     from sparseyolo.data.aerial import load_scene
-    from sparseyolo.eval.mask import to_image
+    from sparseyolo.yolo.finder import to_image
 
     require_aerial_data()
     img = np.ascontiguousarray(load_scene("OSBS_029")[0])  # RGB 400x400
@@ -438,7 +438,7 @@ def test_train_finder_needs_a_finder_stem():
 
 
 def test_the_finder_ships_in_safetensors_and_old_pickles_load(finder_model, tmp_path, monkeypatch):
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.nn.sparsify import Sparsifier
     from sparseyolo.yolo import reference
 
     model = finder_model.model

@@ -171,13 +171,13 @@ def test_a_converted_variant_is_made_shipped_and_says_how(tmp_path, monkeypatch)
     from yolo_utils import require_aerial_data
 
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.yolo import reference
-    from sparseyolo.yolo.reference import Recipe, Variant, ship_variant, train_variant
+    from sparseyolo.yolo import recipe, reference
+    from sparseyolo.yolo.recipe import Recipe, Variant, ship_variant, train_variant
 
     if "yolov8n-aerial" not in reference.shipped_names():
         pytest.skip("the dense reference is not shipped")
     require_aerial_data()
-    monkeypatch.setattr(reference, "FINDER", {"recall": 0.9, "steps": 2})
+    monkeypatch.setattr(recipe, "FINDER", {"recall": 0.9, "steps": 2})
     variant = Variant("tiny-p34", "yolov8n.yaml", "test", convert={"from": "yolov8n-aerial", "method": "finder",
                       "p3": True, "p4": True}, finetune=1)  # fmt: skip
     recipe = Recipe(batch=4)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparseyolo.eval.mask import box_coverage, box_pixels, mask_stats, pooled_recall, save_overlay, to_image
+from sparseyolo.eval.mask import box_coverage, box_pixels, mask_stats, pooled_recall, save_overlay
+from sparseyolo.yolo.finder import to_image
 
 
 def _brute_coverage(mask, boxes):
@@ -87,7 +88,7 @@ def test_executed_flops_returns_the_stem_mask_that_ran():
     """The mask reported with the FLOPs is the one the stem keeps: nonzero pixels (dense model: None)."""
     from sparseyolo import YOLO
     from sparseyolo.eval.flops import executed_flops
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.nn.sparsify import Sparsifier
 
     model = YOLO("yolov8n-sparse.yaml").model.eval()
     model.model[0].sparsify = Sparsifier(3, "nonzero")
@@ -124,7 +125,7 @@ def _sparse_model(method: str, threshold: float = 0.0):
     """A YOLO with a sparse stem whose mask is `method` (nonzero keeps every object of the tiny dataset, whose
     objects are bright boxes on a black background; a high intensity threshold keeps none)."""
     from sparseyolo import YOLO
-    from sparseyolo.sparsify import Sparsifier
+    from sparseyolo.nn.sparsify import Sparsifier
 
     y = YOLO("yolov8n-sparse.yaml")
     y.model.model[0].sparsify = Sparsifier(3, method, threshold)
@@ -134,8 +135,8 @@ def _sparse_model(method: str, threshold: float = 0.0):
 
 def test_evaluate_reports_mask_recall_and_saves_masks(tiny_data, tmp_path):
     from sparseyolo import YOLO
+    from sparseyolo.data.split import load_split
     from sparseyolo.eval.compare import _mask_of, evaluate
-    from sparseyolo.eval.data import load_split
 
     images, gt, _ = load_split(tiny_data, "val")
     models = {
@@ -156,7 +157,7 @@ def test_evaluate_reports_mask_recall_and_saves_masks(tiny_data, tmp_path):
         is None
     )
     # the active share is the share of the images' own pixels under the mask (letterbox padding excluded)
-    from sparseyolo.eval.data import read_image
+    from sparseyolo.data.split import read_image
 
     own = np.mean([(read_image(p) != 0).any(2).mean() for p in images])
     assert s["keeps", "native"]["active"] == pytest.approx(own, abs=0.02)

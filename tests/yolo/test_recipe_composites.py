@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import sparseyolo.data.composite as composite
-from sparseyolo.yolo.reference import COMPOSITES, Recipe
+from sparseyolo.yolo.recipe import COMPOSITES, Recipe
 
 DEFAULT_TRAIN_ARGS = {  # the shipped models' recipe: must never change silently
     "epochs": 200,
@@ -76,7 +76,7 @@ def test_suggested_composites_are_valid():
 
 def test_recipe_command_and_demo_flag_for_composites(capsys):
     from sparseyolo import demo
-    from sparseyolo.yolo.reference import COMPOSITES, Recipe, recipe_command
+    from sparseyolo.yolo.recipe import COMPOSITES, Recipe, recipe_command
 
     assert recipe_command(Recipe(), ["yolov8n-aerial"]).endswith("--variants yolov8n-aerial")
     assert recipe_command(Recipe(composites=COMPOSITES), ["yolov8n-aerial"]).endswith("--composites")

@@ -11,9 +11,10 @@ import torch
 from yolo_utils import require_aerial_data
 
 from sparseyolo import YOLO
-from sparseyolo.sparsify import Sparsifier, calibrate_threshold
+from sparseyolo.nn.sparsify import Sparsifier, calibrate_threshold
 from sparseyolo.yolo import reference
-from sparseyolo.yolo.reference import VARIANTS, load_reference_model, save_reference, shipped_names
+from sparseyolo.yolo.recipe import VARIANTS
+from sparseyolo.yolo.reference import load_reference_model, save_reference, shipped_names
 
 
 def test_skip_names_only_missing_data(monkeypatch):
@@ -188,7 +189,7 @@ def test_demo_runs_on_the_shipped_models_and_reuses_its_cache(tmp_path, capsys):
 def test_dilate_mask_equals_max_pool(shape, r):
     import torch.nn.functional as F
 
-    from sparseyolo.sparsify import dilate_mask
+    from sparseyolo.nn.sparsify import dilate_mask
 
     m = torch.rand(*shape, generator=torch.Generator().manual_seed(r)) > 0.8
     ref = F.max_pool2d(m.unsqueeze(1).float(), 2 * r + 1, 1, r).squeeze(1) > 0 if r else m
@@ -199,7 +200,7 @@ def test_learned_decision_on_the_head_grid_equals_full_resolution():
     """The learned mask is taken on the head's grid and expanded; the full-resolution rule gives the same mask."""
     import torch.nn.functional as F
 
-    from sparseyolo.sparsify import apply_budget, dilate_mask, topk_mask
+    from sparseyolo.nn.sparsify import apply_budget, dilate_mask, topk_mask
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, 37, 50)  # not a multiple of the head stride: partial border blocks

@@ -8,8 +8,8 @@ import torch
 from ultralytics.nn.modules import Bottleneck, C2f, Conv
 
 from sparseyolo.nn import SBottleneck, SC2f, SConv, SparseStem, set_export_dense
+from sparseyolo.nn.sparsify import Sparsifier, apply_budget, boxes_to_mask, dilate_mask
 from sparseyolo.sparse import SparseConvTensor
-from sparseyolo.sparsify import Sparsifier, apply_budget, boxes_to_mask, dilate_mask
 
 torch.manual_seed(0)
 
@@ -184,7 +184,7 @@ def test_sparsify_settings_have_one_order():
     """SparseStem's signature is the one source of its YAML arg positions; Sparsifier takes settings by name."""
     import inspect
 
-    from sparseyolo.sparsify import SETTINGS
+    from sparseyolo.nn.sparsify import SETTINGS
     from sparseyolo.yolo.cfg import stem_args, stem_params
 
     names, defaults = stem_params()

@@ -10,10 +10,11 @@ import torch
 from sparseyolo import YOLO
 from sparseyolo.nn import DenseMasked, SConcat, SUpsample, as_dense, default_crossover, set_crossover
 from sparseyolo.nn import crossover as xo
+from sparseyolo.nn.sparse_head import INACTIVE_LOGIT
 from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.yolo import SparseDetectionModel
 from sparseyolo.yolo.convert import convert, save_checkpoint, sparse_yaml
-from sparseyolo.yolo.sparse_detect import INACTIVE_LOGIT, SparseDetect
+from sparseyolo.yolo.sparse_detect import SparseDetect
 
 P3_LAYERS = {5: "SConv", 13: "SUpsample", 14: "SConcat", 15: "SC2f", 16: "SConv", 22: "SparseDetect"}
 P4_LAYERS = {6: "SC2f", 7: "SConv", 10: "SUpsample", 11: "SConcat", 12: "SC2f", 17: "SConcat", 18: "SC2f", 19: "SConv"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sparseyolo.sparsify import SETTINGS
+from sparseyolo.data.registry import cache_dir
+from sparseyolo.nn import SparseStem
+from sparseyolo.nn.sparsify import METHODS, SETTINGS, switch_settings
 
 CFG_DIR = Path(__file__).parent
 # The scale letter after the version in a model name (yolov8n-sparse.yaml: n), as Ultralytics reads it.
@@ -45,8 +47,6 @@ def stem_params() -> tuple[list[str], list]:
     """Names and defaults of `SparseStem`'s YAML args `(c2, k, s, *SPARSIFY_KEYS)`, read from its signature."""
     import inspect
 
-    from sparseyolo.nn import SparseStem
-
     params = list(inspect.signature(SparseStem).parameters.values())[1:]  # after c1 (given by the parser)
     return [p.name for p in params], [None if p.default is p.empty else p.default for p in params]
 
@@ -75,8 +75,6 @@ def parse_sparsify(spec) -> dict:
     bad = sorted(set(spec) - set(SPARSIFY_KEYS))
     if bad:
         raise ValueError(f"unknown sparsify setting(s) {bad}; expected {', '.join(SPARSIFY_KEYS)}")
-    from sparseyolo.sparsify import METHODS
-
     if "method" in spec and spec["method"] not in METHODS:
         raise ValueError(f"unknown sparsify method {spec['method']!r}; expected one of {METHODS}")
     return dict(spec)
@@ -88,8 +86,6 @@ def customize_yaml(d: dict, sparsify: dict) -> dict:
     A new method drops the row's method-specific settings that `sparsify` does not give (`switch_settings`):
     `{"method": "nonzero"}` on a row with a learned `target` gives a plain nonzero stem."""
     import copy
-
-    from sparseyolo.sparsify import switch_settings
 
     d = copy.deepcopy(d)
     found = False
@@ -113,8 +109,6 @@ def write_custom_yaml(d: dict, name: str) -> str:
     import hashlib
 
     import yaml
-
-    from sparseyolo.data.registry import cache_dir
 
     d = {k: v for k, v in d.items() if k not in ("yaml_file", "channels")}
     text = yaml.safe_dump(d, sort_keys=False)

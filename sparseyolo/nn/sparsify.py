@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparseyolo.nn.finder import CELL, Finder, cell_cover, expand_cells, finder_loss
+from sparseyolo.nn.masks import dilate_mask, expand_mask, topk_mask
+
 METHODS = ("nonzero", "threshold", "gradient", "learned", "finder")
 TARGET_METHODS = ("learned", "finder")  # methods that can keep a fixed top share (`target`)
 # Settings whose meaning depends on the method: switching the method drops those the override does not give.
@@ -109,41 +112,6 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
     ones = torch.ones(idx.shape, dtype=torch.float32, device=mask.device)
     keep_mask = torch.zeros(B, H * W, dtype=torch.float32, device=mask.device).scatter(1, idx, ones) > 0
     return (mask.reshape(B, -1) & keep_mask).view(B, H, W)  # reshape: a cropped mask is not contiguous
-
-
-def topk_mask(score: Tensor, fraction: float) -> Tensor:
-    """`bool[B, H, W]`: the `round(fraction * H * W)` highest-scoring pixels of each image of `score (B, H, W)`."""
-    B, H, W = score.shape
-    k = min(int(H * W), max(1, int(fraction * H * W + 0.5)))  # int(): a constant when traced for export
-    idx = score.reshape(B, -1).topk(k, dim=1).indices
-    ones = torch.ones(idx.shape, dtype=torch.float32, device=score.device)  # float scatter: traceable to ONNX
-    out = torch.zeros(B, H * W, dtype=torch.float32, device=score.device).scatter(1, idx, ones)
-    return (out > 0).view(B, H, W)
-
-
-def expand_mask(mask: Tensor, stride: int, shape: tuple[int, int]) -> Tensor:
-    """`bool[B, h, w]` on a grid of `stride`-pixel blocks -> `bool[B, H, W]` (blocks repeated, cropped to `shape`)."""
-    if stride == 1:
-        return mask[:, : shape[0], : shape[1]]
-    B, h, w = mask.shape
-    up = mask[:, :, None, :, None].expand(B, h, stride, w, stride).reshape(B, h * stride, w * stride)  # traceable
-    return up[:, : shape[0], : shape[1]]
-
-
-def dilate_mask(mask: Tensor, r: int) -> Tensor:
-    """Grow a boolean `(B, H, W)` mask by `r` pixels (square neighbourhood): a separable OR of shifted copies,
-    ~50x faster than a (2r+1)^2 max-pool on CPU at full resolution."""
-    if r <= 0:
-        return mask
-    B, H, W = mask.shape
-    padded = F.pad(mask.reshape(B, 1, H, W).to(torch.uint8), (r, r, r, r)).view(B, H + 2 * r, W + 2 * r).bool()
-    rows = padded[:, :, 0:W]
-    for k in range(1, 2 * r + 1):
-        rows = rows | padded[:, :, k : k + W]  # out of place: ONNX has no in-place OR
-    out = rows[:, 0:H]
-    for k in range(1, 2 * r + 1):
-        out = out | rows[:, k : k + H]
-    return out
 
 
 def boxes_to_mask(
@@ -228,8 +196,6 @@ class Sparsifier(nn.Module):
         self.keep, self.max_active, self.dilate = float(keep), max_active, int(dilate)
         self.head = MaskHead(c1, stride=head_stride) if method == "learned" else None
         if method == "finder":
-            from sparseyolo.nn.finder import CELL, Finder
-
             self.finder = Finder(c1, cell=cell or CELL, threshold=threshold)
         else:
             self.finder = None
@@ -313,8 +279,6 @@ class Sparsifier(nn.Module):
     def _forward_finder(self, x: Tensor):
         """Cells kept by the finder (threshold or top `target`), the budget on cells, the margin `dilate` in whole
         cells, expanded to pixels; no gate (the finder learns from boxes, `mask_loss`)."""
-        from sparseyolo.nn.finder import expand_cells
-
         finder = self.finder
         logits = finder(x)
         cells = finder.cells(logits, self.target)
@@ -347,8 +311,6 @@ class Sparsifier(nn.Module):
 
     def _finder_loss(self, logits: Tensor, targets: dict) -> Tensor:
         """`finder_loss` of the finder's `logits (B, 1, h, w)` against the cell cover of the batch's boxes."""
-        from sparseyolo.nn.finder import cell_cover, finder_loss
-
         H, W = targets["imgsz"]
         b = targets["bboxes"].detach().float().cpu()
         xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1) * torch.tensor([W, H, W, H])
