@@ -40,7 +40,6 @@ UPWARD_FACADES = {
 # Imports inside functions that close a circle, still to be taken apart (each names the import that closes it).
 KNOWN_CIRCLES = {
     ("sparseyolo.yolo.api", "sparseyolo.mosaic"),  # the `YOLO.mosaic` facade; the mosaic detector loads a YOLO
-    ("sparseyolo.nn.crossover", "sparseyolo.nn.sparse_blocks"),  # `set_crossover` finds the sparse blocks
     ("sparseyolo.bench.sparse_conv.cli", "sparseyolo.bench.sparse_conv"),  # reads its package's docstring
     ("sparseyolo.mosaic.run", "sparseyolo.mosaic.distributed"),  # the Dask path needs run's Job and window_task
 }

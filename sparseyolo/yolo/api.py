@@ -9,8 +9,8 @@ import torch
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from sparseyolo import __version__
-from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.nn import SparseBlock, SparseStem, dff_necks, set_crossover
+from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.nn.sparsify import SETTINGS, Sparsifier, switch_settings
 from sparseyolo.yolo.budget import budget_threshold, calibrate
 from sparseyolo.yolo.cfg import customize_yaml, list_cfgs, parse_sparsify, resolve_cfg, unscaled_name, write_custom_yaml

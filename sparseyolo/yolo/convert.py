@@ -18,8 +18,8 @@ import torch
 from sparseyolo import __version__
 from sparseyolo.cliargs import flag
 from sparseyolo.yolo.cfg import stem_args
-from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.finder import context_margin
+from sparseyolo.yolo.integration import enable
 
 DENSE_TO_SPARSE = {"Conv": "SConv", "C2f": "SC2f", "Bottleneck": "SBottleneck"}
 # The sparse P3 path of yolov8.yaml (`p3=True`): layer -> (dense module, sparse module); see yolov8-sparse-p3.yaml

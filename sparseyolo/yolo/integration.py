@@ -16,11 +16,7 @@ import warnings
 from pathlib import Path
 
 from sparseyolo import settings
-
-# The tested Ultralytics range: the one source for the code (enable's version warning, patch's error message).
-# pyproject.toml's `yolo` extra and docs/yolo.md repeat it; tests/yolo/test_patch.py checks that they agree.
-TESTED_ULTRALYTICS = (">=8.4.180", "<8.5")
-TESTED_ULTRALYTICS_SPEC = "ultralytics" + ",".join(TESTED_ULTRALYTICS)  # "ultralytics>=8.4.180,<8.5"
+from sparseyolo.yolo.patch import TESTED_ULTRALYTICS, TESTED_ULTRALYTICS_SPEC  # noqa: F401  (tested range)
 
 
 def ultralytics_version_tested(version: str) -> bool:

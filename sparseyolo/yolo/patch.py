@@ -22,6 +22,11 @@ import inspect
 import textwrap
 
 # The text we rely on, in order: the module lookup, the fallback branch (we insert before it), construction.
+# The tested Ultralytics range: the one source for the code (enable's version warning, this file's error).
+# pyproject.toml's `yolo` extra and docs/yolo.md repeat it; tests/yolo/test_patch.py checks that they agree.
+TESTED_ULTRALYTICS = (">=8.4.180", "<8.5")
+TESTED_ULTRALYTICS_SPEC = "ultralytics" + ",".join(TESTED_ULTRALYTICS)  # "ultralytics>=8.4.180,<8.5"
+
 ANCHOR_LOOKUP = "else globals()[m]"
 ANCHOR_FALLBACK = "        else:\n            c2 = ch[f]\n"
 ANCHOR_BUILD = "m_ = torch.nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)"
@@ -65,8 +70,6 @@ def check_anchors(src: str) -> None:
             problems.append(f"local variable {name!r} not found")
     if problems:
         import ultralytics
-
-        from sparseyolo.yolo.integration import TESTED_ULTRALYTICS_SPEC
 
         raise RuntimeError(
             f"sparseyolo cannot register its modules with ultralytics {ultralytics.__version__}: "

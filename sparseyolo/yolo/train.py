@@ -8,10 +8,9 @@ from __future__ import annotations
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import RANK
 
+from sparseyolo.yolo.curriculum import add_curriculum
 from sparseyolo.yolo.integration import enable
 from sparseyolo.yolo.model import SparseDetectionModel
-
-from sparseyolo.yolo.curriculum import add_curriculum
 
 
 class SparseDetectionTrainer(DetectionTrainer):
