@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import Channels, YamlContext
-from sparseyolo.nn.common import fold_batchnorm
+from sparseyolo.nn.common import folded_once, forget_fold
 from sparseyolo.nn.gates import (
     DEFAULT_THRESHOLD,
     check_gate,
@@ -57,7 +57,8 @@ CALIBRATION_POINTS = 33
 
 
 class ConvBN(nn.Module):
-    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv."""
+    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv (once:
+    `nn.common.folded_once`, again when a weight or BN statistic changes or `train()` is called)."""
 
     def __init__(self, c1: int, c2: int, k: int = 1):
         super().__init__()
@@ -66,7 +67,11 @@ class ConvBN(nn.Module):
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """Eval-mode weight `(c2, c1, k, k)` and bias `(c2,)` with BatchNorm folded in."""
-        return fold_batchnorm(self.conv.weight, None, self.bn)
+        return folded_once(self, self.conv.weight, None, self.bn)
+
+    def train(self, mode: bool = True):
+        forget_fold(self)
+        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlBlock, YamlContext
-from sparseyolo.nn.common import fold_batchnorm
+from sparseyolo.nn.common import folded_once, forget_fold
 from sparseyolo.nn.crossover import default_crossover
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
 from sparseyolo.sparse import functional as SF
@@ -152,11 +152,16 @@ class SConv(SparseBlock):
         return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
     def _folded(self) -> tuple[Tensor, Tensor | None]:
-        """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then)."""
+        """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then); folded once
+        (`nn.common.folded_once`), again when a weight or BN statistic changes or `train()` is called."""
         bn = self.bn
         if self.training or bn.training or bn.running_var is None:
             return self.conv.weight, None
-        return fold_batchnorm(self.conv.weight, None, bn)
+        return folded_once(self, self.conv.weight, None, bn)
+
+    def train(self, mode: bool = True):
+        forget_fold(self)
+        return super().train(mode)
 
     def _post(self, f: Tensor, bias: Tensor | None) -> Tensor:
         """BatchNorm (folded into `bias` in inference) and activation of this conv's own fresh output `f`."""
