@@ -288,3 +288,14 @@ def test_convbn_folds_once_and_again_when_weights_change():
     m(x)  # training updates the statistics
     m.eval()
     check()
+
+
+def test_flops_reports_the_last_forward():
+    """`DFFNeck.flops()`: what its last forward executed over the batch, as torch's FLOP counter counts it (the
+    pixel-gated blocks on the engine's GEMM path)."""
+    neck = trained_like(spatial=2, sparse_density=1.0)
+    assert neck.flops() == 0.0
+    for xs in (inputs(), inputs(b=1, seed=3)):
+        with _ext.disabled():
+            total = counted_flops(neck, xs)
+        assert neck.flops() == pytest.approx(total, rel=1e-9) and total > 0

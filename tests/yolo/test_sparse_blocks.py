@@ -237,3 +237,36 @@ def test_batchnorm_folded_once_and_again_when_weights_change(name, dense_fn, spa
     check()
     dense.double(), sparse.double()
     check(torch.float64)
+
+
+@pytest.mark.parametrize("name,dense_fn,sparse_fn,c1", CASES, ids=[c[0] for c in CASES])
+def test_each_block_counts_the_flops_it_executed(name, dense_fn, sparse_fn, c1):
+    """`flops()` reports the last forward: switched to its dense path, exactly the FLOP counter's count of the
+    dense Ultralytics block (fully active and on a sparse image); sparse, exactly the counter's count of the GEMMs
+    the pure-PyTorch engine runs (gather -> mm -> scatter over the kernel-map pairs). That engine's stem also
+    multiplies the zero padding at the border, which the count (the compiled kernel's) leaves out: the sparse
+    image keeps off the border."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sparseyolo.sparse import _ext
+
+    def counted(m, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            m(x)
+        return fc.get_total_flops()
+
+    dense, sparse = _prep_dense(dense_fn()).eval(), sparse_fn().eval()
+    sparse.load_state_dict(dense.state_dict(), strict=False)
+    assert sparse.flops() == 0.0  # nothing run yet
+    inner = _sparse_image(C=c1, frac=0.3)[0]
+    inner[..., :6, :], inner[..., -6:, :], inner[..., :6], inner[..., -6:] = 0, 0, 0, 0
+    for x in (torch.rand(2, c1, 13, 18) + 0.1, inner):
+        sparse.crossover = 0.0  # the dense path: the counter sees its convs
+        assert counted(sparse, x) == sparse.flops() == counted(dense, x)
+        sparse.crossover = 1.0  # sparse
+        stem_s1 = isinstance(sparse, SparseStem) and sparse.s == 1  # its count takes the dilated mask's sites
+        if (x is inner or not isinstance(sparse, SparseStem)) and not stem_s1:
+            with _ext.disabled():
+                assert counted(sparse, x) == sparse.flops()
+        sparse(x)
+        assert 0 < sparse.flops() <= counted(dense, x)
