@@ -18,9 +18,8 @@ GFLOP/s = 2 x useful MACs / time, shown beside the machine's fp32 GEMM GFLOP/s f
 3D: a real airborne LiDAR scan voxelized at two voxel sizes, 3x3x3 SubM 16->16.
 Forward timings run under `torch.no_grad()`. Writes sparse_conv.md / .csv / .png to `--out`.
 
-Modules: `cases` (targets, `Kind`, `Config`, inputs, `Case`, `Result`), `runner` (the variants of a case, the
-run), `report` (derived numbers, CSV, text and markdown tables), `plot` (sparse_conv.png), `cli` (options, files,
-`main`).
+Modules: `cases` (inputs, the variants of a case and their `Kind`, one case, `Result`), `run` (the run), `report`
+(derived numbers, CSV, text and markdown tables), `plot` (sparse_conv.png), `cli` (options, files, `main`).
 """
 
 from __future__ import annotations
@@ -34,9 +33,13 @@ from sparseyolo.bench.sparse_conv.cases import (
     Config,
     Kind,
     Result,
+    SpconvAdapter,
+    _check_against,
     count_pairs_2d,
     count_pairs_subm,
     quick_config,
+    run_case_2d,
+    run_case_3d,
     site_mask,
 )
 from sparseyolo.bench.sparse_conv.cli import config_from_args, main, parser, write_outputs
@@ -51,7 +54,7 @@ from sparseyolo.bench.sparse_conv.report import (
     table_3d,
     target_rows,
 )
-from sparseyolo.bench.sparse_conv.runner import SpconvAdapter, _check_against, run, run_case_2d, run_case_3d
+from sparseyolo.bench.sparse_conv.run import run
 
 __all__ = [
     "OPS",

@@ -1,5 +1,5 @@
-"""The sparse-conv benchmark's definitions: targets, `Kind`, `Config`, the inputs and pair counts, `Case` and
-`Result` (the run that fills them: `runner`).
+"""The sparse-conv benchmark's cases: inputs, the variants timed per case, one 2D or 3D case, and the `Result`
+of a run (the run itself: `run`).
 
 A case is one conv on one input (2D: a 3x3 conv on a random site mask; 3D: a 3x3x3 SubM conv on a voxelized
 LiDAR scan). Each timed variant carries a `Kind` (engine, map built or cached, pass, threads); the report reads
@@ -13,6 +13,8 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sparseyolo.bench import common as C
 
 TARGETS = [(0.01, 100.0, ">="), (0.05, 40.0, ">="), (0.10, 16.0, ">="), (0.25, 4.0, ">="), (0.50, 1.0, ">")]
 TARGET_CASE = ("subm3", 16, 32, "uniform")
@@ -200,6 +202,341 @@ class Case:
     @property
     def group(self) -> tuple:
         return (self.section, self.op, self.cin, self.cout, self.spatial_shape)
+
+
+def _summary(v: C.Variant, **extra) -> dict:
+    return {
+        "median": v.median,
+        "min": v.min,
+        "n": len(v.samples),
+        "samples": list(v.samples),
+        "peak_mb": v.peak_mb,
+        "error": v.error,
+        "threads": v.threads,
+        "kind": v.kind,
+        **extra,
+    }
+
+
+def _rel_err(got, ref) -> float:
+    scale = float(ref.abs().max()) or 1.0
+    return float((got - ref).abs().max()) / scale if got.numel() else 0.0
+
+
+class SpconvAdapter:
+    """spconv 2.x modules for one conv; weight layout (out, *kernel, in)."""
+
+    def __init__(self, spconv, op: str, ndim: int, weight, features, indices, spatial_shape):
+        import torch
+
+        self.spconv = spconv
+        cout, cin = weight.shape[:2]
+        names = {("subm3", 2): "SubMConv2d", ("subm3", 3): "SubMConv3d", ("s2p1", 2): "SparseConv2d"}
+        name = names[(op, ndim)]
+        kwargs = {"indice_key": "bench"} if op == "subm3" else {"stride": 2, "padding": 1}
+        self.module = getattr(spconv, name)(cin, cout, 3, bias=False, **kwargs)
+        w = weight.permute(0, *range(2, 2 + ndim), 1).contiguous()
+        if tuple(self.module.weight.shape) != tuple(w.shape):
+            raise RuntimeError(
+                f"unexpected spconv weight shape {tuple(self.module.weight.shape)}, expected {tuple(w.shape)}"
+            )
+        with torch.no_grad():
+            self.module.weight.copy_(w)
+        self.features = features.contiguous()
+        self.indices = indices.contiguous()  # spconv reads raw memory: must be contiguous
+        self.spatial_shape = list(spatial_shape)
+        self.subm = op == "subm3"
+        self._cached_input = None
+
+    def fresh(self):
+        return self.spconv.SparseConvTensor(self.features, self.indices, self.spatial_shape, 1)
+
+    def built(self):
+        import torch
+
+        with torch.no_grad():
+            return self.module(self.fresh())
+
+    def cached(self):
+        import torch
+
+        with torch.no_grad():
+            if self._cached_input is None:
+                first = self.module(self.fresh())
+                # the output shares the input's sites and carries indice_dict["bench"]
+                self._cached_input = first.replace_feature(self.features)
+            return self.module(self._cached_input)
+
+
+def _spconv_variants(cfg: Config, spconv, op, ndim, weight, features, indices, spatial_shape, budget):
+    """(variants, notes) for spconv at cfg.threads (unverified when > 1) and at 1 thread."""
+    if spconv is None:
+        return [], []
+    try:
+        adapter = SpconvAdapter(spconv, op, ndim, weight, features, indices, spatial_shape)
+    except Exception as error:
+        return [], [f"spconv set-up failed: {type(error).__name__}: {error}"[:300]]
+    thread_counts = [cfg.threads] + ([1] if cfg.spconv_1thread and cfg.threads != 1 else [])
+    variants = []
+    for t in thread_counts:
+        # multi-thread spconv is unverified (racy) and often slow: fewer samples
+        kw = dict(threads=t, max_samples=cfg.repeat if t == 1 else min(cfg.repeat, 3), budget_s=budget, extend=t == 1)
+        built = spconv_kind("built", t)
+        variants.append(C.Variant(built.name, adapter.built, measure_memory=t == cfg.threads, kind=built, **kw))
+        if adapter.subm:
+            cached = spconv_kind("cached", t)
+            variants.append(C.Variant(cached.name, adapter.cached, kind=cached, **kw))
+    return variants, []
+
+
+def _by_coordinate(indices, features):
+    """Features reordered by row-major coordinate key (engines may order output rows differently)."""
+    import torch
+
+    idx = indices.to(torch.int64)
+    span = int(idx.max()) + 1 if idx.numel() else 1
+    keys = torch.zeros(idx.shape[0], dtype=torch.int64)
+    for col in range(idx.shape[1]):
+        keys = keys * span + idx[:, col]
+    order = torch.argsort(keys)
+    return keys[order], features[order]
+
+
+def _check_against(case: Case, variants: list[C.Variant], ours):
+    """Max relative error of each spconv output against ours, matched by coordinate (inf: other sites)."""
+    ours_keys, ours_features = _by_coordinate(ours.indices, ours.features)
+    for v in variants:
+        if v.last is None or v.error is not None:
+            continue
+        try:
+            keys, features = _by_coordinate(v.last.indices, v.last.features)
+            if keys.shape != ours_keys.shape or not bool((keys == ours_keys).all()):
+                err = float("inf")
+                case.notes.append(
+                    f"{v.name}: {keys.numel()} output sites vs ours {ours_keys.numel()} (or different coordinates)"
+                )
+            else:
+                err = _rel_err(features, ours_features)
+        except Exception as error:  # not comparable = wrong output too
+            err = float("inf")
+            case.notes.append(f"{v.name}: output not comparable ({error})"[:200])
+        case.variants[v.name]["check"] = err
+
+
+# --- timed variants ---------------------------------------------------------------------------------
+
+
+def _ours_variants(cfg: Config, s, conv, weight, out_sites: int, cout: int) -> list[C.Variant]:
+    """Ours for `conv(x, w)` on the sparse input `s`: map built in the call (a fresh tensor each call), map
+    cached (`s` again after the warm-up call), forward + backward with the map cached."""
+    import torch
+
+    from sparseyolo.sparse import SparseConvTensor
+
+    def built():
+        with torch.no_grad():
+            fresh = SparseConvTensor(s.features, s.indices, s.spatial_shape, s.batch_size, check=False)
+            return conv(fresh, weight)
+
+    def cached():
+        with torch.no_grad():
+            return conv(s, weight)
+
+    feat_rg = s.features.clone().requires_grad_()
+    w_rg = weight.clone().requires_grad_()
+    s_fb = s.replace_feature(feat_rg)  # shares the map cache with s
+    grad_out = torch.ones(out_sites, cout)
+
+    def fwd_bwd():
+        feat_rg.grad = None
+        w_rg.grad = None
+        out = conv(s_fb, w_rg).features
+        out.backward(grad_out)
+        return out.detach()
+
+    kw = dict(threads=cfg.threads, max_samples=cfg.repeat, budget_s=cfg.budget_s)
+    return [
+        C.Variant(OURS_BUILT.name, built, measure_memory=True, kind=OURS_BUILT, **kw),
+        C.Variant(OURS_CACHED.name, cached, kind=OURS_CACHED, **kw),
+        C.Variant(OURS_FB.name, fwd_bwd, measure_memory=True, kind=OURS_FB, **kw),
+    ]
+
+
+def _dense_fwd(x_dense, weight, dense_conv):
+    import torch
+
+    def fwd():
+        with torch.no_grad():
+            return dense_conv(x_dense, weight)
+
+    return fwd
+
+
+def _dense_fwd_bwd(x_dense, weight, dense_conv, out_shape):
+    import torch
+
+    xd_rg = x_dense.clone().requires_grad_()
+    wd_rg = weight.clone().requires_grad_()
+    grad_out = torch.ones(out_shape)
+
+    def fwd_bwd():
+        xd_rg.grad = None
+        wd_rg.grad = None
+        dense_conv(xd_rg, wd_rg).backward(grad_out)
+
+    return fwd_bwd
+
+
+def _in_run_order(variants: list[C.Variant]) -> list[C.Variant]:
+    rank = {kind: i for i, kind in enumerate(RUN_ORDER)}
+    return sorted(variants, key=lambda v: rank.get(v.kind, len(rank)))  # stable: spconv keeps its order
+
+
+def _check_ours(case: Case, ours, dense_out, sp_variants) -> None:
+    """Ours (map cached) vs the dense output at ours' output sites (when there is one); then spconv vs ours."""
+    import torch
+
+    if dense_out is not None:
+        idx = ours.indices.to(torch.int64)
+        case.check_ours = _rel_err(ours.features, dense_out[0][(slice(None), *idx[:, 1:].unbind(1))].t())
+    if case.section == "2d" and ours.features.shape[0] != case.out_sites:
+        case.notes.append(f"ours has {ours.features.shape[0]} output sites, expected {case.out_sites}")
+        case.check_ours = float("inf")
+    _check_against(case, sp_variants, ours)
+
+
+# --- the cases --------------------------------------------------------------------------------------
+
+
+def run_case_2d(
+    cfg: Config,
+    op: str,
+    cin: int,
+    cout: int,
+    distribution: str,
+    density: float,
+    spconv,
+    memory: C.PeakRSS,
+    dense: dict,
+    dense_plan: dict,
+) -> Case:
+    """One 2D case. Dense times do not depend on the sites: they are pooled per group in `dense` (one warm-up
+    and memory probe per group, one sample per case); `dense_plan["fb"]` False skips the dense fwd+bwd sample."""
+    import functools
+
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.sparse import SparseConvTensor
+    from sparseyolo.sparse import functional as Fs
+
+    size = cfg.size
+    seed = _seed(cfg.seed, distribution, density)
+    mask = site_mask(size, density, distribution, seed)
+    indices = mask.nonzero().to(torch.int32).contiguous()
+    g = torch.Generator().manual_seed(seed + 1)
+    features = torch.randn(indices.shape[0], cin, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, generator=g) / math.sqrt(9 * cin)
+    pairs, out_sites = count_pairs_2d(mask, op)
+    out_hw = size if op == "subm3" else (size + 2 - 3) // 2 + 1
+    shape = (size, size)
+    sites, dense_macs = int(indices.shape[0]), out_hw**2 * 9 * cin * cout
+    case = Case("2d", op, cin, cout, distribution, density, shape, sites, out_sites, pairs, dense_macs)
+    s = SparseConvTensor(features, indices, shape, 1)
+    stride = 1 if op == "subm3" else 2
+
+    def conv(x, w):
+        return Fs.subm_conv(x, w) if op == "subm3" else Fs.sparse_conv(x, w, stride=2, padding=1)
+
+    variants = _ours_variants(cfg, s, conv, weight, out_sites, cout)
+    x_dense = s.dense().contiguous()
+    dense_conv = functools.partial(F.conv2d, stride=stride, padding=1)
+    dense_fwd = _dense_fwd(x_dense, weight, dense_conv)
+    dense_fb = _dense_fwd_bwd(x_dense, weight, dense_conv, (1, cout, out_hw, out_hw))
+    state = dense.setdefault(case.group, {"fwd": [], "fb": [], "fwd_mb": None, "fb_mb": None, "warm": False})
+    if not state["warm"]:
+        C.set_threads(cfg.threads)
+        _, state["fwd_mb"] = memory.measure(dense_fwd)
+        _, state["fb_mb"] = memory.measure(dense_fb)
+        state["warm"] = True
+    one = dict(threads=cfg.threads, max_samples=1, warmup=False, extend=False)
+    variants.append(C.Variant(DENSE_FWD.name, dense_fwd, kind=DENSE_FWD, **one))
+    if dense_plan.get("fb", True):
+        variants.append(C.Variant(DENSE_FB.name, dense_fb, kind=DENSE_FB, **one))
+    sp_variants, notes = _spconv_variants(cfg, spconv, op, 2, weight, features, indices, shape, cfg.budget_s * 0.6)
+    case.notes += notes
+    variants = _in_run_order(variants + sp_variants)
+    C.run_interleaved(variants, min_samples=cfg.min_repeat, memory=memory, restore_threads=cfg.threads)
+
+    by_kind = {v.kind: v for v in variants}
+    state["fwd"] += by_kind[DENSE_FWD].samples
+    if DENSE_FB in by_kind:
+        state["fb"] += by_kind[DENSE_FB].samples
+    for v in variants:
+        if v.kind.engine != "dense":  # dense is reported pooled over the group
+            case.variants[v.name] = _summary(v)
+        if v.error:
+            case.notes.append(f"{v.name} failed: {v.error}")
+    ours, dense_out = by_kind[OURS_CACHED].last, by_kind[DENSE_FWD].last
+    if ours is not None and dense_out is not None:
+        _check_ours(case, ours, dense_out, sp_variants)
+    return case
+
+
+def run_case_3d(cfg: Config, coords, spatial_shape, voxel_size: float, source: str, spconv, memory: C.PeakRSS) -> Case:
+    """One 3D case: 3x3x3 SubM on voxelized LiDAR; dense conv3d only while the grid has at most
+    `cfg.dense3d_max_cells` cells."""
+    import functools
+
+    import torch
+    import torch.nn.functional as F
+
+    from sparseyolo.sparse import SparseConvTensor
+    from sparseyolo.sparse import functional as Fs
+
+    cin, cout = cfg.channels3d
+    coords = torch.as_tensor(coords, dtype=torch.int32)
+    indices = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), coords], dim=1).contiguous()
+    g = torch.Generator().manual_seed(_seed(cfg.seed, "3d", voxel_size))
+    features = torch.randn(indices.shape[0], cin, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, 3, generator=g) / math.sqrt(27 * cin)
+    cells = math.prod(spatial_shape)
+    n = int(indices.shape[0])
+    pairs = count_pairs_subm(indices, spatial_shape)
+    source_name, dense_macs = f"LiDAR {voxel_size:g} m", cells * 27 * cin * cout
+    case = Case("3d", "subm3", cin, cout, source_name, n / cells, tuple(spatial_shape), n, n, pairs, dense_macs)
+    case.notes.append(f"3D source: {source}")
+    s = SparseConvTensor(features, indices, spatial_shape, 1)
+    variants = _ours_variants(cfg, s, Fs.subm_conv, weight, n, cout)
+    if cells <= cfg.dense3d_max_cells:
+        dense_fwd = _dense_fwd(s.dense().contiguous(), weight, functools.partial(F.conv3d, padding=1))
+        kw = dict(threads=cfg.threads, max_samples=cfg.repeat, budget_s=cfg.budget_s * 2, extend=False)
+        variants.append(C.Variant(DENSE_FWD.name, dense_fwd, measure_memory=True, kind=DENSE_FWD, **kw))
+    else:
+        case.notes.append(
+            f"dense conv3d n/a at {voxel_size:g} m: grid {spatial_shape} has "
+            f"{cells / 1e6:.0f}M cells "
+            f"(limit {cfg.dense3d_max_cells / 1e6:.0f}M; {cells * cin * 4 / 2**30:.1f} GiB per "
+            f"{cin}-channel map)"
+        )
+    sp_variants, notes = _spconv_variants(
+        cfg, spconv, "subm3", 3, weight, features, indices, spatial_shape, cfg.budget_s * 0.6
+    )
+    case.notes += notes
+    variants = _in_run_order(variants + sp_variants)
+    C.run_interleaved(variants, min_samples=cfg.min_repeat, memory=memory, restore_threads=cfg.threads)
+    for v in variants:
+        case.variants[v.name] = _summary(v)
+        if v.error:
+            case.notes.append(f"{v.name} failed: {v.error}")
+    by_kind = {v.kind: v for v in variants}
+    ours, dense_v = by_kind[OURS_CACHED].last, by_kind.get(DENSE_FWD)
+    if ours is not None:
+        _check_ours(case, ours, dense_v.last if dense_v else None, sp_variants)
+    return case
+
+
+# --- the run's result (`run.run`) -------------------------------------------------------------------
 
 
 @dataclass
