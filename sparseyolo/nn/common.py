@@ -26,8 +26,8 @@ def folded_once(owner: nn.Module, weight: Tensor, bias: Tensor | None, bn) -> tu
     """`fold_batchnorm(weight, bias, bn)`, folded once per `owner` and reused while autograd is off and the
     tensors keep their storage (the old ones are kept alive here) and in-place version: an optimizer step,
     `load_state_dict`, `.to()` or `.half()` fold again, and so does `owner.train()` (`forget_fold`; tensors made
-    in inference mode keep no version). With autograd on it folds afresh, as part of the graph."""
-    if torch.is_grad_enabled():
+    in inference mode keep no version). With autograd on, or tracing, it folds afresh, as part of the graph."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
         return fold_batchnorm(weight, bias, bn)
     src = [t for t in (weight, bias, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
     key = [(t.data_ptr(), t.device, None if t.is_inference() else t._version) for t in src] + [bn.eps]
