@@ -1,7 +1,9 @@
 """Dense helper blocks for model YAMLs: several outputs (`Chunk`, `Pick`), several inputs (`FuseAdd`); and
-`fold_batchnorm`, the inference-mode Conv+BN folding every block uses."""
+`fold_batchnorm`, the inference-mode Conv+BN folding every block uses (`folded_once`: computed once, reused)."""
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,28 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     folded_bias = bn.bias - bn.running_mean * scale
     return weight * scale.view(-1, 1, 1, 1), folded_bias if bias is None else folded_bias + bias * scale
+
+
+_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> (key, folded, source tensors)
+
+
+def folded_once(owner: nn.Module, weight: Tensor, bias: Tensor | None, bn) -> tuple[Tensor, Tensor]:
+    """`fold_batchnorm(weight, bias, bn)`, folded once per `owner` and reused while autograd is off and the
+    tensors keep their storage (the old ones are kept alive here) and in-place version: an optimizer step,
+    `load_state_dict`, `.to()` or `.half()` fold again, and so does `owner.train()` (`forget_fold`; tensors made
+    in inference mode keep no version). With autograd on, or tracing, it folds afresh, as part of the graph."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
+        return fold_batchnorm(weight, bias, bn)
+    src = [t for t in (weight, bias, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+    key = [(t.data_ptr(), t.device, None if t.is_inference() else t._version) for t in src] + [bn.eps]
+    hit = _FOLDS.get(owner)
+    if hit is None or hit[0] != key:
+        hit = _FOLDS[owner] = (key, fold_batchnorm(weight, bias, bn), src)
+    return hit[1]
+
+
+def forget_fold(owner: nn.Module) -> None:
+    _FOLDS.pop(owner, None)
 
 
 class Chunk(nn.Module):

@@ -25,7 +25,10 @@ FLOP ratio is taken against) and `static` (all-on without data-dependent control
 After each forward `last_stats` holds per-image tensors: `gflops (B,)` executed neck GFLOPs (convolutions,
 linear layers and the routing's matmul, 2 per multiply-add, as `torch.utils.flop_counter` counts them),
 `ratio (B,)` against all-on, `complexity (B,)`, `depth (B, L)` blocks run per level, `routes (B,)` connections
-computed, `spatial (B,)` share of gated pixels the blocks ran on.
+computed, `spatial (B,)` share of gated pixels the blocks ran on; `flops()` is the batch's total.
+
+The FLOP accounting is in `sparseyolo.nn.dff_flops`, the calibration of the threshold to a budget in
+`sparseyolo.nn.dff_calibration` (`calibrate_neck`, `threshold_for_budget`, `ratio_curve` are importable from here).
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import Channels, YamlContext
-from sparseyolo.nn.common import fold_batchnorm
+from sparseyolo.nn.common import folded_once, forget_fold
+from sparseyolo.nn.dff_calibration import (  # noqa: F401  (calibration: public here too)
+    CALIBRATION_POINTS,
+    calibrate_neck,
+    check_budget,
+    ratio_curve,
+    threshold_for_budget,
+)
+from sparseyolo.nn.dff_flops import NeckFlops, subm_pairs
 from sparseyolo.nn.gates import (
     DEFAULT_THRESHOLD,
     check_gate,
@@ -53,11 +64,11 @@ COMPLEXITY = ("learned", "stats")
 MODES = ("dynamic", "all_on", "static")
 PARTS = ("routing", "depth", "pixel")  # what `DFFNeck.disabled` can switch off (ablations)
 ON_LOGIT = 3.0  # initial gate logit: every path starts on (sigmoid 0.95, tanh 0.995)
-CALIBRATION_POINTS = 33
 
 
 class ConvBN(nn.Module):
-    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv."""
+    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv (once:
+    `nn.common.folded_once`, again when a weight or BN statistic changes or `train()` is called)."""
 
     def __init__(self, c1: int, c2: int, k: int = 1):
         super().__init__()
@@ -66,7 +77,11 @@ class ConvBN(nn.Module):
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """Eval-mode weight `(c2, c1, k, k)` and bias `(c2,)` with BatchNorm folded in."""
-        return fold_batchnorm(self.conv.weight, None, self.bn)
+        return folded_once(self, self.conv.weight, None, self.bn)
+
+    def train(self, mode: bool = True):
+        forget_fold(self)
+        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
@@ -125,17 +140,7 @@ class FusionBlock(nn.Module):
         return 2 * 9 * self.c * hidden * (sites1 + sites0)
 
 
-def subm_pairs(mask: Tensor) -> Tensor:
-    """Kernel-map pairs of a 3x3 submanifold conv on `mask (B, H, W) bool`: active (input, output) neighbours,
-    `Tensor[B]`."""
-    H, W = mask.shape[-2:]
-    m = mask.to(torch.int64)
-    p = F.pad(m, (1, 1, 1, 1))
-    around = sum(p[:, dy : dy + H, dx : dx + W] for dy in range(3) for dx in range(3))  # elementwise: no GEMM
-    return (around * m).sum((1, 2))
-
-
-class DFFNeck(nn.Module):
+class DFFNeck(NeckFlops, nn.Module):
     """Dynamic Feature Fusion neck; see the module docstring.
 
     Runtime settings (plain attributes, saved with a pickled checkpoint): `mode`, `disabled` (parts switched off
@@ -285,30 +290,6 @@ class DFFNeck(nn.Module):
     def set_threshold(self, threshold: float) -> None:
         self.threshold.fill_(check_threshold(threshold))
 
-    # --- FLOP accounting (per image) ------------------------------------------------------------------------
-    def fixed_flops(self, sizes: list[tuple[int, int]], mode: str, disabled=frozenset()) -> float:
-        """FLOPs every image pays in `mode`: laterals, complexity, routing, feature gate (+ controller, pixel
-        gates and channel importance in `dynamic`), less the `disabled` parts."""
-        c, L, D = self.c, self.L, self.d_max
-        f = sum(2 * h * w * ci * c for (h, w), ci in zip(sizes, self.c1s, strict=True))
-        f += linear_flops(self.complexity_head)
-        if "routing" not in disabled:
-            f += 2 * 2 * L * c * self.dk + 2 * L * L * self.dk  # q, k projections; q k^T
-            f += 2 * L * 2 * c * c  # feature gate
-        if mode == "dynamic" and D > 0:
-            if "depth" not in disabled:
-                f += linear_flops(self.controller)
-            if "pixel" not in disabled:
-                f += sum(2 * h * w * c for h, w in sizes[: self.spatial])
-            if self.importance is not None:
-                f += 2 * L * c * c
-        return float(f)
-
-    def all_on_flops(self, sizes: list[tuple[int, int]]) -> float:
-        """FLOPs of one image in `all_on` mode: the reference of `ratio` and of the training budget."""
-        blocks = sum(self.d_max * 2 * 9 * self.c * self.c * 2 * h * w for h, w in sizes)
-        return self.fixed_flops(sizes, "all_on") + float(blocks)
-
     # --- forward --------------------------------------------------------------------------------------------
     def _check_inputs(self, xs) -> list[Tensor]:
         if not isinstance(xs, (list, tuple)) or len(xs) != self.L:
@@ -365,7 +346,7 @@ class DFFNeck(nn.Module):
         if not off <= set(PARTS):
             raise ValueError(f"DFFNeck.disabled must be a subset of {PARTS}, got {sorted(off)}")
         if "routing" in off:
-            return self._levels(xs, lat, lat, desc, cx, sizes, mode, off, None, None)
+            return self._levels(lat, desc, cx, mode=mode, off=off)
 
         # routing: r (B, L, L), diagonal excluded; weights at or under the threshold are not computed
         q, k = self.query(desc), self.key(desc)
@@ -402,12 +383,13 @@ class DFFNeck(nn.Module):
                     ctx = lat[i].new_zeros(lat[i].shape)
                 ctx.index_add_(0, idx, part)
             feats.append(lat[i] if ctx is None else lat[i] + g[:, i, :, None, None] * ctx)
-        return self._levels(xs, lat, feats, desc, cx, sizes, mode, off, r, w)
+        return self._levels(feats, desc, cx, mode=mode, off=off, r=r, w=w)
 
-    def _levels(self, xs, lat, feats, desc, cx, sizes, mode, off, r, w):
-        """The per-level fusion blocks on the routed maps `feats`; records `last_stats` (and the aux losses'
-        inputs in training)."""
-        B, L, D = xs[0].shape[0], self.L, self.d_max
+    def _levels(self, feats, desc, cx, *, mode: str, off: frozenset, r=None, w=None):
+        """The per-level fusion blocks on the routed maps `feats` (`desc (B, L, c)`, complexity `cx (B,)`, the
+        routing `r`, `w (B, L, L)` when it ran); records `last_stats` (and the aux losses' inputs in training)."""
+        B, L, D = feats[0].shape[0], self.L, self.d_max
+        sizes = [tuple(int(v) for v in f.shape[-2:]) for f in feats]
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         dynamic = mode == "dynamic"
         soft = self.training
@@ -528,17 +510,6 @@ class DFFNeck(nn.Module):
         y = torch.matmul(conv.weight.view(1, C), x.reshape(B, C, H * W)) + conv.bias.view(1, 1, 1)
         return y.view(B, 1, H, W)
 
-    def _gated_flops(self, blk, ms: Tensor | None, hw: int) -> Tensor | float:
-        """Per-image FLOPs inference spends on `blk` under pixel gates `ms (B, 1, H, W)` (dense when none)."""
-        dense = float(blk.flops(hw, hw, self.hidden))
-        if ms is None:
-            return dense
-        mask = ms.detach()[:, 0] != 0
-        n0 = mask.sum((1, 2)).double().cpu()
-        near = F.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0
-        sparse = 2 * subm_pairs(near).double().cpu() * self.c * self.hidden * 2
-        return torch.where(n0 > self.sparse_density * hw, torch.full_like(n0, dense), sparse)
-
     def _run_block(self, blk, x, e, ms, channels, flops, hw):
         """Eval: run `blk` for the images whose multiplier `e (B,)` is non-zero, at gated pixels where a pixel
         gate `ms (B, 1, H, W)` exists (sparse under `sparse_density`), on their top channels if `channels`."""
@@ -614,13 +585,6 @@ def smoothness(desc: Tensor, decisions: Tensor | None) -> Tensor:
     return (sim * diff).sum() / sim.sum().clamp_min(1e-6)
 
 
-def check_budget(budget: float) -> float:
-    b = float(budget)
-    if not 0.0 < b <= 1.0:
-        raise ValueError(f"budget must be a fraction of the all-on neck FLOPs in (0, 1], got {budget}")
-    return b
-
-
 def dff_necks(model: nn.Module) -> list[DFFNeck]:
     return [m for m in model.modules() if isinstance(m, DFFNeck)]
 
@@ -634,86 +598,3 @@ def set_neck_mode(model: nn.Module, mode: str) -> list[str]:
         old.append(m.mode)
         m.mode = mode
     return old
-
-
-def calibration_grid() -> Tensor:
-    """The thresholds a calibration tries (`CALIBRATION_POINTS`): steps of 0.05 up to 0.8, then ever finer steps
-    up to 0.999, where saturated gate probabilities are told apart."""
-    coarse = torch.arange(17, dtype=torch.float64) * 0.05  # 0 .. 0.8
-    fine = 1 - torch.logspace(math.log10(0.18), -3, CALIBRATION_POINTS - 17, dtype=torch.float64)  # 0.82 .. 0.999
-    return torch.cat([coarse, fine]).float()
-
-
-def first_within(curve: Tensor, budget: float) -> int | None:
-    """Index of the first (smallest-threshold) point of `curve (K,)` whose FLOP ratio is within `budget`."""
-    ok = (curve <= budget + 1e-9).nonzero()[:, 0]
-    return int(ok[0]) if ok.numel() else None
-
-
-def linear_flops(module: nn.Module) -> int:
-    """FLOPs of one row through every `nn.Linear` of `module` (2 per multiply-add)."""
-    return 2 * sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
-
-
-@torch.no_grad()
-def ratio_curve(neck: DFFNeck, inputs: list[list[Tensor]], thresholds: Tensor) -> Tensor:
-    """Mean executed FLOP ratio of `neck` over `inputs` (each the neck's list of maps for one batch) at each of
-    `thresholds (K,)`; the neck's own threshold and mode are restored. Returns `Tensor[K]`."""
-    if not inputs:
-        raise ValueError("ratio_curve needs at least one input batch")
-    old_thr, old_mode, was_training = float(neck.threshold), neck.mode, neck.training
-    neck.eval()
-    neck.mode = "dynamic"
-    out = []
-    try:
-        for t in thresholds.tolist():
-            neck.threshold.fill_(t)
-            ratios = []
-            for xs in inputs:
-                neck(xs)
-                ratios.append(neck.last_stats["ratio"])
-            out.append(torch.cat(ratios).mean())
-    finally:
-        neck.threshold.fill_(old_thr)
-        neck.mode = old_mode
-        neck.train(was_training)
-    return torch.stack(out).float()
-
-
-def calibrate_neck(neck: DFFNeck, inputs: list[list[Tensor]], budget: float) -> dict:
-    """Choose the smallest gate threshold whose mean executed FLOP ratio on `inputs` is within `budget` (the most
-    compute the budget allows); store it, with the whole threshold -> ratio curve, in the neck's buffers.
-
-    Raises `ValueError` when even the highest threshold stays above the budget."""
-    budget = check_budget(budget)
-    grid = calibration_grid()
-    curve = ratio_curve(neck, inputs, grid)
-    i = first_within(curve, budget)
-    if i is None:
-        raise ValueError(
-            f"budget {budget} is out of reach on these images: the lowest mean neck FLOP ratio is "
-            f"{float(curve.min()):.3f} (every gated path off); use a budget >= {float(curve.min()):.3f}"
-        )
-    neck.calib_thresholds.copy_(grid)
-    neck.calib_ratios.copy_(curve)
-    neck.calib_valid.fill_(True)
-    neck.set_threshold(float(grid[i]))
-    return {
-        "budget": budget,
-        "threshold": float(grid[i]),
-        "ratio": float(curve[i]),
-        "thresholds": grid.tolist(),
-        "curve": curve.tolist(),
-    }
-
-
-def threshold_for_budget(neck: DFFNeck, budget: float) -> float:
-    """The stored calibration's threshold for `budget` (smallest threshold whose ratio is within it)."""
-    budget = check_budget(budget)
-    if not bool(neck.calib_valid):
-        raise ValueError("budget= needs a calibrated model: run `YOLO(...).calibrate(source=..., budget=...)` first")
-    i = first_within(neck.calib_ratios, budget)
-    if i is None:
-        lo = float(neck.calib_ratios.min())
-        raise ValueError(f"budget {budget} is below the lowest calibrated neck FLOP ratio {lo:.3f}")
-    return float(neck.calib_thresholds[i])

@@ -17,12 +17,14 @@ numbers as the sparse path (inactive sites zero) in a graph that traces to ONNX.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlBlock, YamlContext
-from sparseyolo.nn.common import fold_batchnorm
+from sparseyolo.nn.common import folded_once, forget_fold
 from sparseyolo.nn.crossover import resolve as resolve_crossover
 from sparseyolo.nn.sparsify import Sparsifier
 from sparseyolo.sparse import SparseBatchNorm, SparseConvTensor
@@ -54,7 +56,10 @@ class DenseMasked:
         return cls(x.dense(), site_mask(x).unsqueeze(1).to(x.features.dtype))
 
 
-def site_mask(x: SparseConvTensor) -> Tensor:
+Sites = namedtuple("Sites", "indices spatial_shape batch_size")  # a 2D sparse tensor's sites, without features
+
+
+def site_mask(x: SparseConvTensor | Sites) -> Tensor:
     """Bool `(B, H, W)` marking the sites of a 2D sparse tensor."""
     B, (H, W) = x.batch_size, x.spatial_shape
     mask = torch.zeros(B, H, W, dtype=torch.bool, device=x.indices.device)
@@ -87,8 +92,31 @@ def to_masked(x, c1: int, name: str) -> DenseMasked:
     return DenseMasked(x, (x.abs().sum(1, keepdim=True) > 0).to(x.dtype))
 
 
+def conv_flops(conv, mask: Tensor) -> tuple[float, Tensor]:
+    """Executed FLOPs of one sparse conv (`SConv`-like: k, s, p, d, g, c1, c2) at the sites of `mask (B, H, W)`:
+    2 * kernel-map pairs * c1 * c2 / g; and its output sites."""
+    m, ones = mask[:, None].float(), torch.ones(1, 1, conv.k, conv.k, device=mask.device)
+    if conv.k == 1 and conv.s == 1:
+        pairs, out = m.sum(), mask
+    elif conv.s == 1:  # submanifold: pairs between active sites only
+        cnt = F.conv2d(m, ones, padding=conv.p, dilation=conv.d)
+        pairs, out = (cnt * m).sum(), mask
+    else:  # strided: every output whose window holds an active input
+        cnt = F.conv2d(m, ones, stride=conv.s, padding=conv.p, dilation=conv.d)
+        pairs, out = cnt.sum(), cnt[:, 0] > 0
+    return 2.0 * float(pairs) * conv.c1 * conv.c2 / conv.g, out
+
+
+def dense_conv_flops(conv, shape: torch.Size) -> float:
+    """FLOPs of the dense conv (`SConv`-like) on an input of `shape (B, C, H, W)`, as `FlopCounterMode` counts
+    them: 2 * B * H_out * W_out * c2 * c1 / g * k * k."""
+    Ho, Wo = ((n + 2 * conv.p - conv.d * (conv.k - 1) - 1) // conv.s + 1 for n in shape[-2:])
+    return float(2 * shape[0] * Ho * Wo * conv.c2 * (conv.c1 // conv.g) * conv.k * conv.k)
+
+
 class SparseBlock(YamlBlock, nn.Module):
-    """Common base: `dense_out`, export mode and the dense switch.
+    """Common base: `dense_out`, export mode, the dense switch, the forward of the conv blocks (their
+    `forward_sparse` / `forward_masked`) and the FLOPs their last forward executed (`flops()`).
 
     The dense switch: in inference, a sparse input whose occupancy (active sites / all sites) is above
     `crossover` runs the dense masked path instead (same numbers, see `DenseMasked`), and so do the blocks after
@@ -96,6 +124,7 @@ class SparseBlock(YamlBlock, nn.Module):
     """
 
     accepts_sparse = True
+    _ran = None  # what the last forward ran on: its input's sites, a mask, or the input shape (dense path)
 
     def __init__(self):
         super().__init__()
@@ -116,11 +145,30 @@ class SparseBlock(YamlBlock, nn.Module):
         """`x` as this block will run it: a `DenseMasked` (export, dense input carrier, or above the crossover)
         or a `SparseConvTensor`."""
         if self.export_dense or isinstance(x, DenseMasked):
-            return to_masked(x, self.c1, name)
-        x = to_sparse(x, self.c1, name)
-        if self.switch_dense(x.density, x.features.device):
-            return DenseMasked.from_sparse(x)
+            x = to_masked(x, self.c1, name)
+        else:
+            x = to_sparse(x, self.c1, name)
+            x = DenseMasked.from_sparse(x) if self.switch_dense(x.density, x.features.device) else x
+        self._ran = x.x.shape if isinstance(x, DenseMasked) else Sites(x.indices, x.spatial_shape, x.batch_size)
         return x
+
+    # --- FLOPs executed by the last forward: what `carrier` (or a stem's forward) recorded in `_ran` ----------
+    def flops(self) -> float:
+        """FLOPs the last forward executed (2 per multiply-add): analytic at the active sites it ran on
+        (`flops_at`), or the dense path's convs as `torch.utils.flop_counter` counts them (`dense_conv_flops`)."""
+        ran = self._ran
+        if isinstance(ran, torch.Size):  # the dense path, on an input of this shape (composites: stride-1 convs)
+            return sum((dense_conv_flops(c, ran) for c in self.modules() if isinstance(c, SConv)), 0.0)
+        return 0.0 if ran is None else self.flops_at(ran if isinstance(ran, Tensor) else site_mask(ran))[0]
+
+    def flops_at(self, mask: Tensor) -> tuple[float, Tensor]:
+        """FLOPs at the sites of `mask (B, H, W)` (its convs all keep the sites: stride 1) and the output mask."""
+        return sum((c.flops_at(mask)[0] for c in self.modules() if isinstance(c, SConv)), 0.0), mask
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_ran", None)  # the last forward's sites: not part of a checkpoint
+        return state
 
     def finish(self, y):
         if not self.dense_out:
@@ -128,6 +176,11 @@ class SparseBlock(YamlBlock, nn.Module):
         if isinstance(y, DenseMasked):
             return y.x
         return y.dense()
+
+    def forward(self, x):
+        """`forward_sparse` or, on the dense path, `forward_masked` (the blocks' own); dense out by `dense_out`."""
+        x = self.carrier(x, type(self).__name__)
+        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
 
 class SConv(SparseBlock):
@@ -150,16 +203,19 @@ class SConv(SparseBlock):
         self.bn = SparseBatchNorm(c2, eps=1e-3, momentum=0.03)
         self.act = nn.SiLU() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
-    def forward(self, x):
-        x = self.carrier(x, "SConv")
-        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
+    flops_at = conv_flops  # `flops()` at the sites of one conv
 
     def _folded(self) -> tuple[Tensor, Tensor | None]:
-        """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then)."""
+        """Conv weight and bias with an inference-mode BatchNorm folded in (`bn` None then); folded once
+        (`nn.common.folded_once`), again when a weight or BN statistic changes or `train()` is called."""
         bn = self.bn
         if self.training or bn.training or bn.running_var is None:
             return self.conv.weight, None
-        return fold_batchnorm(self.conv.weight, None, bn)
+        return folded_once(self, self.conv.weight, None, bn)
+
+    def train(self, mode: bool = True):
+        forget_fold(self)
+        return super().train(mode)
 
     def _post(self, f: Tensor, bias: Tensor | None) -> Tensor:
         """BatchNorm (folded into `bias` in inference) and activation of this conv's own fresh output `f`."""
@@ -235,10 +291,6 @@ class SBottleneck(SparseBlock):
         self.cv2 = SConv(c_, c2, k[1], 1, g=g)
         self.add = shortcut and c1 == c2
 
-    def forward(self, x):
-        x = self.carrier(x, "SBottleneck")
-        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
-
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
         y = self.cv2.forward_sparse(self.cv1.forward_sparse(x))
         return y.replace_feature(x.features + y.features) if self.add else y
@@ -260,10 +312,6 @@ class SC2f(SparseBlock):
         self.cv1 = SConv(c1, 2 * self.c, 1, 1)
         self.cv2 = SConv((2 + n) * self.c, c2, 1)
         self.m = nn.ModuleList(SBottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
-
-    def forward(self, x):
-        x = self.carrier(x, "SC2f")
-        return self.finish(self.forward_masked(x) if isinstance(x, DenseMasked) else self.forward_sparse(x))
 
     def forward_sparse(self, x: SparseConvTensor) -> SparseConvTensor:
         y0 = self.cv1.forward_sparse(x)
@@ -315,7 +363,7 @@ class SparseStem(SConv):
         mask, gate = self.sparsify(x)
         if gate is not None:
             x = x * gate
-        density, self.last_empty = None, None
+        density, self.last_empty, self._ran = None, None, mask
         if not self.export_dense:  # the one sync (sizes need it anyway)
             per_image = mask.flatten(1).float().sum(1)  # (4x faster than a bool sum; exact to 2^24 per image)
             density = float(per_image.sum()) / mask.numel() if mask.numel() else 0.0
@@ -328,6 +376,7 @@ class SparseStem(SConv):
                 )  # fmt: skip
                 return self.finish(empty)
         if self.export_dense or self.switch_dense(density, x.device):
+            self._ran = x.shape
             if density == 1.0:  # every pixel active: nothing to mask
                 return self.finish(self.forward_masked(DenseMasked(x, None)))
             m = mask.unsqueeze(1).to(x.dtype)
@@ -335,6 +384,16 @@ class SparseStem(SConv):
         sp = self.sparsify
         exact = sp.no_budget and sp.dilate == 0
         return self.finish(self.forward_from_dense(x, mask, zero_outside=exact))
+
+    def flops_at(self, mask: Tensor) -> tuple[float, Tensor]:
+        """The first conv reads the dense image at its output sites (`conv2d_at_sites`): every in-bounds tap of
+        every output site whose window holds an active pixel is multiplied, active or not. `mask (B, H, W)`: the
+        sparsifier's. (The sparsifier's own convs, a finder's or a mask head's, are not counted here.)"""
+        m, ones = mask[:, None].float(), torch.ones(1, 1, self.k, self.k, device=mask.device)
+        out = F.conv2d(m, ones, stride=self.s, padding=self.p, dilation=self.d)[:, 0] > 0
+        taps = F.conv2d(torch.ones_like(m[:1]), ones, stride=self.s, padding=self.p, dilation=self.d)[:, 0]
+        pairs = (taps * out.float()).sum()  # in-bounds taps
+        return 2.0 * float(pairs) * self.c1 * self.c2 / self.g, out
 
     # aux protocol: forwarded to the sparsifier
     @property

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import YamlContext
-from sparseyolo.nn.common import fold_batchnorm
+from sparseyolo.nn.common import folded_once
 from sparseyolo.nn.sparse_blocks import DenseMasked, SparseBlock
 from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.sparse import functional as SF
@@ -164,8 +164,8 @@ def conv_module_sparse(module: nn.Module, x: SparseConvTensor) -> SparseConvTens
         raise ValueError(f"conv_module_sparse runs stride-1 'same' convs only, got {conv}")
     bn = None if isinstance(module, nn.Conv2d) else getattr(module, "bn", None)
     w, b = conv.weight, conv.bias
-    if bn is not None and not bn.training:  # inference: BN folded into the conv
-        w, b = fold_batchnorm(w, b, bn)
+    if bn is not None and not bn.training:  # inference: BN folded into the conv (once, `folded_once`)
+        w, b = folded_once(module, w, b, bn)
         bn = None
     if k == 1 and g == 1:
         f = F.linear(x.features, w.flatten(1), b)

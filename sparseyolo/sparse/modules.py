@@ -1,6 +1,7 @@
 """Sparse `nn.Module`s (spconv-compatible names and arguments, PyTorch weight layouts).
 
-Each module's `forward` is one call into `sparseyolo.sparse.functional`.
+Each module's `forward` is one call into `sparseyolo.sparse.functional`. The 1D/2D/3D classes set `ndim` (and a
+pool's `mode`) on their family's class (`_SubMConvNd`, ...), which documents them.
 """
 
 from __future__ import annotations
@@ -156,26 +157,57 @@ class _SparseInverseConvNd(_SparseConvNd):
         return SF.sparse_inverse_conv(x, self.weight, self.bias, self.indice_key, self.groups)
 
 
-def _dims(base, ndim: int, name: str, doc: str):
-    cls = type(name, (base,), {"ndim": ndim, "__doc__": f"{doc} ({ndim}D)", "__module__": __name__})
-    return cls
+class SubMConv1d(_SubMConvNd):
+    ndim = 1
 
 
-SubMConv1d = _dims(_SubMConvNd, 1, "SubMConv1d", _SubMConvNd.__doc__)
-SubMConv2d = _dims(_SubMConvNd, 2, "SubMConv2d", _SubMConvNd.__doc__)
-SubMConv3d = _dims(_SubMConvNd, 3, "SubMConv3d", _SubMConvNd.__doc__)
-SparseConv1d = _dims(_SparseConvNdRegular, 1, "SparseConv1d", _SparseConvNdRegular.__doc__)
-SparseConv2d = _dims(_SparseConvNdRegular, 2, "SparseConv2d", _SparseConvNdRegular.__doc__)
-SparseConv3d = _dims(_SparseConvNdRegular, 3, "SparseConv3d", _SparseConvNdRegular.__doc__)
-SparseConvTranspose1d = _dims(_SparseConvTransposeNd, 1, "SparseConvTranspose1d", _SparseConvTransposeNd.__doc__)
-SparseConvTranspose2d = _dims(_SparseConvTransposeNd, 2, "SparseConvTranspose2d", _SparseConvTransposeNd.__doc__)
-SparseConvTranspose3d = _dims(_SparseConvTransposeNd, 3, "SparseConvTranspose3d", _SparseConvTransposeNd.__doc__)
-SparseInverseConv1d = _dims(_SparseInverseConvNd, 1, "SparseInverseConv1d", _SparseInverseConvNd.__doc__)
-SparseInverseConv2d = _dims(_SparseInverseConvNd, 2, "SparseInverseConv2d", _SparseInverseConvNd.__doc__)
-SparseInverseConv3d = _dims(_SparseInverseConvNd, 3, "SparseInverseConv3d", _SparseInverseConvNd.__doc__)
+class SubMConv2d(_SubMConvNd):
+    ndim = 2
+
+
+class SubMConv3d(_SubMConvNd):
+    ndim = 3
+
+
+class SparseConv1d(_SparseConvNdRegular):
+    ndim = 1
+
+
+class SparseConv2d(_SparseConvNdRegular):
+    ndim = 2
+
+
+class SparseConv3d(_SparseConvNdRegular):
+    ndim = 3
+
+
+class SparseConvTranspose1d(_SparseConvTransposeNd):
+    ndim = 1
+
+
+class SparseConvTranspose2d(_SparseConvTransposeNd):
+    ndim = 2
+
+
+class SparseConvTranspose3d(_SparseConvTransposeNd):
+    ndim = 3
+
+
+class SparseInverseConv1d(_SparseInverseConvNd):
+    ndim = 1
+
+
+class SparseInverseConv2d(_SparseInverseConvNd):
+    ndim = 2
+
+
+class SparseInverseConv3d(_SparseInverseConvNd):
+    ndim = 3
 
 
 class _SparsePoolNd(SparseModule):
+    """Sparse max (`mode` "max": `functional.sparse_max_pool`) or average pooling (`sparse_avg_pool`)."""
+
     ndim: int = 0
     mode: str = "max"
 
@@ -198,17 +230,28 @@ class _SparsePoolNd(SparseModule):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-def _pool_dims(mode: str, ndim: int, name: str):
-    doc = SF.sparse_max_pool.__doc__ if mode == "max" else SF.sparse_avg_pool.__doc__
-    return type(name, (_SparsePoolNd,), {"ndim": ndim, "mode": mode, "__doc__": doc, "__module__": __name__})
+class SparseMaxPool1d(_SparsePoolNd):
+    ndim, mode = 1, "max"
 
 
-SparseMaxPool1d = _pool_dims("max", 1, "SparseMaxPool1d")
-SparseMaxPool2d = _pool_dims("max", 2, "SparseMaxPool2d")
-SparseMaxPool3d = _pool_dims("max", 3, "SparseMaxPool3d")
-SparseAvgPool1d = _pool_dims("avg", 1, "SparseAvgPool1d")
-SparseAvgPool2d = _pool_dims("avg", 2, "SparseAvgPool2d")
-SparseAvgPool3d = _pool_dims("avg", 3, "SparseAvgPool3d")
+class SparseMaxPool2d(_SparsePoolNd):
+    ndim, mode = 2, "max"
+
+
+class SparseMaxPool3d(_SparsePoolNd):
+    ndim, mode = 3, "max"
+
+
+class SparseAvgPool1d(_SparsePoolNd):
+    ndim, mode = 1, "avg"
+
+
+class SparseAvgPool2d(_SparsePoolNd):
+    ndim, mode = 2, "avg"
+
+
+class SparseAvgPool3d(_SparsePoolNd):
+    ndim, mode = 3, "avg"
 
 
 class SparseGlobalMaxPool(SparseModule):

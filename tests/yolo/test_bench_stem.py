@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sparseyolo.bench import stem as bench
+from sparseyolo.bench import stem_report
 
 
 def test_analytic_sparse_flops_match_flop_counter_on_full_input():
@@ -64,7 +65,7 @@ def test_target_rows_bound_and_verdicts():
         _row("end-to-end", "synthetic 5%", "dense full-res model", 1800.0, 178.0),
         _row("end-to-end", "synthetic 5%", "sparse full-res model", 950.0, 148.0),
     ]
-    got = {(r[0], r[1]): r for r in bench.target_rows(rows)}
+    got = {(r[0], r[1]): r for r in stem_report.target_rows(rows)}
     # 25% foreground is outside the <= 10% stem target
     assert ("stem speed-up", "synthetic 25%") not in got
     assert got[("stem speed-up", "synthetic 5%")][3:] == ["9.00x", "PASS"]
@@ -73,7 +74,7 @@ def test_target_rows_bound_and_verdicts():
     assert got[("end-to-end latency bound", "synthetic 5%")][3].startswith("2.00x (FLOP bound 1.22x)")
     assert got[("end-to-end share of bound", "synthetic 5%")][3:] == ["95%", "PASS"]
     rows[-1]["p50_ms"] = 1100.0  # 1.636 / 2.0 = 82%
-    assert bench.target_rows(rows)[-1][3:] == ["82%", "FAIL"]
+    assert stem_report.target_rows(rows)[-1][3:] == ["82%", "FAIL"]
 
 
 def test_target_rows_sparse_p3_and_full_scene():
@@ -84,7 +85,7 @@ def test_target_rows_sparse_p3_and_full_scene():
         _row("end-to-end", "full 100%", "sparse-P3 full-res model", 1040.0, 178.0),
         _row("end-to-end", "full 100%", "sparse full-res model", 1100.0, 178.0),
     ]
-    got = {r[0]: r for r in bench.target_rows(rows)}
+    got = {r[0]: r for r in stem_report.target_rows(rows)}
     assert got["sparse-P3 speed-up 3840x2176"][2:] == [">= 3x", "3.60x", "PASS"]
     assert got["sparse-P3 memory ratio 3840x2176"][3:] == ["1.50x", "FAIL"]
     assert got["sparse-P3 / dense at 100% 3840x2176"][3:] == ["1.04x", "PASS"]

@@ -259,3 +259,43 @@ def test_temperature_is_saved_and_old_pickles_load():
     assert float(old.temperature) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="temperature"):
         neck.set_temperature(0)
+
+
+def test_convbn_folds_once_and_again_when_weights_change():
+    """The fusion blocks' ConvBN folds BatchNorm once in inference (the same numbers as folding per call, close
+    to conv -> BN unfolded) and again after a change of weights or statistics, or `train()`."""
+    from sparseyolo.nn.dff import ConvBN
+
+    m = ConvBN(8, 16, 3)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.5, 0.5), m.bn.running_var.uniform_(0.5, 2.0), m.bn.weight.uniform_(0.5, 1.5)
+    m.eval()
+    x = torch.randn(2, 8, 9, 11)
+
+    def check():
+        with torch.no_grad():
+            y = m(x)
+            assert m.folded()[0] is m.folded()[0]  # reused
+            torch.testing.assert_close(y, torch.nn.functional.silu(m.bn(m.conv(x))), rtol=1e-5, atol=1e-5)
+        assert torch.equal(y, m(x))  # autograd on: folded afresh, the same numbers
+        return y
+
+    y0 = check()
+    with torch.no_grad():
+        m.conv.weight.mul_(1.5), m.bn.running_var.add_(0.5)
+    assert not torch.equal(check(), y0)
+    m.train()
+    m(x)  # training updates the statistics
+    m.eval()
+    check()
+
+
+def test_flops_reports_the_last_forward():
+    """`DFFNeck.flops()`: what its last forward executed over the batch, as torch's FLOP counter counts it (the
+    pixel-gated blocks on the engine's GEMM path)."""
+    neck = trained_like(spatial=2, sparse_density=1.0)
+    assert neck.flops() == 0.0
+    for xs in (inputs(), inputs(b=1, seed=3)):
+        with _ext.disabled():
+            total = counted_flops(neck, xs)
+        assert neck.flops() == pytest.approx(total, rel=1e-9) and total > 0

@@ -197,3 +197,76 @@ def test_sparsify_settings_have_one_order():
     assert (stem.sparsify.dilate, stem.sparsify.max_active) == (2, 100)
     assert Sparsifier(3, "nonzero").no_budget and not Sparsifier(3, "nonzero", keep=0.5).no_budget
     assert not Sparsifier(3, "threshold").no_budget and not Sparsifier(3, "nonzero", max_active=5).no_budget
+
+
+@pytest.mark.parametrize("name,dense_fn,sparse_fn,c1", [CASES[0], CASES[4]], ids=["conv k3 s2", "c2f n2"])
+def test_batchnorm_folded_once_and_again_when_weights_change(name, dense_fn, sparse_fn, c1, monkeypatch):
+    """Inference folds each conv's BatchNorm once and reuses it (bit for bit what folding per call gives; close to
+    the unfolded dense conv -> BN); a change of weights or statistics (in place, load_state_dict, dtype) folds
+    again; training runs the unfolded BN."""
+    from sparseyolo.nn import common
+
+    folds = []
+    fold = common.fold_batchnorm
+    monkeypatch.setattr(common, "fold_batchnorm", lambda *a: folds.append(1) or fold(*a))
+    dense, sparse = _prep_dense(dense_fn()).eval(), sparse_fn().eval()
+    sparse.load_state_dict(dense.state_dict())
+    n_convs = sum(isinstance(m, SConv) for m in sparse.modules())
+    x = torch.rand(2, c1, 13, 18) + 0.1
+
+    def check(dtype=torch.float32):
+        with torch.no_grad():
+            y, again = sparse(x.to(dtype)), sparse(x.to(dtype))
+            torch.testing.assert_close(y, dense(x.to(dtype)), rtol=1e-4, atol=1e-4)  # unfolded conv -> BN
+        assert torch.equal(y, again) and torch.equal(y, sparse(x.to(dtype)))  # autograd on: folded afresh
+        return y
+
+    y0 = check()
+    assert len(folds) == 2 * n_convs  # once under no_grad (then reused), once in the autograd call
+    with torch.no_grad():
+        for m in (dense, sparse):
+            next(b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)).running_var.add_(0.5)
+            m.get_submodule("cv2.conv" if name == "c2f n2" else "conv").weight.mul_(1.5)
+    assert not torch.equal(check(), y0)
+    dense.train(), sparse.train()  # training: BatchNorm from the batch (unfolded), statistics updated
+    torch.testing.assert_close(sparse(x), dense(x), rtol=1e-4, atol=1e-4)
+    dense.eval(), sparse.eval()
+    check()
+    state = {k: v * 1.1 if v.is_floating_point() else v for k, v in dense.state_dict().items()}
+    dense.load_state_dict(state), sparse.load_state_dict(state)
+    check()
+    dense.double(), sparse.double()
+    check(torch.float64)
+
+
+@pytest.mark.parametrize("name,dense_fn,sparse_fn,c1", CASES, ids=[c[0] for c in CASES])
+def test_each_block_counts_the_flops_it_executed(name, dense_fn, sparse_fn, c1):
+    """`flops()` reports the last forward: switched to its dense path, exactly the FLOP counter's count of the
+    dense Ultralytics block (fully active and on a sparse image); sparse, exactly the counter's count of the GEMMs
+    the pure-PyTorch engine runs (gather -> mm -> scatter over the kernel-map pairs). That engine's stem also
+    multiplies the zero padding at the border, which the count (the compiled kernel's) leaves out: the sparse
+    image keeps off the border."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sparseyolo.sparse import _ext
+
+    def counted(m, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            m(x)
+        return fc.get_total_flops()
+
+    dense, sparse = _prep_dense(dense_fn()).eval(), sparse_fn().eval()
+    sparse.load_state_dict(dense.state_dict(), strict=False)
+    assert sparse.flops() == 0.0  # nothing run yet
+    inner = _sparse_image(C=c1, frac=0.3)[0]
+    inner[..., :6, :], inner[..., -6:, :], inner[..., :6], inner[..., -6:] = 0, 0, 0, 0
+    for x in (torch.rand(2, c1, 13, 18) + 0.1, inner):
+        sparse.crossover = 0.0  # the dense path: the counter sees its convs
+        assert counted(sparse, x) == sparse.flops() == counted(dense, x)
+        sparse.crossover = 1.0  # sparse
+        stem_s1 = isinstance(sparse, SparseStem) and sparse.s == 1  # its count takes the dilated mask's sites
+        if (x is inner or not isinstance(sparse, SparseStem)) and not stem_s1:
+            with _ext.disabled():
+                assert counted(sparse, x) == sparse.flops()
+        sparse(x)
+        assert 0 < sparse.flops() <= counted(dense, x)

@@ -18,73 +18,31 @@ GFLOP/s = 2 x useful MACs / time, shown beside the machine's fp32 GEMM GFLOP/s f
 3D: a real airborne LiDAR scan voxelized at two voxel sizes, 3x3x3 SubM 16->16.
 Forward timings run under `torch.no_grad()`. Writes sparse_conv.md / .csv / .png to `--out`.
 
-Modules: `cases` (inputs, the variants of a case and their `Kind`, the run), `report` (derived numbers, CSV,
-text and markdown tables), `plot` (sparse_conv.png), `cli` (options, files, `main`).
+Modules: `cases` (inputs, the variants of a case and their `Kind`, one case, `Result`), `run` (the run), `report`
+(derived numbers, CSV, text and markdown tables), `plot` (sparse_conv.png), `cli` (options, files, `main`). The
+package exports `main` and the few helpers its tests use; the rest is read from its modules.
 """
 
 from __future__ import annotations
 
 from sparseyolo.bench.sparse_conv.cases import (
-    OPS,
-    REL_TOL,
-    TARGET_CASE,
-    TARGETS,
     Case,
-    Config,
-    Kind,
-    Result,
     SpconvAdapter,
     _check_against,
     count_pairs_2d,
     count_pairs_subm,
     quick_config,
-    run,
-    run_case_2d,
-    run_case_3d,
     site_mask,
 )
-from sparseyolo.bench.sparse_conv.cli import config_from_args, main, parser, write_outputs
-from sparseyolo.bench.sparse_conv.plot import plot
-from sparseyolo.bench.sparse_conv.report import (
-    csv_rows,
-    dense_times,
-    legend,
-    report_markdown,
-    report_text,
-    table_2d,
-    table_3d,
-    target_rows,
-)
+from sparseyolo.bench.sparse_conv.cli import main
 
 __all__ = [
-    "OPS",
-    "REL_TOL",
-    "TARGETS",
-    "TARGET_CASE",
     "Case",
-    "Config",
-    "Kind",
-    "Result",
     "SpconvAdapter",
     "_check_against",
-    "config_from_args",
     "count_pairs_2d",
     "count_pairs_subm",
-    "csv_rows",
-    "dense_times",
-    "legend",
     "main",
-    "parser",
-    "plot",
     "quick_config",
-    "report_markdown",
-    "report_text",
-    "run",
-    "run_case_2d",
-    "run_case_3d",
     "site_mask",
-    "table_2d",
-    "table_3d",
-    "target_rows",
-    "write_outputs",
 ]

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from sparseyolo.bench import common as C
-from sparseyolo.bench.sparse_conv.cases import Config, Result, quick_config, run
+from sparseyolo.bench.sparse_conv.cases import Config, Result, quick_config
 from sparseyolo.bench.sparse_conv.plot import plot
 from sparseyolo.bench.sparse_conv.report import csv_rows, legend, report_markdown, report_text
+from sparseyolo.bench.sparse_conv.run import run
 
 
 def _densities(text: str) -> tuple[float, ...]:

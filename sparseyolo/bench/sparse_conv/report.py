@@ -96,36 +96,12 @@ def csv_rows(result: Result) -> list[dict]:
             "dense_gmac": f"{case.dense_macs / 1e9:.6g}" if case.dense_macs else None,
         }
         entries = [(v["kind"], v, dense_fb if v["kind"].backward else dense_fwd) for v in case.variants.values()]
-        if case.section == "2d":
+        if case.section == "2d":  # dense: pooled over the group
             state = result.dense.get(case.group, {})
-            entries.append(
-                (
-                    DENSE_FWD,
-                    {
-                        "median": dense_fwd,
-                        "min": min(state.get("fwd") or [0]) or None,
-                        "n": len(state.get("fwd", [])),
-                        "peak_mb": state.get("fwd_mb"),
-                        "threads": cfg.threads,
-                        "pooled": True,
-                    },
-                    dense_fwd,
-                )
-            )
-            entries.append(
-                (
-                    DENSE_FB,
-                    {
-                        "median": dense_fb,
-                        "min": min(state.get("fb") or [0]) or None,
-                        "n": len(state.get("fb", [])),
-                        "peak_mb": state.get("fb_mb"),
-                        "threads": cfg.threads,
-                        "pooled": True,
-                    },
-                    dense_fb,
-                )
-            )
+            for kind, key, t in ((DENSE_FWD, "fwd", dense_fwd), (DENSE_FB, "fb", dense_fb)):
+                n, mb = len(state.get(key, [])), state.get(f"{key}_mb")
+                v = {"median": t, "min": min(state.get(key) or [0]) or None, "n": n, "peak_mb": mb}
+                entries.append((kind, {**v, "threads": cfg.threads, "pooled": True}, t))
         for kind, v, ref in entries:
             t = v.get("median")
             is_dense = kind.engine == "dense"
@@ -196,24 +172,8 @@ def _check_cell(case: Case) -> str:
 def table_2d(result: Result) -> tuple[list, list, str]:
     cfg = result.config
     t1 = cfg.spconv_1thread and cfg.threads != 1
-    headers = [
-        "conv",
-        "ch",
-        "dist",
-        "dens",
-        "active",
-        "GMAC",
-        "built",
-        "cached",
-        "f+b",
-        "dense",
-        "dense f+b",
-        "x built",
-        "x cached",
-        "x f+b",
-        "GF/s",
-        f"spconv {cfg.threads}t b/c",
-    ]
+    headers = ["conv", "ch", "dist", "dens", "active", "GMAC", "built", "cached", "f+b", "dense", "dense f+b"]
+    headers += ["x built", "x cached", "x f+b", "GF/s", f"spconv {cfg.threads}t b/c"]
     if t1:
         headers += ["spconv 1t b/c", "x spc1 b"]
     headers += ["MiB ours/dense", "check"]
@@ -221,24 +181,10 @@ def table_2d(result: Result) -> tuple[list, list, str]:
     for case in (c for c in result.cases if c.section == "2d"):
         dfwd, dfb = dense_times(result, case)
         built, cached, fb = med(case, OURS_BUILT), med(case, OURS_CACHED), med(case, OURS_FB)
-        row = [
-            case.op,
-            f"{case.cin}->{case.cout}",
-            case.distribution[:5],
-            f"{case.density:.0%}",
-            case.sites,
-            f"{case.useful_macs / 1e9:.3f}",
-            C.fmt_ms(built),
-            C.fmt_ms(cached),
-            C.fmt_ms(fb),
-            C.fmt_ms(dfwd),
-            C.fmt_ms(dfb),
-            C.fmt_x(C.ratio(dfwd, built)),
-            C.fmt_x(C.ratio(dfwd, cached)),
-            C.fmt_x(C.ratio(dfb, fb)),
-            C.fmt_num(gflops(case.useful_macs, cached), 1),
-            _spconv_cell(case, cfg.threads, cfg),
-        ]
+        row = [case.op, f"{case.cin}->{case.cout}", case.distribution[:5], f"{case.density:.0%}", case.sites]
+        row += [f"{case.useful_macs / 1e9:.3f}", *map(C.fmt_ms, (built, cached, fb, dfwd, dfb))]
+        row += [C.fmt_x(C.ratio(dfwd, built)), C.fmt_x(C.ratio(dfwd, cached)), C.fmt_x(C.ratio(dfb, fb))]
+        row += [C.fmt_num(gflops(case.useful_macs, cached), 1), _spconv_cell(case, cfg.threads, cfg)]
         if t1:
             row += [_spconv_cell(case, 1, cfg), C.fmt_x(C.ratio(dfwd, med(case, spconv_kind("built", 1))))]
         mem_ours = case.variants.get(OURS_BUILT.name, {}).get("peak_mb")
@@ -251,21 +197,8 @@ def table_2d(result: Result) -> tuple[list, list, str]:
 def table_3d(result: Result) -> tuple[list, list, str]:
     cfg = result.config
     t1 = cfg.spconv_1thread and cfg.threads != 1
-    headers = [
-        "voxels",
-        "grid (Z,Y,X)",
-        "active",
-        "density",
-        "GMAC",
-        "built",
-        "cached",
-        "f+b",
-        "dense",
-        "x built",
-        "x cached",
-        "GF/s",
-        f"spconv {cfg.threads}t b/c",
-    ]
+    headers = ["voxels", "grid (Z,Y,X)", "active", "density", "GMAC", "built", "cached", "f+b", "dense", "x built"]
+    headers += ["x cached", "GF/s", f"spconv {cfg.threads}t b/c"]
     if t1:
         headers += ["spconv 1t b/c"]
     headers += ["MiB ours/dense", "check"]
@@ -273,21 +206,10 @@ def table_3d(result: Result) -> tuple[list, list, str]:
     for case in (c for c in result.cases if c.section == "3d"):
         dfwd, _ = dense_times(result, case)
         built, cached, fb = med(case, OURS_BUILT), med(case, OURS_CACHED), med(case, OURS_FB)
-        row = [
-            case.distribution.replace("LiDAR ", ""),
-            "x".join(map(str, case.spatial_shape)),
-            case.sites,
-            f"{case.density:.2e}",
-            f"{case.useful_macs / 1e9:.3f}",
-            C.fmt_ms(built),
-            C.fmt_ms(cached),
-            C.fmt_ms(fb),
-            C.fmt_ms(dfwd) if dfwd else "n/a",
-            C.fmt_x(C.ratio(dfwd, built)) if dfwd else "n/a",
-            C.fmt_x(C.ratio(dfwd, cached)) if dfwd else "n/a",
-            C.fmt_num(gflops(case.useful_macs, cached), 1),
-            _spconv_cell(case, cfg.threads, cfg),
-        ]
+        row = [case.distribution.replace("LiDAR ", ""), "x".join(map(str, case.spatial_shape)), case.sites]
+        row += [f"{case.density:.2e}", f"{case.useful_macs / 1e9:.3f}", *map(C.fmt_ms, (built, cached, fb))]
+        row += [C.fmt_ms(dfwd), C.fmt_x(C.ratio(dfwd, built)), C.fmt_x(C.ratio(dfwd, cached))] if dfwd else ["n/a"] * 3
+        row += [C.fmt_num(gflops(case.useful_macs, cached), 1), _spconv_cell(case, cfg.threads, cfg)]
         if t1:
             row += [_spconv_cell(case, 1, cfg)]
         mem_ours = case.variants.get(OURS_BUILT.name, {}).get("peak_mb")
