@@ -400,7 +400,7 @@ class DFFNeck(NeckFlops, nn.Module):
         flops = [fixed] * B
         depth_run = [[0] * L for _ in range(B)]
         spatial_share = [0.0] * B
-        expected = torch.zeros(B, dtype=desc.dtype, device=desc.device)  # training: expected block FLOPs
+        expected = desc.new_zeros(B, L)  # training: expected block FLOPs per image and level
         decisions = []  # soft decision probabilities (B, .) for the smoothness loss
         if dynamic and D > 0 and "depth" in off:  # ablation: every block runs (no controller, cap, early stop)
             p_depth = m_depth = desc.new_ones(B, L, D)
@@ -455,7 +455,7 @@ class DFFNeck(NeckFlops, nn.Module):
                         inc = inc * ms
                     x = x + e[:, None, None, None] * inc
                     share = ps.mean((1, 2, 3)) if ps is not None else 1.0
-                    expected = expected + p_chain * float(blk.flops(hw, hw, self.hidden)) * share
+                    expected[:, lvl] = expected[:, lvl] + p_chain * float(blk.flops(hw, hw, self.hidden)) * share
                     ran = e.detach() != 0
                     gated = self._gated_flops(blk, ms, hw)
                     gated = gated.tolist() if isinstance(gated, Tensor) else [gated] * B
@@ -497,7 +497,9 @@ class DFFNeck(NeckFlops, nn.Module):
         }
         if soft:
             r = r if r is not None else desc.new_zeros(B, L, L)
-            self._aux = {"r": r, "expected": (self.fixed_flops(sizes, "dynamic") + expected) / all_on}
+            self._aux = {"r": r, "expected": (self.fixed_flops(sizes, "dynamic") + expected.sum(1)) / all_on}
+            level_all_on = [self.d_max * float(self.blocks[0][0].flops(h * w, h * w, self.c)) for h, w in sizes]
+            self._aux["level_share"] = expected / expected.new_tensor(level_all_on)  # (B, L)
             self._aux["decisions"] = torch.cat(decisions, 1) if decisions else None
             self._aux["desc"] = desc.detach().flatten(1)
         return outs
@@ -566,11 +568,22 @@ class DFFNeck(NeckFlops, nn.Module):
         zero = r.new_zeros(())
         losses = {"route_loss": self.loss_weights["route_loss"] * off.mean()}
         if self.mode == "dynamic" and self.efficiency_on and self.d_max > 0:
-            losses["eff_loss"] = self.loss_weights["eff_loss"] * ((expected - self.budget) ** 2).mean()
+            losses["eff_loss"] = self.loss_weights["eff_loss"] * efficiency_loss(
+                expected, aux["level_share"], self.budget
+            )
             losses["smooth_loss"] = self.loss_weights["smooth_loss"] * smoothness(aux["desc"], dec)
         else:
             losses["eff_loss"] = losses["smooth_loss"] = zero
         return {k: losses[k] for k in self.loss_weights}, stats
+
+
+def efficiency_loss(ratio: Tensor, level_share: Tensor, budget: float) -> Tensor:
+    """The budget holds on average, not per image: `(mean(ratio) - budget)^2`, so an image that gains from more
+    fusion can buy it from one that does not; plus, per level, `relu(mean(level_share) - budget)^2`, so the saving
+    cannot come from the cheap coarse levels alone. `ratio (B,)` expected neck FLOPs over all-on; `level_share
+    (B, L)` expected block FLOPs of each level over its all-on blocks."""
+    whole = (ratio.mean() - budget) ** 2
+    return whole + F.relu(level_share.mean(0) - budget).pow(2).sum()
 
 
 def smoothness(desc: Tensor, decisions: Tensor | None) -> Tensor:

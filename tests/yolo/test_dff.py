@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparseyolo.nn.dff import DFFNeck, calibrate_neck, ratio_curve, smoothness, threshold_for_budget
+from sparseyolo.nn.dff import (
+    DFFNeck,
+    calibrate_neck,
+    efficiency_loss,
+    ratio_curve,
+    smoothness,
+    threshold_for_budget,
+)
 from sparseyolo.nn.gates import gate_multiplier, gate_probability
 from sparseyolo.sparse import _ext
 
@@ -183,6 +190,21 @@ def test_efficiency_loss_lowers_expected_flops():
         losses["eff_loss"].backward()
         opt.step()
     assert float(losses["eff_loss"]) < 0.5 * first
+
+
+def test_efficiency_loss_holds_the_budget_on_average_and_per_level():
+    """Written out by hand: images may spread around the budget as long as their mean meets it; a level whose mean
+    share exceeds the budget pays for it, one under it does not."""
+    budget = 0.5
+    spread = torch.tensor([0.1, 0.9])  # mean 0.5: no whole-neck cost, unlike a per-image loss (0.16)
+    under = torch.tensor([[0.2, 0.0], [0.4, 0.5]])  # level means 0.3, 0.25: under the budget
+    assert float(efficiency_loss(spread, under, budget)) == 0.0
+    over = torch.tensor([[1.0, 0.0], [0.8, 0.0]])  # level 0 mean 0.9: (0.9 - 0.5)^2
+    assert float(efficiency_loss(spread, over, budget)) == pytest.approx(0.16)
+    ratio = torch.tensor([0.7, 0.9], requires_grad=True)  # mean 0.8: (0.8 - 0.5)^2, gradient 2 * 0.3 / 2 each
+    loss = efficiency_loss(ratio, under, budget)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.09) and torch.allclose(ratio.grad, torch.tensor([0.3, 0.3]))
 
 
 def test_gates():
