@@ -31,16 +31,18 @@ import sys
 
 import numpy as np
 
-GROUPS = (
-    ("stem 0-4", range(0, 5)),
-    ("backbone 5-9", range(5, 10)),
-    ("neck 10-21", range(10, 22)),
-    ("head 22", range(22, 23)),
+from sparseyolo.bench.stem_report import (  # the variants' names: the report reads them too
+    DENSE_640,
+    DENSE_MODEL,
+    DENSE_STEM,
+    GROUPS,
+    HYBRID_STEM,
+    SPARSE_P3_MODEL,
+    SPARSE_P34_MODEL,
+    SPARSE_STEM_MODEL,
+    report,
 )
-HYBRID_STEM, DENSE_STEM = "hybrid stem (sparse 0-4)", "dense stem (0-4)"
-SPARSE_STEM_MODEL, SPARSE_P3_MODEL = "sparse full-res model", "sparse-P3 full-res model"
-SPARSE_P34_MODEL = "sparse-P3+P4 full-res model"
-DENSE_MODEL, DENSE_640 = "dense full-res model", "dense model at 640"
+
 E2E_VARIANTS = (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, SPARSE_P34_MODEL, DENSE_MODEL, DENSE_640)
 SIZES = {"1080p": (1088, 1920), "2160p": (2176, 3840), "small": (544, 960), "tiny": (256, 448)}
 
@@ -403,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         peaks = {"|".join((r["part"], r["size"], r["scene"], r["variant"])): r.get("peak_mb") for r in rows}
         print("MEMORY " + json.dumps(peaks))
         return 0
-    from sparseyolo.bench.stem_report import report
-
     memory_in_subprocess(list(sys.argv[1:] if argv is None else argv), a.sizes, rows)
     add_memory_ratios(rows)
     report(rows, a, argv)

@@ -6,8 +6,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sparseyolo.bench import stem as S
-
+GROUPS = (
+    ("stem 0-4", range(0, 5)),
+    ("backbone 5-9", range(5, 10)),
+    ("neck 10-21", range(10, 22)),
+    ("head 22", range(22, 23)),
+)
+HYBRID_STEM, DENSE_STEM = "hybrid stem (sparse 0-4)", "dense stem (0-4)"
+SPARSE_STEM_MODEL, SPARSE_P3_MODEL = "sparse full-res model", "sparse-P3 full-res model"
+SPARSE_P34_MODEL = "sparse-P3+P4 full-res model"
+DENSE_MODEL, DENSE_640 = "dense full-res model", "dense model at 640"
 P3_TARGETS = {"1920x1088": 2.0, "3840x2176": 3.0}  # sparse-P3 model vs dense full res, 5% foreground
 P3_MEMORY_TARGET = 2.0  # dense / sparse-P3 peak memory at 5% foreground
 FULL_SCENE_SLACK = 1.05  # at 100% active: sparse model latency <= 1.05x the dense model's
@@ -68,7 +76,7 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
             ]
         )
     for size, target in P3_TARGETS.items():  # the sparse P3 path(s) against the dense full-res model
-        for variant in (S.SPARSE_P3_MODEL, S.SPARSE_P34_MODEL):
+        for variant in (SPARSE_P3_MODEL, SPARSE_P34_MODEL):
             row = find("end-to-end", size, scene, variant)
             if row is None:
                 continue
@@ -77,8 +85,8 @@ def target_rows(rows: list[dict]) -> list[list[str]]:
                 value = row.get(key)
                 shown = "not measured" if value is None else f"{value:.2f}x"
                 out.append([f"{name} {check} {size}", scene, f">= {goal:g}x", shown, verdict(value, goal)])
-        dense = find("end-to-end", size, "full 100%", S.DENSE_MODEL)
-        for variant in (S.SPARSE_STEM_MODEL, S.SPARSE_P3_MODEL, S.SPARSE_P34_MODEL):
+        dense = find("end-to-end", size, "full 100%", DENSE_MODEL)
+        for variant in (SPARSE_STEM_MODEL, SPARSE_P3_MODEL, SPARSE_P34_MODEL):
             full = find("end-to-end", size, "full 100%", variant)
             if full and dense and full["p50_ms"] and dense["p50_ms"]:
                 ratio = full["p50_ms"] / dense["p50_ms"]
@@ -133,7 +141,7 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     stem = [r for r in rows if r["part"] == "stem" and r.get("p50_ms")]
     if not stem:
         return None
-    lines = {S.HYBRID_STEM: ("tab:blue", "hybrid stem"), S.DENSE_STEM: ("tab:gray", "dense stem")}
+    lines = {HYBRID_STEM: ("tab:blue", "hybrid stem"), DENSE_STEM: ("tab:gray", "dense stem")}
     titles = ("layers 0-4 latency, batch 1", "layers 0-4 peak memory")
     suptitle = "sparseyolo bench stem: hybrid sparse stem vs dense stem (YOLOv8n layers 0-4)"
     return _plot_vs_active(stem, lines, path, titles, suptitle, "linear")
@@ -141,11 +149,11 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 def plot_e2e(rows: list[dict], path: Path) -> Path | None:
     """Whole models at full resolution (see `_plot_vs_active`). None when there is nothing to draw."""
-    e2e = [r for r in rows if r["part"] == "end-to-end" and r.get("p50_ms") and r["variant"] != S.DENSE_640]
+    e2e = [r for r in rows if r["part"] == "end-to-end" and r.get("p50_ms") and r["variant"] != DENSE_640]
     if not e2e:
         return None
-    lines = {S.SPARSE_STEM_MODEL: "tab:blue", S.SPARSE_P3_MODEL: "tab:red", S.SPARSE_P34_MODEL: "tab:purple"}
-    lines = {v: (c, v) for v, c in {**lines, S.DENSE_MODEL: "tab:gray"}.items()}
+    lines = {SPARSE_STEM_MODEL: "tab:blue", SPARSE_P3_MODEL: "tab:red", SPARSE_P34_MODEL: "tab:purple"}
+    lines = {v: (c, v) for v, c in {**lines, DENSE_MODEL: "tab:gray"}.items()}
     titles = ("whole model, batch 1", "whole model peak memory")
     suptitle = "sparseyolo bench stem: end to end, sparse stem / sparse P3 path / dense (YOLOv8n, full resolution)"
     return _plot_vs_active(e2e, lines, path, titles, suptitle, "log")
@@ -179,10 +187,10 @@ def tables(rows: list[dict]) -> dict[str, tuple[list, list]]:
         ]
         for r in rows
     ]
-    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in S.GROUPS] + ["P3 / P4 occupancy %"]
+    g_headers = ["size", "scene", "variant"] + [f"GFLOPs {n}" for n, _ in GROUPS] + ["P3 / P4 occupancy %"]
     g_rows = [
         [r["size"], r["scene"], r["variant"]]
-        + [_fmt(r.get(f"gflops {n}"), 2) for n, _ in S.GROUPS]
+        + [_fmt(r.get(f"gflops {n}"), 2) for n, _ in GROUPS]
         + [f"{_fmt(r['p3_occ_%'])} / {_fmt(r['p4_occ_%'])}" if "p3_occ_%" in r else ""]
         for r in rows
         if r["part"] == "end-to-end"
