@@ -27,6 +27,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "aerial": ("sparseyolo.bench.aerial", "reference detectors on the held-out aerial scene: where the time goes"),
     "neck": ("sparseyolo.bench.neck", "DFF neck vs stock PAN: accuracy, executed neck FLOPs, latency, budgets"),
+    "neck-spread": (
+        "sparseyolo.bench.neck_spread",
+        "DFF neck: per-image decisions on forest tiles and composites (empty to crowded), against the spread targets",
+    ),
     "finder": (
         "sparseyolo.bench.finder",
         "where sparse models look: mask recall, active share, finder cost, blank frames, against the targets",

@@ -1,0 +1,133 @@
+"""Does the DFF neck adapt? Its per-image decisions on varied images: the forest val tiles plus val composites.
+
+`sparseyolo bench neck-spread [--models yolov8n-dff-aerial,...] [--budget 0.7] [--composites 64] [--threads 1]
+[--out results/bench-neck-spread]`
+
+Images: the 320-px val tiles of the held-out forest region and `--composites` 320-px val composites (held-out
+crowns on real empty ground, a quarter each at 0, 1, 3 and 10% foreground: empty to crowded). Each model runs at
+its default gate threshold, and with `--budget` also at the threshold calibrated for that budget on training
+images of both kinds (every second training tile and 32 training composites; never the evaluated images).
+
+Per model and operating point: the spread of the per-image neck FLOPs over all-on (p10/p50/p90), the mean on
+images with no object (target <= 0.40) and on the most crowded third by object count (target >= 0.80), the
+neck's complexity estimate, and how many images ran each depth per level. Writes `neck-spread.md` and
+`neck-spread.csv` (one row per image) under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from sparseyolo.bench.common import markdown_table, write_csv, write_text
+from sparseyolo.data.split import label_path
+
+FG = [0.0, 0.01, 0.03, 0.1]  # composites' foreground shares: a quarter each, empty to crowded
+EMPTY_TARGET, CROWDED_TARGET = 0.40, 0.80
+
+
+def varied_images(composites: int) -> tuple[list[tuple[Path, str, int]], list[Path]]:
+    """`(val images as (path, kind, objects), calibration images)`."""
+    from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.data.composite import build_composite_dataset
+
+    def count(img: Path) -> int:
+        lab = label_path(img)
+        return sum(1 for line in lab.read_text().splitlines() if line.strip()) if lab.is_file() else 0
+
+    def split_images(data_yaml: Path, split: str) -> list[Path]:
+        return sorted((Path(data_yaml).parent / "images" / split).glob("*.*"))
+
+    tiles = build_aerial_dataset(tile=320, overlap=0.2)
+    val = [(p, "forest", count(p)) for p in split_images(tiles, "val")]
+    if composites:
+        comp = build_composite_dataset(size=(320, 320), fg=FG, images=composites, split="val", seed=1)
+        val += [(p, "composite", count(p)) for p in split_images(comp, "val")]
+    train = build_composite_dataset(size=(320, 320), fg=FG, images=32, split="train", seed=2)
+    return val, split_images(tiles, "train")[::2] + split_images(train, "train")
+
+
+def decisions(yolo, images, budget: float | None) -> list[dict]:
+    """One row per image: the neck's last_stats after `predict` at the model's threshold (or at `budget`'s)."""
+    from sparseyolo.nn.dff import dff_necks
+
+    neck = dff_necks(yolo.model)[0]
+    rows = []
+    for path, kind, n in images:
+        yolo.predict(str(path), imgsz=320, conf=0.25, verbose=False, **({"budget": budget} if budget else {}))
+        s = neck.last_stats
+        depth = s["depth"][0].tolist()
+        row = {"image": path.name, "kind": kind, "objects": n, "ratio": float(s["ratio"][0])}
+        row["complexity"] = float(s["complexity"][0])
+        rows.append({**row, **{f"depth P{i + 3}": d for i, d in enumerate(depth)}})
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    r = np.array([x["ratio"] for x in rows])
+    n = np.array([x["objects"] for x in rows])
+    third = np.argsort(n, kind="stable")[-max(1, len(r) // 3) :]
+    cx = np.array([x["complexity"] for x in rows])
+    levels = [k for k in rows[0] if k.startswith("depth ")]
+    depth = "; ".join(
+        f"{k[6:]}: " + " ".join(f"{d}x{int(sum(x[k] == d for x in rows))}" for d in sorted({x[k] for x in rows}))
+        for k in levels
+    )
+    return {
+        "p10/p50/p90": "/".join(f"{np.percentile(r, q):.3f}" for q in (10, 50, 90)),
+        "empty": float(r[n == 0].mean()) if (n == 0).any() else None,
+        "crowded third": float(r[third].mean()),
+        "crowded from": int(n[third].min()),
+        "complexity p10/p90": f"{np.percentile(cx, 10):.3f}/{np.percentile(cx, 90):.3f}",
+        "depth (level: depth x images)": depth,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sparseyolo bench neck-spread", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="yolov8n-dff-aerial", help="DFF models, comma-separated (names or .pt)")
+    ap.add_argument("--budget", type=float, default=None, help="also run at this calibrated budget, in (0, 1]")
+    ap.add_argument("--composites", type=int, default=64, help="val composites beside the forest tiles (0: none)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("results/bench-neck-spread"))
+    a = ap.parse_args(argv)
+    if a.budget is not None and not 0.0 < a.budget <= 1.0:
+        ap.error(f"--budget must be in (0, 1], got {a.budget}")
+    if a.composites < 0:
+        ap.error(f"--composites must be >= 0, got {a.composites}")
+    from sparseyolo.threads import set_threads
+    from sparseyolo.yolo import YOLO
+    from sparseyolo.yolo.budget import calibrate
+
+    set_threads(a.threads)
+    images, calib = varied_images(a.composites)
+    table, csv_rows = [], []
+    for name in [m for m in a.models.split(",") if m]:
+        yolo = YOLO(name)
+        points = [("threshold as shipped", None)]
+        if a.budget is not None:
+            calibrate(yolo.model, [str(p) for p in calib], a.budget, imgsz=320, progress=False)
+            points.append((f"budget {a.budget} (calibrated on varied training images)", a.budget))
+        for label, budget in points:
+            rows = decisions(yolo, images, budget)
+            s = summary(rows)
+            crowded = f"{s['crowded third']:.3f} (>= {s['crowded from']})"
+            table.append([name, label, s["p10/p50/p90"], s["empty"], crowded, s["complexity p10/p90"],
+                          s["depth (level: depth x images)"]])  # fmt: skip
+            csv_rows += [{"model": name, "point": label, **r} for r in rows]
+            print(f"{name}, {label}: {s}")
+    headers = ["model", "operating point", "neck FLOPs / all-on p10/p50/p90", "empty images (<= 0.40)",
+               "crowded third (>= 0.80; from N objects)", "complexity p10/p90", "depth per level"]  # fmt: skip
+    for r in table:
+        r[3] = "n/a" if r[3] is None else f"{r[3]:.3f}"
+    n_comp = sum(k == "composite" for _, k, _ in images)
+    text = (
+        f"# DFF neck: per-image decisions on varied images\n\n{len(images) - n_comp} forest val tiles and {n_comp} "
+        f"val composites (320 px, foreground {FG}), batch 1, conf 0.25.\n\n{markdown_table(headers, table)}\n"
+    )
+    write_text(a.out / "neck-spread.md", text)
+    write_csv(a.out / "neck-spread.csv", csv_rows)
+    print(text)
+    return 0

@@ -1,0 +1,28 @@
+"""`sparseyolo bench neck-spread`: the summary against figures worked out by hand, and its bad-input errors."""
+
+import pytest
+
+from sparseyolo.bench.neck_spread import main, summary
+
+
+def row(objects, ratio, complexity=0.5, p3=2, p4=0):
+    return {"objects": objects, "ratio": ratio, "complexity": complexity, "depth P3": p3, "depth P4": p4}
+
+
+def test_summary_splits_empty_and_crowded_images():
+    rows = [row(0, 0.2), row(0, 0.4, p3=1), row(3, 0.6), row(9, 0.9), row(12, 1.0, p4=2), row(5, 0.7)]
+    s = summary(rows)
+    assert s["empty"] == pytest.approx(0.3)  # the two images without objects
+    assert s["crowded third"] == pytest.approx(0.95) and s["crowded from"] == 9  # 9 and 12 objects
+    assert s["depth (level: depth x images)"] == "P3: 1x1 2x5; P4: 0x5 2x1"
+
+
+def test_summary_without_empty_images_says_so():
+    assert summary([row(1, 0.5), row(2, 0.7)])["empty"] is None
+
+
+@pytest.mark.parametrize("argv", [["--budget", "1.5"], ["--budget", "0"], ["--composites", "-1"]])
+def test_bad_arguments_are_named(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
