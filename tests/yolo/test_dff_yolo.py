@@ -134,7 +134,8 @@ def test_calibrate_predict_val_budget_and_save(dff_run, tiny_data, tmp_path):
     assert cli_main(["train", f"model={out}", "dff_warmpu=0.1"]) == 1
 
 
-def test_static_onnx_export_matches_all_on(tmp_path):
+def test_static_onnx_export_matches_all_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a YAML-built model exports into the working directory
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     m = YOLO("yolov8n-dff.yaml")
