@@ -17,12 +17,13 @@ neck's complexity estimate, and how many images ran each depth per level. Writes
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from sparseyolo.bench.common import markdown_table, write_csv, write_text
-from sparseyolo.data.split import label_path
+from sparseyolo.data.split import load_split
 
 FG = [0.0, 0.01, 0.03, 0.1]  # composites' foreground shares: a quarter each, empty to crowded
 EMPTY_TARGET, CROWDED_TARGET = 0.40, 0.80
@@ -33,20 +34,19 @@ def varied_images(composites: int) -> tuple[list[tuple[Path, str, int]], list[Pa
     from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.data.composite import build_composite_dataset
 
-    def count(img: Path) -> int:
-        lab = label_path(img)
-        return sum(1 for line in lab.read_text().splitlines() if line.strip()) if lab.is_file() else 0
-
-    def split_images(data_yaml: Path, split: str) -> list[Path]:
-        return sorted((Path(data_yaml).parent / "images" / split).glob("*.*"))
+    def counted(data_yaml: Path, kind: str) -> list[tuple[Path, str, int]]:
+        images, gt, _ = load_split(data_yaml, "val")
+        per_image = Counter(a["image_id"] for a in gt["annotations"])
+        return [(p, kind, per_image[i]) for i, p in enumerate(images, start=1)]
 
     tiles = build_aerial_dataset(tile=320, overlap=0.2)
-    val = [(p, "forest", count(p)) for p in split_images(tiles, "val")]
+    val = counted(tiles, "forest")
     if composites:
-        comp = build_composite_dataset(size=(320, 320), fg=FG, images=composites, split="val", seed=1)
-        val += [(p, "composite", count(p)) for p in split_images(comp, "val")]
+        val += counted(
+            build_composite_dataset(size=(320, 320), fg=FG, images=composites, split="val", seed=1), "composite"
+        )
     train = build_composite_dataset(size=(320, 320), fg=FG, images=32, split="train", seed=2)
-    return val, split_images(tiles, "train")[::2] + split_images(train, "train")
+    return val, load_split(tiles, "train")[0][::2] + load_split(train, "train")[0]
 
 
 def decisions(yolo, images, budget: float | None) -> list[dict]:
