@@ -31,12 +31,6 @@ def group_of(i: int, n_layers: int) -> str:
     return "other"
 
 
-def sparse_block_flops(block, mask: Tensor) -> tuple[float, Tensor]:
-    """Executed FLOPs of a sparse block on the sites of its input `mask (B, H, W)`, and its output mask
-    (`block.flops_at`)."""
-    return block.flops_at(mask)
-
-
 def _sconv_like(module) -> SimpleNamespace:
     """An `nn.Conv2d` (or a `Conv`'s `.conv`) as `conv_flops` reads an `SConv`: stride 1, 'same' padding (as
     `conv_module_sparse` runs it)."""

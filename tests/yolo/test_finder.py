@@ -366,7 +366,7 @@ def test_dense_above_the_crossover_gives_the_same_detections(finder_model):
 
 
 def test_executed_flops_count_the_finder_and_stop_on_empty_frames(finder_model):
-    from sparseyolo.eval.flops import executed_flops, sparse_block_flops
+    from sparseyolo.eval.flops import executed_flops
 
     model = finder_model.model
     stem = model.model[0]
@@ -376,7 +376,7 @@ def test_executed_flops_count_the_finder_and_stop_on_empty_frames(finder_model):
     finder_flops = fc.get_total_flops()
     assert finder_flops == pytest.approx(_conv_flops(stem.sparsify.finder, 256, 256))
     f = executed_flops(model, x)
-    assert f["layers"][0] == pytest.approx(sparse_block_flops(stem, mask)[0] + finder_flops)
+    assert f["layers"][0] == pytest.approx(stem.flops_at(mask)[0] + finder_flops)
     assert len(f["layers"]) == len(model.model)
     e = executed_flops(model, tensor(scene(np.random.default_rng(14), size=256, n=0)[0]))
     assert e["active"] == 0.0 and e["layers"] == {0: pytest.approx(finder_flops)} and e["total"] == e["layers"][0]
