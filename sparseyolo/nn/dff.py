@@ -499,8 +499,8 @@ class DFFNeck(NeckFlops, nn.Module):
         if soft:
             r = r if r is not None else desc.new_zeros(B, L, L)
             self._aux = {"r": r, "expected": (self.fixed_flops(sizes, "dynamic") + expected.sum(1)) / all_on}
-            level_all_on = [self.d_max * float(self.blocks[0][0].flops(h * w, h * w, self.c)) for h, w in sizes]
-            self._aux["level_share"] = expected / expected.new_tensor(level_all_on)  # (B, L)
+            level_all_on = expected.new_tensor(self.level_block_flops(sizes)).clamp_min(1.0)  # d_max 0: no blocks
+            self._aux["level_share"] = expected / level_all_on  # (B, L)
             self._aux["decisions"] = torch.cat(decisions, 1) if decisions else None
             self._aux["desc"] = desc.detach().flatten(1)
         return outs

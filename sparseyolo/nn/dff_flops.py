@@ -32,10 +32,13 @@ class NeckFlops:
                 f += 2 * L * c * c
         return float(f)
 
+    def level_block_flops(self, sizes: list[tuple[int, int]]) -> list[float]:
+        """FLOPs of each level's fusion blocks, all on (`d_max` blocks of two 3x3 convs at `c` channels)."""
+        return [float(self.d_max * 2 * 9 * self.c * self.c * 2 * h * w) for h, w in sizes]
+
     def all_on_flops(self, sizes: list[tuple[int, int]]) -> float:
         """FLOPs of one image in `all_on` mode: the reference of `ratio` and of the training budget."""
-        blocks = sum(self.d_max * 2 * 9 * self.c * self.c * 2 * h * w for h, w in sizes)
-        return self.fixed_flops(sizes, "all_on") + float(blocks)
+        return self.fixed_flops(sizes, "all_on") + sum(self.level_block_flops(sizes))
 
     def _gated_flops(self, blk, ms: Tensor | None, hw: int) -> Tensor | float:
         """Per-image FLOPs inference spends on `blk` under pixel gates `ms (B, 1, H, W)` (dense when none)."""

@@ -175,6 +175,14 @@ def test_every_parameter_gets_a_gradient(gate):
     assert not missing, missing
 
 
+def test_training_without_fusion_blocks_has_aux_losses():
+    """d_max 0 (no fusion blocks): training still gives the aux losses, the efficiency loss zero."""
+    neck = DFFNeck(C1S, c=16, d_max=0).train()
+    neck(inputs(2))
+    losses, _ = neck.pop_aux({})
+    assert float(losses["eff_loss"]) == 0.0 and torch.isfinite(losses["route_loss"])
+
+
 def test_efficiency_loss_lowers_expected_flops():
     """A few steps on the efficiency loss alone push the expected FLOP ratio down towards the budget."""
     torch.manual_seed(0)
