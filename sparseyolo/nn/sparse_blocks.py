@@ -187,8 +187,7 @@ class SConv(SparseBlock):
     """Sparse `Conv` (conv -> BN -> SiLU): `(c1, c2, k=1, s=1, p=None, g=1, d=1, act=True)`.
 
     k=1, s=1: a per-site linear map; s=1: a submanifold conv (sites kept, 'same' padding required); s>1: a
-    strided
-    sparse conv on the same output grid as the dense conv.
+    strided sparse conv on the same output grid as the dense conv.
     """
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, d=1, act=True):
