@@ -105,15 +105,30 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--budget must be in (0, 1], got {a.budget}")
     if a.composites < 0:
         ap.error(f"--composites must be >= 0, got {a.composites}")
+    names = [m for m in a.models.split(",") if m]
+    if not names:
+        ap.error("--models needs at least one DFF model")
+    try:
+        return run(names, a)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"sparseyolo bench neck-spread: error: {e}")
+        return 1
+
+
+def run(names: list[str], a) -> int:
+    from sparseyolo.nn.dff import dff_necks
     from sparseyolo.threads import set_threads
     from sparseyolo.yolo import YOLO
     from sparseyolo.yolo.budget import calibrate
 
+    models = {name: YOLO(name) for name in names}  # every model found before any work
+    for name, yolo in models.items():
+        if not dff_necks(yolo.model):
+            raise ValueError(f"{name} has no DFF neck; pass DFF models (e.g. yolov8n-dff-aerial)")
     set_threads(a.threads)
     images, calib = varied_images(a.composites)
     table, csv_rows = [], []
-    for name in [m for m in a.models.split(",") if m]:
-        yolo = YOLO(name)
+    for name, yolo in models.items():
         points = [("threshold as shipped", None)]
         if a.budget is not None:
             points.append((f"budget {a.budget} (calibrated on varied training images)", a.budget))

@@ -26,3 +26,10 @@ def test_bad_arguments_are_named(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("models, says", [("nothere", "not"), ("yolov8n-aerial", "no DFF neck")])
+def test_missing_or_non_dff_models_are_named_before_any_work(models, says, capsys, tmp_path):
+    assert main(["--models", models, "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert models in out and says in out and not (tmp_path / "out").exists()
