@@ -16,7 +16,10 @@ Takes the backbone's P3/P4/P5 maps (`Tensor[B, c1_l, H_l, W_l]`, finest first) a
    With `topk < 1` an importance predictor keeps each image's top channels of the blocks' hidden width.
 
 Training computes every path and scales it by its gate (`sparseyolo.nn.gates`: straight-through, Gumbel or
-ReTanH), so the multiplier is exactly 0 where inference skips. Inference groups the images of a batch by
+ReTanH), so the multiplier is exactly 0 where inference skips. Besides the budget (`efficiency_loss`), the
+policy is supervised by the boxes in training (`gate_loss`: pixel gates open on each box grown by `gate_margin`
+cells, shut elsewhere; `cx_loss`: the complexity estimate reads the object count), so an empty image can shut its
+gates and a crowded one keep them open; loss weight 0 turns either off. Inference groups the images of a batch by
 decision: a batch gives the same outputs and decisions as its images one by one.
 
 Modes: `dynamic` (default), `all_on` (every path, gates ignored: the curriculum's warm-up and the reference the
@@ -49,7 +52,13 @@ from sparseyolo.nn.dff_calibration import (  # noqa: F401  (calibration: public 
     threshold_for_budget,
 )
 from sparseyolo.nn.dff_flops import NeckFlops, subm_pairs
-from sparseyolo.nn.dff_losses import efficiency_loss, smoothness  # noqa: F401  (public here too)
+from sparseyolo.nn.dff_losses import (  # noqa: F401  (public here too)
+    complexity_supervision,
+    complexity_target,
+    efficiency_loss,
+    gate_supervision,
+    smoothness,
+)
 from sparseyolo.nn.gates import (
     DEFAULT_THRESHOLD,
     check_gate,
@@ -58,6 +67,7 @@ from sparseyolo.nn.gates import (
     gate_probability,
     straight_through,
 )
+from sparseyolo.nn.masks import boxes_to_mask
 from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.sparse import functional as SF
 
@@ -168,6 +178,8 @@ class DFFNeck(NeckFlops, nn.Module):
     disabled: frozenset = frozenset()
     max_routes: int | None = None  # hardware cap: incoming connections computed per level (None: no cap)
     max_depth: int | None = None  # hardware cap: fusion blocks per level (None: d_max)
+    count_scale: float = 8.0  # policy supervision: complexity target 1 - exp(-objects / count_scale)
+    gate_margin: int = 2  # policy supervision: pixel gates open on boxes grown by this many cells of their level
 
     def __init__(
         self,
@@ -239,7 +251,15 @@ class DFFNeck(NeckFlops, nn.Module):
         self.disabled: frozenset[str] = frozenset()  # parts switched off in `dynamic` mode (ablations), see PARTS
         self.register_buffer("temperature", torch.tensor(1.0))
         self.efficiency_on = True  # the curriculum turns the efficiency/smoothness losses off in warm-up
-        self.loss_weights = {"eff_loss": 2.0, "route_loss": 0.01, "smooth_loss": 0.1}
+        # gate_loss / cx_loss: the policy supervised by the boxes (pixel gates open at objects, complexity from the
+        # object count), in the dynamic phase; 0 turns it off (curriculum `dff_supervise=0`)
+        self.loss_weights = {
+            "eff_loss": 2.0,
+            "route_loss": 0.01,
+            "smooth_loss": 0.1,
+            "gate_loss": 1.0,
+            "cx_loss": 1.0,
+        }
         self.last_stats: dict[str, Tensor] = {}
         self._aux = None
 
@@ -403,6 +423,7 @@ class DFFNeck(NeckFlops, nn.Module):
         spatial_share = [0.0] * B
         expected = desc.new_zeros(B, L)  # training: expected block FLOPs per image and level
         decisions = []  # soft decision probabilities (B, .) for the smoothness loss
+        gate_logits = []  # training: pixel-gate logits (B, 1, H_l, W_l) of the gated levels, for their supervision
         if dynamic and D > 0 and "depth" in off:  # ablation: every block runs (no controller, cap, early stop)
             p_depth = m_depth = desc.new_ones(B, L, D)
             cap = cap_soft = desc.new_ones(B, D)
@@ -433,7 +454,10 @@ class DFFNeck(NeckFlops, nn.Module):
                 continue
             ms = ps = None
             if lvl < self.spatial and "pixel" not in off:
-                ps = gate_probability(self._pixel_logits(lvl, x), self.gate, temp, noise=soft)
+                pixel_logits = self._pixel_logits(lvl, x)
+                if soft:
+                    gate_logits.append(pixel_logits)
+                ps = gate_probability(pixel_logits, self.gate, temp, noise=soft)
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
                 if soft:
                     decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
@@ -503,6 +527,7 @@ class DFFNeck(NeckFlops, nn.Module):
             self._aux["level_share"] = expected / level_all_on  # (B, L)
             self._aux["decisions"] = torch.cat(decisions, 1) if decisions else None
             self._aux["desc"] = desc.detach().flatten(1)
+            self._aux["gate_logits"], self._aux["cx"] = gate_logits, cx
         return outs
 
     def _pixel_logits(self, lvl: int, x: Tensor) -> Tensor:
@@ -567,15 +592,38 @@ class DFFNeck(NeckFlops, nn.Module):
         L = self.L
         off = r.sum((1, 2)) / max(L * (L - 1), 1)
         zero = r.new_zeros(())
-        losses = {"route_loss": self.loss_weights["route_loss"] * off.mean()}
+        weights = self.loss_weights
+        losses = dict.fromkeys(weights, zero)
+        losses["route_loss"] = weights["route_loss"] * off.mean()
         if self.mode == "dynamic" and self.efficiency_on and self.d_max > 0:
-            losses["eff_loss"] = self.loss_weights["eff_loss"] * efficiency_loss(
-                expected, aux["level_share"], self.budget
-            )
-            losses["smooth_loss"] = self.loss_weights["smooth_loss"] * smoothness(aux["desc"], dec)
-        else:
-            losses["eff_loss"] = losses["smooth_loss"] = zero
-        return {k: losses[k] for k in self.loss_weights}, stats
+            losses["eff_loss"] = weights["eff_loss"] * efficiency_loss(expected, aux["level_share"], self.budget)
+            losses["smooth_loss"] = weights["smooth_loss"] * smoothness(aux["desc"], dec)
+            losses.update(self._supervision(aux, targets))
+        return losses, stats
+
+    def _supervision(self, aux: dict, targets: dict) -> dict[str, Tensor]:
+        """The policy supervised by the boxes (`targets`: `batch_idx (N,)`, normalised xywh `bboxes (N, 4)`,
+        `batch_size`): `gate_loss`, pixel gates open on each box grown by `gate_margin` cells, shut elsewhere;
+        `cx_loss`, the complexity estimate reads `complexity_target(objects per image, count_scale)`. Without boxes
+        in `targets` (a direct call), nothing is supervised."""
+        out = {}
+        if "bboxes" not in targets:
+            return out
+        B = int(targets["batch_size"])
+        idx, boxes = targets["batch_idx"].view(-1).long(), targets["bboxes"]
+        w_gate, w_cx = self.loss_weights.get("gate_loss", 0.0), self.loss_weights.get("cx_loss", 0.0)
+        if w_gate and aux["gate_logits"]:
+            parts = []
+            for logits in aux["gate_logits"]:
+                if logits.shape[0] != B:
+                    raise ValueError(f"DFFNeck supervision: {B} images in the targets, {logits.shape[0]} in the batch")
+                fg = boxes_to_mask(idx, boxes, B, tuple(logits.shape[-2:]), dilate=int(self.gate_margin))
+                parts.append(gate_supervision(logits, fg))
+            out["gate_loss"] = w_gate * torch.stack(parts).mean()
+        if w_cx:
+            counts = torch.bincount(idx.cpu(), minlength=B)[:B] if idx.numel() else torch.zeros(B, dtype=torch.long)
+            out["cx_loss"] = w_cx * complexity_supervision(aux["cx"], counts.to(aux["cx"].device), self.count_scale)
+        return out
 
 
 def dff_necks(model: nn.Module) -> list[DFFNeck]:

@@ -1,4 +1,5 @@
-"""The DFF neck's policy losses: the compute budget (on average and per level) and decision smoothness."""
+"""The DFF neck's policy losses: the compute budget (on average and per level), decision smoothness, and the
+supervision of the policy by the boxes (pixel gates open at objects, complexity read from the object count)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,24 @@ def smoothness(desc: Tensor, decisions: Tensor | None) -> Tensor:
     sim = sim - torch.diag_embed(torch.diagonal(sim))
     diff = torch.cdist(decisions, decisions) ** 2 / decisions.shape[1]
     return (sim * diff).sum() / sim.sum().clamp_min(1e-6)
+
+
+def complexity_target(counts: Tensor, scale: float) -> Tensor:
+    """What the complexity estimate is taught to read: `1 - exp(-n / scale)` for `counts (B,)` objects per image
+    (0 for an empty image, 0.63 at `scale` objects, near 1 for a crowded one)."""
+    if not float(scale) > 0:
+        raise ValueError(f"complexity count scale must be > 0, got {scale}")
+    return 1.0 - torch.exp(-counts.float() / float(scale))
+
+
+def complexity_supervision(cx: Tensor, counts: Tensor, scale: float) -> Tensor:
+    """Binary cross-entropy of the complexity estimate `cx (B,)` in (0, 1) against `complexity_target`."""
+    p = cx.float().clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(p, complexity_target(counts, scale).to(p.device))
+
+
+def gate_supervision(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of pixel-gate logits `(B, 1, H, W)` against `target (B, H, W)` in {0, 1}: open where an
+    object is (its box, grown by a margin), shut elsewhere. On the logits, so every gate kind's decision boundary
+    (`sigmoid > 0.5`, `tanh > 0`) is the target's edge, whatever the temperature."""
+    return F.binary_cross_entropy_with_logits(logits[:, 0].float(), target.to(logits.device).float())

@@ -1,6 +1,8 @@
-"""Boolean pixel masks `bool[B, H, W]` in torch: top share, dilation, block expansion (traceable to ONNX).
+"""Boolean pixel masks `bool[B, H, W]` in torch: top share, dilation, block expansion (traceable to ONNX), and
+boxes rasterised to a grid (the supervision target of learned masks and gates).
 
-Shared by the sparsifier (`sparseyolo.nn.sparsify`) and the foreground finder (`sparseyolo.nn.finder`).
+Shared by the sparsifier (`sparseyolo.nn.sparsify`), the foreground finder (`sparseyolo.nn.finder`) and the DFF
+neck's pixel gates (`sparseyolo.nn.dff`).
 """
 
 from __future__ import annotations
@@ -43,3 +45,22 @@ def dilate_mask(mask: Tensor, r: int) -> Tensor:
     for k in range(1, 2 * r + 1):
         out = out | rows[:, k : k + H]
     return out
+
+
+def boxes_to_mask(
+    batch_idx: Tensor, bboxes: Tensor, batch_size: int, shape: tuple[int, int], dilate: int = 0
+) -> Tensor:
+    """Rasterise normalised xywh `bboxes (N, 4)` of images `batch_idx` into a float `(B, H, W)` 0/1 mask."""
+    H, W = shape
+    out = torch.zeros(batch_size, H, W, device=bboxes.device)
+    if bboxes.numel():
+        ys = (torch.arange(H, device=bboxes.device, dtype=torch.float32) + 0.5) / H
+        xs = (torch.arange(W, device=bboxes.device, dtype=torch.float32) + 0.5) / W
+        x0, y0 = bboxes[:, 0] - bboxes[:, 2] / 2, bboxes[:, 1] - bboxes[:, 3] / 2
+        x1, y1 = bboxes[:, 0] + bboxes[:, 2] / 2, bboxes[:, 1] + bboxes[:, 3] / 2
+        # pixels overlapping the box (so a box smaller than a pixel still marks one)
+        iny = (ys[None] + 0.5 / H > y0[:, None]) & (ys[None] - 0.5 / H < y1[:, None])  # (N, H)
+        inx = (xs[None] + 0.5 / W > x0[:, None]) & (xs[None] - 0.5 / W < x1[:, None])  # (N, W)
+        per_box = (iny[:, :, None] & inx[:, None, :]).float()  # (N, H, W)
+        out.index_add_(0, batch_idx.long().view(-1), per_box)
+    return dilate_mask(out > 0, dilate).float() if dilate else (out > 0).float()

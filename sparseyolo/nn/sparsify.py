@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.finder import CELL, Finder, cell_cover, expand_cells, finder_loss
-from sparseyolo.nn.masks import dilate_mask, expand_mask, topk_mask
+from sparseyolo.nn.masks import boxes_to_mask, dilate_mask, expand_mask, topk_mask
 
 METHODS = ("nonzero", "threshold", "gradient", "learned", "finder")
 TARGET_METHODS = ("learned", "finder")  # methods that can keep a fixed top share (`target`)
@@ -112,25 +112,6 @@ def apply_budget(mask: Tensor, score: Tensor, keep: float = 1.0, max_active: int
     ones = torch.ones(idx.shape, dtype=torch.float32, device=mask.device)
     keep_mask = torch.zeros(B, H * W, dtype=torch.float32, device=mask.device).scatter(1, idx, ones) > 0
     return (mask.reshape(B, -1) & keep_mask).view(B, H, W)  # reshape: a cropped mask is not contiguous
-
-
-def boxes_to_mask(
-    batch_idx: Tensor, bboxes: Tensor, batch_size: int, shape: tuple[int, int], dilate: int = 0
-) -> Tensor:
-    """Rasterise normalised xywh `bboxes (N, 4)` of images `batch_idx` into a float `(B, H, W)` 0/1 mask."""
-    H, W = shape
-    out = torch.zeros(batch_size, H, W, device=bboxes.device)
-    if bboxes.numel():
-        ys = (torch.arange(H, device=bboxes.device, dtype=torch.float32) + 0.5) / H
-        xs = (torch.arange(W, device=bboxes.device, dtype=torch.float32) + 0.5) / W
-        x0, y0 = bboxes[:, 0] - bboxes[:, 2] / 2, bboxes[:, 1] - bboxes[:, 3] / 2
-        x1, y1 = bboxes[:, 0] + bboxes[:, 2] / 2, bboxes[:, 1] + bboxes[:, 3] / 2
-        # pixels overlapping the box (so a box smaller than a pixel still marks one)
-        iny = (ys[None] + 0.5 / H > y0[:, None]) & (ys[None] - 0.5 / H < y1[:, None])  # (N, H)
-        inx = (xs[None] + 0.5 / W > x0[:, None]) & (xs[None] - 0.5 / W < x1[:, None])  # (N, W)
-        per_box = (iny[:, :, None] & inx[:, None, :]).float()  # (N, H, W)
-        out.index_add_(0, batch_idx.long().view(-1), per_box)
-    return dilate_mask(out > 0, dilate).float() if dilate else (out > 0).float()
 
 
 class MaskHead(nn.Module):

@@ -12,8 +12,13 @@ Optional distillation from a static teacher (`dff_teacher=best.pt`, weight `dff_
 Detect outputs (class probabilities, box distributions) guide the student's (`distill_loss` column); classes,
 strides and head layout must match.
 
+The dynamic phase also supervises the policy with the boxes (`gate_loss`, `cx_loss`, see `sparseyolo.nn.dff`);
+`dff_supervise=W` sets both weights (0: off, the policy learns from the detection and budget losses alone).
+`dff_without=routing,pixel` trains (and leaves) the neck with those parts switched off after the warm-up
+(`DFFNeck.disabled`, parts from `routing`, `depth`, `pixel`): the retrained ablations.
+
 Settings: `sparseyolo train ... dff_warmup=0.3 dff_finetune=0.15 dff_t_start=1.0 dff_t_end=0.2 dff_budget=0.6
-dff_eff_weight=2.0 dff_teacher=best.pt dff_distill=1.0`, or the same keywords in
+dff_eff_weight=2.0 dff_supervise=1.0 dff_without=pixel dff_teacher=best.pt dff_distill=1.0`, or the same keywords in
 `sparseyolo.YOLO(...).train(dff_warmup=...)`.
 """
 
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from sparseyolo.nn import dff_necks
-from sparseyolo.nn.dff import check_budget
+from sparseyolo.nn.dff import PARTS, check_budget
 
 PREFIX = "dff_"
 
@@ -38,6 +43,8 @@ class Curriculum:
     t_end: float = 0.2
     budget: float | None = None  # None: each neck's own (from its YAML)
     eff_weight: float | None = None  # None: each neck's own
+    supervise: float | None = None  # weight of the policy's box supervision (gate_loss, cx_loss); None: each neck's own
+    without: str | None = None  # parts switched off after the warm-up, comma-separated (ablations); see PARTS
     teacher: str | None = None  # a static teacher checkpoint (or shipped reference name) to distil from
     distill: float = 1.0  # weight of `distill_loss`
     load: Callable | None = field(default=None, repr=False)  # teacher name -> model (`sparseyolo.YOLO.train` gives one)
@@ -55,6 +62,14 @@ class Curriculum:
             self.budget = check_budget(self.budget)
         if self.eff_weight is not None and float(self.eff_weight) < 0:
             raise ValueError(f"dff_eff_weight must be >= 0, got {self.eff_weight}")
+        if self.supervise is not None and not float(self.supervise) >= 0:
+            raise ValueError(f"dff_supervise must be >= 0, got {self.supervise}")
+        if self.without is not None:
+            parts = self.without if isinstance(self.without, (list, tuple)) else str(self.without).split(",")
+            parts = {p.strip() for p in parts if p.strip()}
+            if not parts <= set(PARTS):
+                raise ValueError(f"dff_without takes parts from {', '.join(PARTS)}, got {self.without!r}")
+            self.without = ",".join(sorted(parts))
         if float(self.distill) < 0:
             raise ValueError(f"dff_distill must be >= 0, got {self.distill}")
         if self.teacher is not None and self.load is None:
@@ -99,6 +114,10 @@ class Curriculum:
                     neck.budget = self.budget
                 if self.eff_weight is not None:
                     neck.loss_weights["eff_loss"] = float(self.eff_weight)
+                if self.without is not None and phase != "warmup":
+                    neck.disabled = frozenset(self.without.split(",")) - {""}
+                if self.supervise is not None:
+                    neck.loss_weights["gate_loss"] = neck.loss_weights["cx_loss"] = float(self.supervise)
                 for p in neck.policy_parameters():
                     p.requires_grad_(phase != "finetune")
         return phase

@@ -3,6 +3,8 @@ modes, gates, bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -10,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sparseyolo.nn.dff import (
     DFFNeck,
     calibrate_neck,
+    complexity_target,
     efficiency_loss,
     ratio_curve,
     smoothness,
@@ -46,6 +49,17 @@ def trained_like(seed=0, **kw):
         neck.spatial_gate[0].weight.mul_(8)  # pixel gates: a mix of on and off
         neck.spatial_gate[0].bias.fill_(-6.0)
     return neck.eval()
+
+
+def box_targets(per_image):
+    """The model's aux targets for normalised xywh boxes given per image."""
+    idx = [i for i, boxes in enumerate(per_image) for _ in boxes]
+    boxes = [b for bs in per_image for b in bs]
+    return {
+        "batch_idx": torch.tensor(idx, dtype=torch.float32),
+        "bboxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+        "batch_size": len(per_image),
+    }
 
 
 def counted_flops(neck, xs):
@@ -168,8 +182,8 @@ def test_every_parameter_gets_a_gradient(gate):
     neck = DFFNeck(C1S, c=16, d_max=2, gate=gate, topk=0.5, spatial=1).train()
     xs = inputs(3)
     outs = neck(xs)
-    losses, stats = neck.pop_aux({})
-    assert set(losses) == {"eff_loss", "route_loss", "smooth_loss"} and "neck_ratio" in stats
+    losses, stats = neck.pop_aux(box_targets([[(0.5, 0.5, 0.2, 0.3)], [], [(0.1, 0.2, 0.1, 0.1)] * 3]))
+    assert set(losses) == {"eff_loss", "route_loss", "smooth_loss", "gate_loss", "cx_loss"} and "neck_ratio" in stats
     (sum(o.square().mean() for o in outs) + sum(losses.values())).backward()
     missing = [n for n, p in neck.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
@@ -329,3 +343,79 @@ def test_flops_reports_the_last_forward():
         with _ext.disabled():
             total = counted_flops(neck, xs)
         assert neck.flops() == pytest.approx(total, rel=1e-9) and total > 0
+
+
+def test_policy_supervision_against_hand_written_targets():
+    """gate_loss: binary cross-entropy of the P3 gate logits against each box marked cell by cell (a loop over cells
+    and boxes, overlap test written out) and grown by `gate_margin`; cx_loss: against 1 - exp(-n / count_scale)."""
+    torch.manual_seed(0)
+    neck = DFFNeck(C1S, c=16, d_max=2, spatial=1).train()
+    neck.gate_margin, neck.count_scale = 1, 4.0
+    per_image = [[(0.51, 0.52, 0.2, 0.3), (0.9, 0.11, 0.05, 0.05)], [], [(0.11, 0.21, 0.1, 0.1)] * 5]  # off grid lines
+    neck(inputs(3))
+    logits, cx = neck._aux["gate_logits"][0], neck._aux["cx"]
+    losses, _ = neck.pop_aux(box_targets(per_image))
+    H, W = SIZES[0]
+    want = torch.zeros(3, H, W)
+    for b, boxes in enumerate(per_image):
+        for x, y, w, h in boxes:
+            for i in range(H):
+                for j in range(W):
+                    if (j + 1) / W > x - w / 2 and j / W < x + w / 2 and (i + 1) / H > y - h / 2 and i / H < y + h / 2:
+                        want[b, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = 1.0
+    p = torch.sigmoid(logits[:, 0])
+    bce = -(want * torch.log(p) + (1 - want) * torch.log(1 - p)).mean()
+    assert float(losses["gate_loss"]) == pytest.approx(float(bce), rel=1e-5)
+    t = torch.tensor([1 - math.exp(-2 / 4), 0.0, 1 - math.exp(-5 / 4)])
+    assert torch.allclose(complexity_target(torch.tensor([2, 0, 5]), 4.0), t)
+    bce_cx = -(t * torch.log(cx) + (1 - t) * torch.log(1 - cx)).mean()
+    assert float(losses["cx_loss"]) == pytest.approx(float(bce_cx), rel=1e-5)
+    neck.loss_weights["gate_loss"] = neck.loss_weights["cx_loss"] = 0.0  # dff_supervise=0
+    neck(inputs(3))
+    losses, _ = neck.pop_aux(box_targets(per_image))
+    assert float(losses["gate_loss"]) == 0.0 and float(losses["cx_loss"]) == 0.0
+    with pytest.raises(ValueError, match="count scale"):
+        complexity_target(torch.tensor([1]), 0.0)
+
+
+def test_supervised_policy_spends_less_on_empty_images():
+    """Trained on the supervision alone, where one input channel marks the objects, the policy shuts the pixel
+    gates of an empty image and opens them on a crowded one: executed neck FLOPs follow the content."""
+    torch.manual_seed(0)
+    neck = DFFNeck(C1S, c=16, d_max=2, spatial=1)
+    H, W = SIZES[0]
+
+    def scene(n_boxes, seed):
+        g = torch.Generator().manual_seed(seed)
+        xs = [torch.randn(1, c, h, w, generator=g) * 0.1 for c, (h, w) in zip(C1S, SIZES, strict=True)]
+        boxes = []
+        for _ in range(n_boxes):
+            cx, cy = (torch.rand(2, generator=g) * 0.8 + 0.1).tolist()
+            boxes.append((cx, cy, 0.15, 0.15))
+        mask = box_targets([boxes])
+        from sparseyolo.nn.masks import boxes_to_mask
+
+        for lvl, (h, w) in enumerate(SIZES):
+            xs[lvl][0, 0] += 3 * boxes_to_mask(mask["batch_idx"], mask["bboxes"], 1, (h, w))[0]
+        return xs, boxes
+
+    train = [scene(n, s) for s, n in enumerate([0, 0, 1, 3, 8, 12, 0, 5] * 2)]
+    opt = torch.optim.Adam(list(neck.policy_parameters()) + list(neck.lateral.parameters()), lr=0.02)
+    neck.train()
+    for step in range(60):
+        batch = train[(step * 4) % len(train) :][:4]
+        xs = [torch.cat([s[0][lvl] for s in batch]) for lvl in range(3)]
+        neck(xs)
+        losses, _ = neck.pop_aux(box_targets([s[1] for s in batch]))
+        opt.zero_grad()
+        (losses["gate_loss"] + losses["cx_loss"]).backward()
+        opt.step()
+    neck.eval()
+    with torch.no_grad():
+        empty, crowded = scene(0, 100), scene(12, 101)
+        neck(empty[0])
+        r_empty, cx_empty = float(neck.last_stats["ratio"][0]), float(neck.last_stats["complexity"][0])
+        neck(crowded[0])
+        r_crowded, cx_crowded = float(neck.last_stats["ratio"][0]), float(neck.last_stats["complexity"][0])
+    assert r_empty < 0.6 * r_crowded, (r_empty, r_crowded)
+    assert cx_empty < 0.3 < cx_crowded, (cx_empty, cx_crowded)

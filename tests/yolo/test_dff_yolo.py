@@ -17,7 +17,7 @@ from sparseyolo.yolo.cli import main as cli_main
 from sparseyolo.yolo.curriculum import Curriculum
 
 COMMON = dict(imgsz=64, batch=4, workers=0, device="cpu", plots=False, amp=False, exist_ok=True)
-DFF_COLUMNS = ("eff_loss", "route_loss", "smooth_loss", "neck_ratio")
+DFF_COLUMNS = ("eff_loss", "route_loss", "smooth_loss", "gate_loss", "cx_loss", "neck_ratio")
 
 
 YAMLS = ["yolov8n-dff.yaml", "yolov8s-dff.yaml", "yolo11n-dff.yaml", "yolov8n-sparse-dff.yaml"]
@@ -74,6 +74,19 @@ def test_curriculum_phases_and_errors():
         Curriculum(warmup=0.8, finetune=0.5)
     with pytest.raises(ValueError, match="budget"):
         Curriculum(budget=1.5)
+    ablate = Curriculum(without="pixel, routing", supervise=0.0)  # a retrained ablation
+    neck = DFFNeck([8, 8, 8], c=8)
+    ablate.apply([neck], 0, 10)
+    assert neck.disabled == frozenset() and neck.mode == "all_on"  # warm-up: every path
+    ablate.apply([neck], 5, 10)
+    assert neck.disabled == {"pixel", "routing"} and neck.loss_weights["gate_loss"] == 0.0
+    neck.train()
+    neck([torch.randn(2, 8, s, s) for s in (16, 8, 4)])  # trains without them: no pixel-gate logits recorded
+    assert neck._aux["gate_logits"] == []
+    with pytest.raises(ValueError, match="dff_without takes parts from routing, depth, pixel"):
+        Curriculum(without="pixels")
+    with pytest.raises(ValueError, match="dff_supervise must be >= 0"):
+        Curriculum(supervise=-1)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +99,7 @@ def dff_run(tiny_data, runs_dir):
 
 def test_training_columns_and_curriculum(dff_run):
     trainer = dff_run.trainer
-    assert trainer.loss_names[-4:] == DFF_COLUMNS
+    assert trainer.loss_names[-len(DFF_COLUMNS) :] == DFF_COLUMNS
     assert all(math.isfinite(float(v)) for v in trainer.tloss.values())
     rows = list(csv.DictReader(open(trainer.save_dir / "results.csv")))
     assert len(rows) == 3
@@ -95,6 +108,9 @@ def test_training_columns_and_curriculum(dff_run):
         assert f"train/{col}" in keys and f"val/{col}" in keys
     eff = [float(r["train/eff_loss"]) for r in rows]
     assert eff[0] == 0.0 and eff[1] > 0.0 and eff[2] == 0.0  # warm-up, dynamic, fine-tune
+    for col in ("gate_loss", "cx_loss"):  # the policy's box supervision: the dynamic phase only
+        sup = [float(r[f"train/{col}"]) for r in rows]
+        assert sup[0] == 0.0 and sup[1] > 0.0 and sup[2] == 0.0, (col, sup)
     assert trainer.dff_phase == "finetune"
     assert dff_necks(dff_run.model)[0].mode == "dynamic"
 
