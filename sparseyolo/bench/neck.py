@@ -1,23 +1,30 @@
 """DFF neck vs stock PAN on the aerial val tiles: accuracy, executed neck GFLOPs, latency, by complexity, ablation.
 
 `sparseyolo bench neck [--dff yolov8n-dff-aerial,yolov8n-dff-aerial-seed1] [--pan yolov8n-aerial,yolov8n-aerial-seed1]
-[--budgets 0.5,0.7,0.9] [--calib 48] [--repeats 5] [--threads 2] [--synth 6] [--out results/bench-neck]`
+[--budgets 0.5,0.7,0.9] [--calib 48] [--composites 64] [--retrained LABEL=MODEL,...] [--repeats 5] [--threads 2]
+[--synth 6] [--out results/bench-neck]`
 
 Models (trained by one recipe, `sparseyolo demo --train`): the stock PAN neck and the DFF neck, two seeds each.
 Each DFF model runs all-on (every path) and at each budget: its gate threshold is calibrated on `--calib`
 training tiles (never on the evaluated tiles) so that the mean executed neck FLOPs is within the budget.
 
-Tables, on the 320-px val tiles of the held-out region (COCO metrics by pycocotools, executed GFLOPs counted
-per image, batch-1 CPU latency timed interleaved by the one harness):
+Images: the 320-px val tiles of the held-out region, plus `--composites` 320-px val composites (held-out crowns on
+real empty ground, a quarter each at 0, 1, 3 and 10% foreground: empty to crowded; 0 for the tiles alone); the
+calibration adds the recipe's training composites to the training tiles (as the shipped DFF models are calibrated).
+
+Tables (COCO metrics by COCO's algorithm, executed GFLOPs counted per image, batch-1 CPU latency timed interleaved
+by the one harness):
 1. mAP50-95, mAP50, AP small/medium/large, mean neck GFLOPs and ratio to all-on, neck latency p50/p90 (the neck
    layers alone on their recorded inputs; p50/p90 over images of each image's median), whole predict p50/p90;
-2. the same split by image complexity: terciles of the ground-truth object count (neck GFLOPs, mAP50-95 each,
-   and the neck's own complexity estimate);
+2. the same split by image complexity: terciles of the ground-truth object count, and terciles of each DFF model's
+   own complexity estimate (neck GFLOPs, neck latency, mAP50-95 and the estimate each);
 3. ablation on the first DFF model at the 0.7 budget's threshold, parts switched on one by one at inference
    (no retraining): fusion blocks only, + routing, + adaptive depth (controller, complexity cap, early stop),
-   + pixel gates (the full neck);
+   + pixel gates (the full neck); and, with `--retrained`, models trained without a part (`dff_without=...`,
+   `dff_supervise=0`) against the first DFF model, each at its own budget-0.7 threshold;
 plus synthetic scenes of graded complexity (object count; FLOPs and latency only: the detectors were trained on
-trees), a histogram of per-image neck GFLOPs, and the issue's three targets at budget 0.7.
+trees), a histogram of per-image neck GFLOPs, the accuracy-vs-neck-GFLOPs curve over budgets, and the issue's
+three targets at budget 0.7.
 """
 
 from __future__ import annotations
@@ -91,13 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pan", default="yolov8n-aerial,yolov8n-aerial-seed1", help="stock PAN models (seeds)")
     ap.add_argument("--budgets", default="0.5,0.7,0.9", help="neck FLOP budgets (fractions of all-on)")
     ap.add_argument("--calib", type=int, default=48, help="training tiles to calibrate on (default 48)")
+    ap.add_argument("--composites", type=int, default=64, help="val composites beside the val tiles (0: none)")
+    ap.add_argument("--retrained", default="", help="retrained ablations, LABEL=MODEL comma-separated")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--synth", type=int, default=6, help="synthetic scenes per complexity level (0: none)")
     ap.add_argument("--out", type=Path, default=Path("results/bench-neck"))
     a = ap.parse_args(argv)
-    if a.repeats < 1 or a.threads < 1 or a.calib < 1 or a.synth < 0:
-        ap.error("--repeats, --threads and --calib must be >= 1, --synth >= 0")
+    if a.repeats < 1 or a.threads < 1 or a.calib < 1 or a.synth < 0 or a.composites < 0:
+        ap.error("--repeats, --threads and --calib must be >= 1, --synth and --composites >= 0")
+    retrained = {}
+    for item in [x for x in a.retrained.split(",") if x.strip()]:
+        label, sep, model = item.partition("=")
+        if not sep or not label.strip() or not model.strip():
+            ap.error(f"--retrained takes LABEL=MODEL items, got {item!r}")
+        retrained[label.strip()] = model.strip()
+    a.retrained = retrained
     try:
         budgets = [float(b) for b in a.budgets.split(",") if b]
     except ValueError:
@@ -127,14 +143,24 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.budget import calibrate, calibration_images, letterboxed
-    from sparseyolo.yolo.recipe import Recipe
+    from sparseyolo.yolo.recipe import COMPOSITES, Recipe
 
     set_threads(a.threads)
     recipe = Recipe()  # the tiles the reference models were trained and validated on
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
-    images, gt, _ = load_split(data, "val")
+    images, gt, names = load_split(data, "val")
     imgsz = recipe.imgsz
     calib = calibration_images(data, a.calib)
+    if a.composites:
+        from sparseyolo.data.composite import build_composite_dataset
+        from sparseyolo.data.split import list_images, yolo_ground_truth
+
+        fg = list(COMPOSITES["fg"])
+        val = build_composite_dataset(size=(imgsz, imgsz), fg=fg, images=a.composites, split="val", seed=1)
+        images = images + list_images(val.parent / "images" / "val")
+        gt = yolo_ground_truth(images, names)  # one ground truth, ids in `images` order
+        comp = build_composite_dataset(split="train", **{**COMPOSITES, "size": tuple(COMPOSITES["size"])})
+        calib = calib + list_images(comp.parent / "images" / "train")
 
     # --- configurations: name -> (YOLO, info) ---------------------------------------------------------------
     configs: dict[str, tuple] = {}
@@ -164,6 +190,23 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                     configure(YOLO(name), "dynamic", thresholds[name, 0.7], off),
                     {"model": name, "neck": f"ablation: {label}", "budget": 0.7},
                 )
+    for label, name in a.retrained.items():
+        probe = YOLO(name)
+        if not dff_necks(probe.model):
+            raise ValueError(f"--retrained {label}={name}: the model has no DFF neck")
+        calibrate(probe.model, calib, 1.0, imgsz=imgsz, progress=False)
+        try:
+            thr = threshold_for_budget(dff_necks(probe.model)[0], 0.7)
+        except ValueError as e:
+            print(f"{name}: budget 0.7: {e}; run at its own threshold")
+            thr = None
+        y = YOLO(name)  # the neck's parts switched off in training stay off (`disabled` travels in the .pt)
+        for n in dff_necks(y.model):
+            n.mode = "dynamic"
+            if thr is not None:
+                n.set_threshold(thr)
+        configs[f"retrained {label}"] = (y, {"model": name, "neck": f"retrained: {label}", "budget": 0.7,
+                                             "threshold": thr})  # fmt: skip
 
     # --- accuracy, executed FLOPs, whole-call latency ----------------------------------------------------
     models = {n: y for n, (y, _) in configs.items()}
@@ -179,12 +222,13 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
             fns[f"{n}|{i}"] = neck_callable(m, x)
         necks = dff_necks(m)
         if necks:
-            cx = []
+            cx, ratio = [], []
             with torch.no_grad():
                 for i in range(len(tensors)):
                     fns[f"{n}|{i}"]()
                     cx.append(float(necks[0].last_stats["complexity"][0]))
-            stats[n] = {"complexity": cx}
+                    ratio.append(float(necks[0].last_stats["ratio"][0]))
+            stats[n] = {"complexity": cx, "ratio": ratio}
     times = latency(fns, repeats=a.repeats, threads=a.threads)
 
     rows = []
@@ -220,6 +264,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                     "config": n,
                     "image": im["file_name"],
                     "objects": sum(1 for an in gt["annotations"] if an["image_id"] == im["id"]),
+                    "neck_ratio": (float(stats[n]["ratio"][k]) if n in stats else None),
                     "neck_gflops": neck_g[k],
                     "neck_ms": img_ms[k],
                     "complexity": stats.get(n, {}).get("complexity", [None] * len(images))[k],
@@ -231,9 +276,13 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
         ref = allon.get(row["model"])
         row["neck_ratio"] = row["neck_gflops"] / ref["neck_gflops"] if ref and row["neck"] != "PAN" else None
 
+    n_comp = sum(p.name.startswith("composite_") for p in images)
+    n_calib = sum(p.name.startswith("composite_") for p in map(Path, calib))
+    comp = f" and {n_comp} val composites (foreground {list(COMPOSITES['fg'])})" if n_comp else ""
     text = [
-        f"# DFF neck benchmark\n\n{len(images)} val tiles (320 px) of the held-out region; {a.threads} threads, "
-        f"{a.repeats} interleaved timing rounds; thresholds calibrated on {len(calib)} training tiles.\n"
+        f"# DFF neck benchmark\n\n{len(images) - n_comp} val tiles (320 px) of the held-out region{comp}; "
+        f"{a.threads} threads, {a.repeats} interleaved timing rounds; thresholds calibrated on "
+        f"{len(calib) - n_calib} training tiles" + (f" and {n_calib} training composites" if n_calib else "") + ".\n"
     ]
     text.append("## 1. Accuracy, executed neck FLOPs, latency\n")
     head = ["config", "mAP50-95", "mAP50", "AP_s", "AP_m", "AP_l", "neck GFLOPs", "ratio", "neck p50 ms"]
@@ -241,29 +290,32 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     main_rows = [r for r in rows if not r["config"].startswith("ablation")]
     text.append(markdown_table(head, [_cells(r) for r in main_rows]))
 
-    # --- terciles of ground-truth object count --------------------------------------------------------
+    # --- terciles of ground-truth object count, and of each model's complexity estimate -----------------------
+    ids = [im["id"] for im in gt["images"]]
     counts = {im["id"]: sum(1 for an in gt["annotations"] if an["image_id"] == im["id"]) for im in gt["images"]}
-    order = sorted(counts, key=counts.get)
-    thirds = [set(order[i * len(order) // 3 : (i + 1) * len(order) // 3]) for i in range(3)]
-    text.append("\n## 2. By image complexity (terciles of the ground-truth object count)\n")
-    span = [f"{min(counts[i] for i in t)}-{max(counts[i] for i in t)} objects" for t in thirds]
-    thead = ["config"] + [f"{s}: neck GFLOPs / mAP50-95 / est. complexity" for s in span]
-    trows = []
-    for n, _ in configs.items():
-        if n.startswith("ablation"):
+    by_count = terciles([counts[i] for i in ids])
+    span = [f"{min(counts[ids[k]] for k in t)}-{max(counts[ids[k]] for k in t)} objects" for t in by_count]
+    text.append("\n## 2. By image complexity\n")
+    text.append("Terciles of the ground-truth object count; each cell: neck GFLOPs / neck p50 ms / mAP50-95 / the "
+                "neck's complexity estimate (mean).\n")  # fmt: skip
+    trows, erows = [], []
+    for n in configs:
+        if n.startswith(("ablation", "retrained")):
             continue
-        r = res[n]
-        cells = [n]
-        ids = [im["id"] for im in gt["images"]]
-        for t in thirds:
-            ks = [k for k, i in enumerate(ids) if i in t]
-            g = np.mean([r.gflops_groups[k].get(NECK_GROUP, 0.0) for k in ks])
-            cx = stats.get(n, {}).get("complexity")
-            est = f"{np.mean([cx[k] for k in ks]):.2f}" if cx else "-"
-            m = subset_map(gt, r.detections, t)
-            cells.append(f"{g:.3f} / {'n/a' if m is None else f'{m:.3f}'} / {est}")
-        trows.append(cells)
-    text.append(markdown_table(thead, trows))
+        cx = stats.get(n, {}).get("complexity")
+        trows.append([n] + [tercile_cell(res[n], times, n, gt, ids, t, cx) for t in by_count])
+        if cx:
+            by_est = terciles(cx)
+            erows.append([n] + [
+                f"{min(cx[k] for k in t):.2f}-{max(cx[k] for k in t):.2f} ({np.mean([counts[ids[k]] for k in t]):.1f} "
+                f"objects): {tercile_cell(res[n], times, n, gt, ids, t, None)}"
+                for t in by_est
+            ])  # fmt: skip
+    text.append(markdown_table(["config"] + span, trows))
+    if erows:
+        text.append("\nTerciles of each DFF model's own complexity estimate (its range, the mean object count): neck "
+                    "GFLOPs / neck p50 ms / mAP50-95.\n")  # fmt: skip
+        text.append(markdown_table(["config", "low", "medium", "high"], erows))
 
     # --- ablation -----------------------------------------------------------------------------------
     if dffs and thresholds.get((dffs[0], 0.7)) is not None:
@@ -275,6 +327,24 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
             arows.append([label, f"{r['map']:.3f}", f"{r['map50']:.3f}", f"{r['neck_gflops']:.3f}",
                           f"{r['neck_ratio']:.2f}", f"{r['neck_p50_ms']:.1f}"])  # fmt: skip
         text.append(markdown_table(["neck", "mAP50-95", "mAP50", "neck GFLOPs", "ratio", "neck p50 ms"], arows))
+    if a.retrained and thresholds.get((dffs[0], 0.7)) is not None:
+        text.append(f"\n## 3b. Ablation, each part retrained without it (against {dffs[0]}; each at its own budget-0.7 "
+                    "threshold)\n")  # fmt: skip
+        empty = [k for k, i in enumerate(ids) if counts[i] == 0]
+        crowded = by_count[-1]
+        brows = []
+        for label, key in [("full", f"DFF {dffs[0]} b=0.7")] + [
+            (f"without {x}", f"retrained {x}") for x in a.retrained
+        ]:
+            r = next(x for x in rows if x["config"] == key)
+            ratio = stats[key]["ratio"]
+            e = f"{np.mean([ratio[k] for k in empty]):.2f}" if empty else "n/a"
+            brows.append([label, r["model"], f"{r['map']:.3f}", f"{r['map50']:.3f}", f"{r['neck_gflops']:.3f}",
+                          f"{np.mean(ratio):.2f}", e, f"{np.mean([ratio[k] for k in crowded]):.2f}",
+                          f"{r['neck_p50_ms']:.1f}"])  # fmt: skip
+        head = ["neck", "model", "mAP50-95", "mAP50", "neck GFLOPs", "ratio", "ratio, empty images",
+                "ratio, most crowded third", "neck p50 ms"]  # fmt: skip
+        text.append(markdown_table(head, brows))
 
     # --- synthetic scenes of graded complexity -------------------------------------------------------------
     if a.synth:
@@ -291,11 +361,29 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     write_csv(out / "neck.csv", rows)
     write_csv(out / "neck_per_image.csv", per_image)
     hist = plot_histogram(per_image, out / "neck_flops_hist.png")
-    text.append(f"\nPer-image neck GFLOPs: `{hist.name}`; per-image rows: `neck_per_image.csv`.")
+    curve = plot_budget_curve(rows, out / "neck_budget_curve.png")
+    text.append(f"\nPer-image neck GFLOPs: `{hist.name}`; mAP50-95 against neck GFLOPs over budgets: `{curve.name}`; "
+                "per-image rows: `neck_per_image.csv`.")  # fmt: skip
     report = "\n".join(text) + "\n"
     write_text(out / "neck.md", report)
     print(report)
     return 0
+
+
+def terciles(values: list) -> list[list[int]]:
+    """Indices of `values` in three groups of (near) equal size, lowest first (stable for ties)."""
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    n = len(order)
+    return [order[i * n // 3 : (i + 1) * n // 3] for i in range(3)]
+
+
+def tercile_cell(result, times: dict, config: str, gt: dict, ids: list, ks: list[int], cx: list | None) -> str:
+    """`neck GFLOPs / neck p50 ms / mAP50-95[ / estimate]` of the images at positions `ks` (ids `ids[k]`)."""
+    g = np.mean([result.gflops_groups[k].get(NECK_GROUP, 0.0) for k in ks])
+    ms = statistics.median(times[f"{config}|{k}"]["p50_ms"] for k in ks)
+    m = subset_map(gt, result.detections, {ids[k] for k in ks})
+    cell = f"{g:.3f} / {ms:.1f} / {'n/a' if m is None else f'{m:.3f}'}"
+    return cell + (f" / {np.mean([cx[k] for k in ks]):.2f}" if cx else "")
 
 
 def _cells(r: dict) -> list:
@@ -417,4 +505,24 @@ def plot_histogram(per_image: list[dict], path: Path) -> Path:
     ax.set_xlabel("executed neck GFLOPs per image")
     ax.set_ylabel("images")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_budget_curve(rows: list[dict], path: Path) -> Path:
+    """mAP50-95 against mean neck GFLOPs: each DFF model over its budgets (all-on at the right), PAN models as
+    points."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in rows if r["neck"].startswith("DFF")):
+        pts = sorted((r["neck_gflops"], r["map"]) for r in rows if r["model"] == model and r["neck"].startswith("DFF"))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DFF {model}")
+    for r in rows:
+        if r["neck"] == "PAN":
+            ax.plot(r["neck_gflops"], r["map"], "s", label=f"PAN {r['model']}")
+        elif r["neck"].startswith("retrained"):
+            ax.plot(r["neck_gflops"], r["map"], "x", label=r["neck"])
+    ax.set_xlabel("executed neck GFLOPs per image (mean)")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)

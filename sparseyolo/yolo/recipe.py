@@ -44,6 +44,12 @@ class Variant:
     sparsify: dict | None = None  # override of the YAML stem's sparsify settings (e.g. the finder)
     convert: dict | None = None  # {"from": dense reference name, "p3": bool, "p4": bool}: made by conversion
     finetune: int = 0  # epochs of distillation fine-tune after conversion (teacher: the dense reference)
+    composites: dict | None = None  # its own training composites (`Recipe.composites`); None: the recipe's
+
+    def recipe(self, recipe: Recipe) -> Recipe:
+        """The recipe this variant is made by: `recipe` with the variant's seed, and its composites if it has any."""
+        own = {"composites": self.composites} if self.composites is not None else {}
+        return dataclasses.replace(recipe, seed=self.seed, **own)
 
     @property
     def has_finder(self) -> bool:
@@ -58,6 +64,20 @@ FINDER = {"recall": 0.97, "steps": 6000, "loss_margin": 16}
 FINETUNE = {"optimizer": "AdamW", "lr0": 5e-5, "lrf": 1.0, "warmup_epochs": 0, "freeze": [0], "mosaic": 0.0}
 FINDER_SPARSIFY = {"method": "finder", "dilate": 8}  # a from-scratch finder stem (margin: sparse stem and P3 path)
 
+
+# Training composites a recipe can mix into the forest tiles (`Recipe(composites=COMPOSITES)`): real crowns of the
+# training scenes on real object-free ground (`sparseyolo.data.composite`), a quarter of them empty ground.
+# 320x320 frames, the recipe's tile size, so the crowns keep their native scale: Ultralytics resizes each image's
+# long side to `imgsz` (320), so a 1280x720 composite would shrink its crowns 4x while the forest tiles are seen at
+# 1:1. Building 320-px frames directly is what tiling a large composite would give, without crowns cut at tile
+# borders and with fresh ground in every frame; mosaic augmentation then puts four frames side by side at 1:1.
+# At 320x320, fg 0.01 is about one crown, 0.03 two to three, 0.1 about six. 64 frames add ~65% to the 98 training
+# tiles (and to the epoch time). Not measured: a suggestion, not the shipped recipe.
+COMPOSITES = {"size": (320, 320), "fg": (0.0, 0.01, 0.03, 0.1), "images": 64, "seed": 0}
+COMPOSITE_KEYS = ("size", "fg", "images", "seed")
+# the DFF references learn a per-image policy: they train on varied scenes (forest tiles + composites, empty to
+# crowded), the other references on the forest tiles alone
+DFF_COMPOSITES = COMPOSITES
 
 VARIANTS = {
     v.name: v
@@ -86,22 +106,30 @@ VARIANTS = {
             convert={"from": "yolov8n-aerial", "method": "finder", "p3": True, "p4": True},
             finetune=10,
         ),
-        Variant("yolov8n-dff-aerial", "yolov8n-dff.yaml", "YOLOv8n backbone + Dynamic Feature Fusion neck"),
-        Variant("yolov8n-dff-aerial-seed1", "yolov8n-dff.yaml", "yolov8n-dff-aerial with seed 1: the spread", 1),
+        Variant(
+            "yolov8n-dff-aerial",
+            "yolov8n-dff.yaml",
+            "YOLOv8n backbone + Dynamic Feature Fusion neck, trained on forest tiles + composites (empty to crowded)",
+            composites=DFF_COMPOSITES,
+        ),
+        Variant(
+            "yolov8n-dff-aerial-seed1",
+            "yolov8n-dff.yaml",
+            "yolov8n-dff-aerial with seed 1: the spread",
+            1,
+            composites=DFF_COMPOSITES,
+        ),
+        Variant(
+            "yolov8n-sparse-dff-aerial",
+            "yolov8n-dff.yaml",
+            "yolov8n-dff-aerial converted: sparse stem (layers 0-4) with a foreground finder before the DFF neck; "
+            "fine-tuned with distillation, the neck's policy frozen",
+            convert={"from": "yolov8n-dff-aerial", "method": "finder", "p3": False, "p4": False},
+            finetune=10,
+            composites=DFF_COMPOSITES,
+        ),
     )
 }
-
-
-# Training composites a recipe can mix into the forest tiles (`Recipe(composites=COMPOSITES)`): real crowns of the
-# training scenes on real object-free ground (`sparseyolo.data.composite`), a quarter of them empty ground.
-# 320x320 frames, the recipe's tile size, so the crowns keep their native scale: Ultralytics resizes each image's
-# long side to `imgsz` (320), so a 1280x720 composite would shrink its crowns 4x while the forest tiles are seen at
-# 1:1. Building 320-px frames directly is what tiling a large composite would give, without crowns cut at tile
-# borders and with fresh ground in every frame; mosaic augmentation then puts four frames side by side at 1:1.
-# At 320x320, fg 0.01 is about one crown, 0.03 two to three, 0.1 about six. 64 frames add ~65% to the 98 training
-# tiles (and to the epoch time). Not measured: a suggestion, not the shipped recipe.
-COMPOSITES = {"size": (320, 320), "fg": (0.0, 0.01, 0.03, 0.1), "images": 64, "seed": 0}
-COMPOSITE_KEYS = ("size", "fg", "images", "seed")
 
 
 @dataclass
@@ -159,10 +187,7 @@ class Recipe:
             raise ValueError(
                 f"Recipe.composites must be None or a dict with keys from {COMPOSITE_KEYS}, got {self.composites!r}"
             )
-        args = {**self.composites}
-        if "size" in args:
-            args["size"] = tuple(args["size"])
-        comp = build_composite_dataset(split="train", **args).parent
+        comp = build_composite_dataset(split="train", **_composite_args(self.composites)).parent
         data = yaml.safe_load(data_yaml.read_text())
         root = Path(data.get("path") or data_yaml.parent)
 
@@ -180,6 +205,14 @@ class Recipe:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(yaml.safe_dump(mixed, sort_keys=False))
         return out
+
+
+def _composite_args(composites: dict) -> dict:
+    """`Recipe.composites` as `build_composite_dataset` keywords (`size` a tuple: JSON gives a list)."""
+    args = {**composites}
+    if "size" in args:
+        args["size"] = tuple(args["size"])
+    return args
 
 
 def recipe_command(recipe: Recipe, variants: list[str]) -> str:
@@ -200,7 +233,7 @@ def train_variant(variant: Variant, recipe: Recipe, data_yaml: Path, project: Pa
     """Make (train, or resume) one variant under `project/<name>`; returns the path of its final checkpoint: the
     recipe's run for a from-scratch variant, the conversion for a converted one, then the finder's training and
     calibration and the fine-tune (see `Variant`)."""
-    recipe = dataclasses.replace(recipe, seed=variant.seed)
+    recipe = variant.recipe(recipe)
     run_dir = project / variant.name
     done = run_dir / "finished.json"
     spec = {"recipe": recipe.as_dict(), "variant": json.loads(json.dumps(asdict(variant)))}
@@ -288,7 +321,8 @@ def _with_finder(variant: Variant, model, run_dir: Path, log):
 def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project: Path, log):
     """`model` fine-tuned `variant.finetune` epochs on the recipe's data with distillation from its dense
     reference (`dff_teacher`); the stem (layer 0, with the finder) is frozen and the finder's state (weights,
-    BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds."""
+    BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds. A DFF neck's policy
+    stays frozen (the curriculum's fine-tune phase throughout)."""
     from sparseyolo.nn.finder import Finder
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.convert import save_checkpoint
@@ -297,6 +331,8 @@ def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project
     start = save_checkpoint(model, project / variant.name / "weights" / "converted.pt")
     finders = {k: copy.deepcopy(v.state_dict()) for k, v in model.named_modules() if isinstance(v, Finder)}
     args = {**recipe.train_args(), "epochs": int(variant.finetune), "close_mosaic": 0, **FINETUNE}
+    if has_dff_neck(model):  # the neck keeps the policy it learnt: every epoch in the curriculum's fine-tune phase
+        args.update(dff_warmup=0.0, dff_finetune=1.0)
     log(f"{variant.name}: fine-tuning {variant.finetune} epochs with distillation from {variant.convert['from']}")
     YOLO(str(start)).train(data=str(recipe.training_data(data_yaml, project)), project=str(project), name=name,
                            exist_ok=True, dff_teacher=variant.convert["from"], **args)  # fmt: skip
@@ -312,7 +348,7 @@ def ship_variant(variant: Variant, recipe: Recipe, run_dir: Path, command: str, 
 
     The last epoch is shipped, not Ultralytics' `best.pt`: the validation tiles come from the held-out region
     that the evaluation measures, so choosing an epoch on them would tune the model to the test region."""
-    recipe = dataclasses.replace(recipe, seed=variant.seed)
+    recipe = variant.recipe(recipe)
     last = run_dir / "weights" / "final.pt"
     if not last.is_file():
         last = run_dir / "weights" / "last.pt"  # a run made before final.pt existed
@@ -364,12 +400,21 @@ def has_dff_neck(model) -> bool:
 
 def calibrate_reference(model, recipe: Recipe) -> dict:
     """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on `CALIBRATION_TILES` training tiles
-    (evenly spaced; never the validation region); returns the report stored in the model's JSON."""
+    (evenly spaced; never the validation region), plus the recipe's training composites when it has them (the
+    images the policy learnt to tell apart); returns the report stored in the model's JSON."""
     from sparseyolo.data.aerial import build_aerial_dataset
+    from sparseyolo.data.split import list_images
     from sparseyolo.yolo.budget import calibrate, calibration_images
 
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
     tiles = calibration_images(data, CALIBRATION_TILES)
+    source = f"{len(tiles)} evenly spaced training tiles"
+    if recipe.composites is not None:
+        from sparseyolo.data.composite import build_composite_dataset
+
+        comp = build_composite_dataset(split="train", **_composite_args(recipe.composites))
+        frames = [str(p) for p in list_images(comp.parent / "images" / "train")]
+        tiles, source = tiles + frames, f"{source} and the {len(frames)} training composites"
     report = calibrate(model, tiles, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)
-    report["source"] = f"{len(tiles)} evenly spaced training tiles"
+    report["source"] = source
     return report

@@ -33,3 +33,12 @@ def test_missing_or_non_dff_models_are_named_before_any_work(models, says, capsy
     assert main(["--models", models, "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert models in out and says in out and not (tmp_path / "out").exists()
+
+
+def test_terciles_split_in_three_lowest_first():
+    from sparseyolo.bench.neck import terciles
+
+    values = [5, 0, 9, 0, 3, 7, 1, 8, 2]
+    groups = terciles(values)
+    assert [sorted(values[k] for k in g) for g in groups] == [[0, 0, 1], [2, 3, 5], [7, 8, 9]]
+    assert sorted(k for g in terciles(list(range(10))) for k in g) == list(range(10))  # every image, once

@@ -3,6 +3,7 @@ pickle, Python export of sparse models, the demo's target logic."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -240,13 +241,20 @@ def test_bench_neck_smoke(tmp_path, capsys):
 
     args = ["neck", "--dff", "yolov8n-dff-aerial", "--pan", "yolov8n-aerial", "--budgets", "0.7", "--repeats", "1"]
     require_aerial_data()
-    rc = main(args + ["--synth", "1", "--calib", "6", "--out", str(tmp_path)])
+    rc = main(args + ["--synth", "1", "--calib", "6", "--composites", "4", "--out", str(tmp_path),
+                      "--retrained", "routing=yolov8n-dff-aerial-seed1"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
-    for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png"):
+    assert "## 3b. Ablation, each part retrained" in out and "| without routing | yolov8n-dff-aerial-seed1 |" in out
+    assert "Terciles of each DFF model's own complexity estimate" in out
+    for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png", "neck_budget_curve.png"):
         assert (tmp_path / f).is_file(), f
+    rows = list(csv.DictReader(open(tmp_path / "neck_per_image.csv")))
+    assert len({r["image"] for r in rows}) == 24 and any(r["image"].startswith("composite_") for r in rows)
     with pytest.raises(SystemExit):
         main(["neck", "--budgets", "1.5"])
+    with pytest.raises(SystemExit):
+        main(["neck", "--retrained", "no-label"])
     assert main(["neck", "--dff", "no-such-model", "--pan", "", "--out", str(tmp_path)]) == 1
 
 
