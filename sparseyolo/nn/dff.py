@@ -180,6 +180,7 @@ class DFFNeck(NeckFlops, nn.Module):
     max_depth: int | None = None  # hardware cap: fusion blocks per level (None: d_max)
     count_scale: float = 8.0  # policy supervision: complexity target 1 - exp(-objects / count_scale)
     gate_margin: int = 2  # policy supervision: pixel gates open on boxes grown by this many cells of their level
+    supervision_on: bool = True  # the curriculum turns the box supervision off in warm-up
 
     def __init__(
         self,
@@ -307,6 +308,11 @@ class DFFNeck(NeckFlops, nn.Module):
         if self.importance is not None:
             mods.append(self.importance)
         return [self.route_bias] + [p for m in mods for p in m.parameters()]
+
+    def supervised_parameters(self) -> list[nn.Parameter]:
+        """The parts of the policy taught by the boxes (pixel gates, complexity estimate): they keep learning in the
+        curriculum's fine-tune phase, so they follow the features that the rest of the model still changes."""
+        return [p for m in (self.spatial_gate, self.complexity_head) for p in m.parameters()]
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold.fill_(check_threshold(threshold))
@@ -598,6 +604,7 @@ class DFFNeck(NeckFlops, nn.Module):
         if self.mode == "dynamic" and self.efficiency_on and self.d_max > 0:
             losses["eff_loss"] = weights["eff_loss"] * efficiency_loss(expected, aux["level_share"], self.budget)
             losses["smooth_loss"] = weights["smooth_loss"] * smoothness(aux["desc"], dec)
+        if self.mode == "dynamic" and self.supervision_on:
             losses.update(self._supervision(aux, targets))
         return losses, stats
 

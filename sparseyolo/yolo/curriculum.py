@@ -5,15 +5,19 @@ Three phases over the run's epochs:
 1. warm-up (`warmup` share of the epochs): every path on (`DFFNeck.mode = "all_on"`), no efficiency loss;
 2. dynamic: gates decide, the relaxation temperature anneals from `t_start` to `t_end`, the efficiency and
    smoothness losses are on;
-3. fine-tuning (`finetune` share, at the end): the policy (gates, routing, controller, complexity) is frozen,
+3. fine-tuning (`finetune` share, at the end): the policy (gates, routing, controller, complexity) is frozen
+   (but for its box-supervised parts, below),
    the rest of the model adapts to its decisions.
 
 Optional distillation from a static teacher (`dff_teacher=best.pt`, weight `dff_distill=1.0`): the teacher's
 Detect outputs (class probabilities, box distributions) guide the student's (`distill_loss` column); classes,
 strides and head layout must match.
 
-The dynamic phase also supervises the policy with the boxes (`gate_loss`, `cx_loss`, see `sparseyolo.nn.dff`);
-`dff_supervise=W` sets both weights (0: off, the policy learns from the detection and budget losses alone).
+The dynamic and fine-tune phases also supervise the policy with the boxes (`gate_loss`, `cx_loss`, see
+`sparseyolo.nn.dff`); the supervised parts (pixel gates, complexity estimate) stay trainable in the fine-tune phase,
+so they follow the features the rest of the model still changes (frozen, they drifted off: a seed-1 run's gates
+opened on half of an empty image at the end, against a fifth in its dynamic phase). `dff_supervise=W` sets both
+weights (0: off, the policy learns from the detection and budget losses alone).
 `dff_without=routing,pixel` trains (and leaves) the neck with those parts switched off after the warm-up
 (`DFFNeck.disabled`, parts from `routing`, `depth`, `pixel`): the retrained ablations.
 
@@ -118,8 +122,13 @@ class Curriculum:
                     neck.disabled = frozenset(self.without.split(",")) - {""}
                 if self.supervise is not None:
                     neck.loss_weights["gate_loss"] = neck.loss_weights["cx_loss"] = float(self.supervise)
+                neck.supervision_on = phase != "warmup"
+                supervised = neck.loss_weights.get("gate_loss", 0) or neck.loss_weights.get("cx_loss", 0)
                 for p in neck.policy_parameters():
                     p.requires_grad_(phase != "finetune")
+                if supervised:  # taught by the boxes, not by the budget: they follow the features to the end
+                    for p in neck.supervised_parameters():
+                        p.requires_grad_(True)
         return phase
 
     def on_train_start(self, trainer) -> None:

@@ -66,7 +66,12 @@ def test_curriculum_phases_and_errors():
     c.apply([neck], 0, 10)
     assert neck.mode == "all_on" and not neck.efficiency_on
     c.apply([neck], 9, 10)
-    assert neck.mode == "dynamic" and not any(p.requires_grad for p in neck.policy_parameters())
+    assert neck.mode == "dynamic" and neck.supervision_on and not neck.efficiency_on
+    supervised = {id(p) for p in neck.supervised_parameters()}
+    assert supervised and all(p.requires_grad for p in neck.supervised_parameters())  # taught by the boxes to the end
+    assert not any(p.requires_grad for p in neck.policy_parameters() if id(p) not in supervised)
+    Curriculum(supervise=0.0).apply([neck], 9, 10)  # no supervision: the whole policy frozen
+    assert not any(p.requires_grad for p in neck.policy_parameters())
     assert all(p.requires_grad for p in neck.blocks.parameters())
     with pytest.raises(ValueError, match="unknown curriculum setting 'dff_warmpu'"):
         Curriculum.pop_from({"dff_warmpu": 0.2})
@@ -108,9 +113,9 @@ def test_training_columns_and_curriculum(dff_run):
         assert f"train/{col}" in keys and f"val/{col}" in keys
     eff = [float(r["train/eff_loss"]) for r in rows]
     assert eff[0] == 0.0 and eff[1] > 0.0 and eff[2] == 0.0  # warm-up, dynamic, fine-tune
-    for col in ("gate_loss", "cx_loss"):  # the policy's box supervision: the dynamic phase only
+    for col in ("gate_loss", "cx_loss"):  # the policy's box supervision: after the warm-up
         sup = [float(r[f"train/{col}"]) for r in rows]
-        assert sup[0] == 0.0 and sup[1] > 0.0 and sup[2] == 0.0, (col, sup)
+        assert sup[0] == 0.0 and sup[1] > 0.0 and sup[2] > 0.0, (col, sup)
     assert trainer.dff_phase == "finetune"
     assert dff_necks(dff_run.model)[0].mode == "dynamic"
 
