@@ -10,8 +10,9 @@ images of both kinds (every second training tile and 32 training composites; nev
 
 Per model and operating point: the spread of the per-image neck FLOPs over all-on (p10/p50/p90), the mean on
 images with no object (target <= 0.40) and on the most crowded third by object count (target >= 0.80), the
-neck's complexity estimate, and how many images ran each depth per level. Writes `neck-spread.md` and
-`neck-spread.csv` (one row per image) under `--out`.
+neck's complexity estimate, and how many images ran each depth per level. A budget out of a model's reach is
+reported as such and the other models still run. Writes `neck-spread.md`, `neck-spread.csv` (one row per image)
+and `neck-spread.png` (per-image FLOPs against the object count) under `--out`.
 """
 
 from __future__ import annotations
@@ -134,7 +135,12 @@ def run(names: list[str], a) -> int:
             points.append((f"budget {a.budget} (calibrated on varied training images)", a.budget))
         for label, budget in points:
             if budget is not None:  # after the as-shipped run: calibrating moves the neck's threshold
-                calibrate(yolo.model, [str(p) for p in calib], budget, imgsz=320, progress=False)
+                try:
+                    calibrate(yolo.model, [str(p) for p in calib], budget, imgsz=320, progress=False)
+                except ValueError as e:  # out of reach for this model: say so, measure the others
+                    print(f"{name}, {label}: {e}")
+                    table.append([name, label, "out of reach", None, "-", "-", str(e).split(";")[0]])
+                    continue
             rows = decisions(yolo, images, budget)
             s = summary(rows)
             crowded = f"{s['crowded third']:.3f} (>= {s['crowded from']})"
@@ -153,5 +159,33 @@ def run(names: list[str], a) -> int:
     )
     write_text(a.out / "neck-spread.md", text)
     write_csv(a.out / "neck-spread.csv", csv_rows)
+    plot_spread(csv_rows, a.out / "neck-spread.png")
     print(text)
     return 0
+
+
+def plot_spread(rows: list[dict], path: Path) -> Path:
+    """Per-image neck FLOPs over all-on against the object count, one panel per model and operating point (forest
+    tiles and composites apart), with the two targets drawn in."""
+    from sparseyolo.eval.report import pyplot, save_figure
+
+    plt = pyplot()
+    keys = list(dict.fromkeys((r["model"], r["point"]) for r in rows))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False, sharey=True)
+    for ax, (model, point) in zip(axes[0], keys, strict=True):
+        for kind, marker in (("forest", "o"), ("composite", "^")):
+            pts = [(r["objects"], r["ratio"]) for r in rows if (r["model"], r["point"]) == (model, point)
+                   and r["kind"] == kind]  # fmt: skip
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, alpha=0.7, label=kind)
+        ax.axhline(EMPTY_TARGET, color="tab:red", lw=0.8, ls="--", label="empty: at most")
+        ax.axhline(CROWDED_TARGET, color="tab:green", lw=0.8, ls="--", label="crowded third: at least")
+        path = Path(str(model))
+        name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "weights" else path.name  # run/x.pt
+        ax.set_title(f"{name}\n{point}", fontsize=8)
+        ax.set_xlabel("objects in the image")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("neck FLOPs / all-on")
+    axes[0][0].legend(fontsize=7)
+    return save_figure(fig, path)

@@ -42,3 +42,13 @@ def test_terciles_split_in_three_lowest_first():
     groups = terciles(values)
     assert [sorted(values[k] for k in g) for g in groups] == [[0, 0, 1], [2, 3, 5], [7, 8, 9]]
     assert sorted(k for g in terciles(list(range(10))) for k in g) == list(range(10))  # every image, once
+
+
+def test_spread_plot_has_a_panel_per_model_and_point(tmp_path):
+    from sparseyolo.bench.neck_spread import plot_spread
+
+    rows = [{"model": m, "point": p, "kind": k, "objects": n, "ratio": r}
+            for m in ("a.pt", "b") for p in ("shipped", "budget 0.7")
+            for k, n, r in (("forest", 20, 0.9), ("composite", 0, 0.2))]  # fmt: skip
+    out = plot_spread(rows, tmp_path / "spread.png")
+    assert out.is_file() and out.stat().st_size > 10_000
