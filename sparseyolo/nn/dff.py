@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.base import Channels, YamlContext
-from sparseyolo.nn.common import folded_once, forget_fold
+from sparseyolo.nn.dff_blocks import ConvBN, FusionBlock  # noqa: F401  (public here too)
 from sparseyolo.nn.dff_calibration import (  # noqa: F401  (calibration: public here too)
     CALIBRATION_POINTS,
     calibrate_neck,
@@ -51,8 +51,9 @@ from sparseyolo.nn.dff_calibration import (  # noqa: F401  (calibration: public 
     ratio_curve,
     threshold_for_budget,
 )
-from sparseyolo.nn.dff_flops import NeckFlops, subm_pairs
+from sparseyolo.nn.dff_flops import NeckFlops
 from sparseyolo.nn.dff_losses import (  # noqa: F401  (public here too)
+    box_supervision,
     complexity_supervision,
     complexity_target,
     efficiency_loss,
@@ -67,88 +68,11 @@ from sparseyolo.nn.gates import (
     gate_probability,
     straight_through,
 )
-from sparseyolo.nn.masks import boxes_to_mask
-from sparseyolo.sparse import SparseConvTensor
-from sparseyolo.sparse import functional as SF
 
 COMPLEXITY = ("learned", "stats")
 MODES = ("dynamic", "all_on", "static")
 PARTS = ("routing", "depth", "pixel")  # what `DFFNeck.disabled` can switch off (ablations)
 ON_LOGIT = 3.0  # initial gate logit: every path starts on (sigmoid 0.95, tanh 0.995)
-
-
-class ConvBN(nn.Module):
-    """`k x k` conv ('same' padding, no bias) -> BatchNorm -> SiLU. In eval mode BN is folded into the conv (once:
-    `nn.common.folded_once`, again when a weight or BN statistic changes or `train()` is called)."""
-
-    def __init__(self, c1: int, c2: int, k: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, 1, k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
-
-    def folded(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode weight `(c2, c1, k, k)` and bias `(c2,)` with BatchNorm folded in."""
-        return folded_once(self, self.conv.weight, None, self.bn)
-
-    def train(self, mode: bool = True):
-        forget_fold(self)
-        return super().train(mode)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            return F.silu(self.bn(self.conv(x)))
-        w, b = self.folded()
-        return F.silu(F.conv2d(x, w, b, 1, self.conv.padding))
-
-
-class FusionBlock(nn.Module):
-    """The residual increment `cv2(cv1(x))` of one fusion step (3x3 ConvBN `c -> c_ -> c`); the neck adds it to
-    `x`, scaled by its gate. In eval mode it can run on a subset of hidden channels and at chosen pixels only."""
-
-    def __init__(self, c: int, e: float = 1.0):
-        super().__init__()
-        self.c, self.c_ = c, max(1, int(c * e))
-        self.cv1 = ConvBN(c, self.c_, 3)
-        self.cv2 = ConvBN(self.c_, c, 3)
-
-    def forward(self, x: Tensor, channel_mult: Tensor | None = None) -> Tensor:
-        """Training/dense: `x (B, c, H, W)`, optional `channel_mult (B, c_)` on the hidden channels."""
-        h = self.cv1(x)
-        if channel_mult is not None:
-            h = h * channel_mult[:, :, None, None]
-        return self.cv2(h)
-
-    def _weights(self, channels: Tensor | None):
-        w1, b1 = self.cv1.folded()
-        w2, b2 = self.cv2.folded()
-        if channels is not None:
-            w1, b1, w2 = w1[channels], b1[channels], w2[:, channels]
-        return w1, b1, w2, b2
-
-    def run_dense(self, x: Tensor, channels: Tensor | None = None) -> Tensor:
-        """Eval: the increment on `x (B, c, H, W)`, hidden channels restricted to `channels` (index tensor)."""
-        w1, b1, w2, b2 = self._weights(channels)
-        return F.silu(F.conv2d(F.silu(F.conv2d(x, w1, b1, 1, 1)), w2, b2, 1, 1))
-
-    def run_at(self, x: Tensor, mask: Tensor, channels: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
-        """Eval: the increment at the pixels of `mask (B, H, W) bool` only, on the sparse engine.
-
-        Both convs run as submanifold convs (gather-GEMM-scatter over one kernel map) on the mask dilated by two
-        pixels: the first conv is then exact on the mask dilated by one, which is all the second conv reads at
-        the mask. Equals `run_dense` at the mask's pixels. Returns `sites (N, 3) int32` (the mask's pixels),
-        `rows (N, c)` and the FLOPs executed (2 per multiply-add of every kernel-map pair)."""
-        w1, b1, w2, b2 = self._weights(channels)
-        near = F.max_pool2d(mask[:, None].to(x.dtype), 5, 1, 2)[:, 0] > 0
-        st = SparseConvTensor.from_dense(x, near)
-        h = SF.subm_conv(st, w1, b1)
-        y = SF.subm_conv(h.replace_feature(F.silu(h.features)), w2, b2)
-        keep = mask[near]  # the rows of `near` (row-major, as `from_dense` orders them) that are mask pixels
-        pairs = float(subm_pairs(near))
-        return st.indices[keep], F.silu(y.features[keep]), 2 * pairs * self.c * w1.shape[0] * 2
-
-    def flops(self, sites1: float | Tensor, sites0: float | Tensor, hidden: int) -> float | Tensor:
-        """Dense FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""
-        return 2 * 9 * self.c * hidden * (sites1 + sites0)
 
 
 class DFFNeck(NeckFlops, nn.Module):
@@ -605,32 +529,10 @@ class DFFNeck(NeckFlops, nn.Module):
             losses["eff_loss"] = weights["eff_loss"] * efficiency_loss(expected, aux["level_share"], self.budget)
             losses["smooth_loss"] = weights["smooth_loss"] * smoothness(aux["desc"], dec)
         if self.mode == "dynamic" and self.supervision_on:
-            losses.update(self._supervision(aux, targets))
+            weights = {k: self.loss_weights.get(k, 0.0) for k in ("gate_loss", "cx_loss")}
+            losses.update(box_supervision(aux["gate_logits"], aux["cx"], targets, weights, self.gate_margin,
+                                          self.count_scale))  # fmt: skip
         return losses, stats
-
-    def _supervision(self, aux: dict, targets: dict) -> dict[str, Tensor]:
-        """The policy supervised by the boxes (`targets`: `batch_idx (N,)`, normalised xywh `bboxes (N, 4)`,
-        `batch_size`): `gate_loss`, pixel gates open on each box grown by `gate_margin` cells, shut elsewhere;
-        `cx_loss`, the complexity estimate reads `complexity_target(objects per image, count_scale)`. Without boxes
-        in `targets` (a direct call), nothing is supervised."""
-        out = {}
-        if "bboxes" not in targets:
-            return out
-        B = int(targets["batch_size"])
-        idx, boxes = targets["batch_idx"].view(-1).long(), targets["bboxes"]
-        w_gate, w_cx = self.loss_weights.get("gate_loss", 0.0), self.loss_weights.get("cx_loss", 0.0)
-        if w_gate and aux["gate_logits"]:
-            parts = []
-            for logits in aux["gate_logits"]:
-                if logits.shape[0] != B:
-                    raise ValueError(f"DFFNeck supervision: {B} images in the targets, {logits.shape[0]} in the batch")
-                fg = boxes_to_mask(idx, boxes, B, tuple(logits.shape[-2:]), dilate=int(self.gate_margin))
-                parts.append(gate_supervision(logits, fg))
-            out["gate_loss"] = w_gate * torch.stack(parts).mean()
-        if w_cx:
-            counts = torch.bincount(idx.cpu(), minlength=B)[:B] if idx.numel() else torch.zeros(B, dtype=torch.long)
-            out["cx_loss"] = w_cx * complexity_supervision(aux["cx"], counts.to(aux["cx"].device), self.count_scale)
-        return out
 
 
 def dff_necks(model: nn.Module) -> list[DFFNeck]:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparseyolo.nn.masks import boxes_to_mask
+
 
 def efficiency_loss(ratio: Tensor, level_share: Tensor, budget: float) -> Tensor:
     """The budget holds on average, not per image: `(mean(ratio) - budget)^2`, so an image that gains from more
@@ -48,3 +50,30 @@ def gate_supervision(logits: Tensor, target: Tensor) -> Tensor:
     object is (its box, grown by a margin), shut elsewhere. On the logits, so every gate kind's decision boundary
     (`sigmoid > 0.5`, `tanh > 0`) is the target's edge, whatever the temperature."""
     return F.binary_cross_entropy_with_logits(logits[:, 0].float(), target.to(logits.device).float())
+
+
+def box_supervision(
+    gate_logits: list[Tensor], cx: Tensor, targets: dict, weights: dict, margin: int, scale: float
+) -> dict[str, Tensor]:
+    """The policy supervised by the boxes (`targets`: `batch_idx (N,)`, normalised xywh `bboxes (N, 4)`,
+    `batch_size`), with `weights` of `gate_loss` and `cx_loss` (0: not computed): `gate_loss`, the pixel-gate
+    logits `(B, 1, H_l, W_l)` of each gated level against each box grown by `margin` cells of that level;
+    `cx_loss`, the complexity estimate `cx (B,)` against `complexity_target(objects per image, scale)`. Without
+    boxes in `targets` (a direct call), nothing is supervised."""
+    out = {}
+    if "bboxes" not in targets:
+        return out
+    B = int(targets["batch_size"])
+    idx, boxes = targets["batch_idx"].view(-1).long(), targets["bboxes"]
+    if weights.get("gate_loss") and gate_logits:
+        parts = []
+        for logits in gate_logits:
+            if logits.shape[0] != B:
+                raise ValueError(f"DFFNeck supervision: {B} images in the targets, {logits.shape[0]} in the batch")
+            fg = boxes_to_mask(idx, boxes, B, tuple(logits.shape[-2:]), dilate=int(margin))
+            parts.append(gate_supervision(logits, fg))
+        out["gate_loss"] = weights["gate_loss"] * torch.stack(parts).mean()
+    if weights.get("cx_loss"):
+        counts = torch.bincount(idx.cpu(), minlength=B)[:B] if idx.numel() else torch.zeros(B, dtype=torch.long)
+        out["cx_loss"] = weights["cx_loss"] * complexity_supervision(cx, counts.to(cx.device), scale)
+    return out
