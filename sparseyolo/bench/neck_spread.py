@@ -180,8 +180,8 @@ def plot_spread(rows: list[dict], path: Path) -> Path:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, alpha=0.7, label=kind)
         ax.axhline(EMPTY_TARGET, color="tab:red", lw=0.8, ls="--", label="empty: at most")
         ax.axhline(CROWDED_TARGET, color="tab:green", lw=0.8, ls="--", label="crowded third: at least")
-        path = Path(str(model))
-        name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "weights" else path.name  # run/x.pt
+        src = Path(str(model))
+        name = f"{src.parent.parent.name}/{src.name}" if src.parent.name == "weights" else src.name  # run/x.pt
         ax.set_title(f"{name}\n{point}", fontsize=8)
         ax.set_xlabel("objects in the image")
         ax.set_ylim(0, 1.05)

@@ -177,7 +177,7 @@ class DFFNeck(NeckFlops, nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.efficiency_on = True  # the curriculum turns the efficiency/smoothness losses off in warm-up
         # gate_loss / cx_loss: the policy supervised by the boxes (pixel gates open at objects, complexity from the
-        # object count), in the dynamic phase; 0 turns it off (curriculum `dff_supervise=0`)
+        # object count), after the curriculum's warm-up; 0 turns it off (curriculum `dff_supervise=0`)
         self.loss_weights = {
             "eff_loss": 2.0,
             "route_loss": 0.01,
@@ -529,7 +529,6 @@ class DFFNeck(NeckFlops, nn.Module):
             losses["eff_loss"] = weights["eff_loss"] * efficiency_loss(expected, aux["level_share"], self.budget)
             losses["smooth_loss"] = weights["smooth_loss"] * smoothness(aux["desc"], dec)
         if self.mode == "dynamic" and self.supervision_on:
-            weights = {k: self.loss_weights.get(k, 0.0) for k in ("gate_loss", "cx_loss")}
             losses.update(box_supervision(aux["gate_logits"], aux["cx"], targets, weights, self.gate_margin,
                                           self.count_scale))  # fmt: skip
         return losses, stats

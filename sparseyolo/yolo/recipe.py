@@ -72,7 +72,8 @@ FINDER_SPARSIFY = {"method": "finder", "dilate": 8}  # a from-scratch finder ste
 # 1:1. Building 320-px frames directly is what tiling a large composite would give, without crowns cut at tile
 # borders and with fresh ground in every frame; mosaic augmentation then puts four frames side by side at 1:1.
 # At 320x320, fg 0.01 is about one crown, 0.03 two to three, 0.1 about six. 64 frames add ~65% to the 98 training
-# tiles (and to the epoch time). Not measured: a suggestion, not the shipped recipe.
+# tiles (and to the epoch time). The DFF variants train with them (`DFF_COMPOSITES`); `demo --train --composites`
+# adds them to the others.
 COMPOSITES = {"size": (320, 320), "fg": (0.0, 0.01, 0.03, 0.1), "images": 64, "seed": 0}
 COMPOSITE_KEYS = ("size", "fg", "images", "seed")
 # the DFF references learn a per-image policy: they train on varied scenes (forest tiles + composites, empty to
@@ -123,7 +124,7 @@ VARIANTS = {
             "yolov8n-sparse-dff-aerial",
             "yolov8n-dff.yaml",
             "yolov8n-dff-aerial converted: sparse stem (layers 0-4) with a foreground finder before the DFF neck; "
-            "fine-tuned with distillation, the neck's policy frozen",
+            "fine-tuned with distillation, the neck's policy frozen but for its box-supervised parts",
             convert={"from": "yolov8n-dff-aerial", "method": "finder", "p3": False, "p4": False},
             finetune=10,
             composites=DFF_COMPOSITES,
@@ -321,8 +322,8 @@ def _with_finder(variant: Variant, model, run_dir: Path, log):
 def _finetuned(variant: Variant, recipe: Recipe, model, data_yaml: Path, project: Path, log):
     """`model` fine-tuned `variant.finetune` epochs on the recipe's data with distillation from its dense
     reference (`dff_teacher`); the stem (layer 0, with the finder) is frozen and the finder's state (weights,
-    BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds. A DFF neck's policy
-    stays frozen (the curriculum's fine-tune phase throughout)."""
+    BatchNorm statistics, calibrated threshold) restored afterwards, so its calibration holds. A DFF neck runs the
+    curriculum's fine-tune phase throughout: its policy frozen but for the box-supervised parts."""
     from sparseyolo.nn.finder import Finder
     from sparseyolo.yolo.api import YOLO
     from sparseyolo.yolo.convert import save_checkpoint
