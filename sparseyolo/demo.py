@@ -348,7 +348,15 @@ def run_training(
     epochs: int | None, variants: list[str], threads: int, project: Path, composites: bool = False
 ) -> None:
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.yolo.recipe import COMPOSITES, VARIANTS, Recipe, recipe_command, ship_variant, train_variant
+    from sparseyolo.yolo.recipe import (
+        ABLATIONS,
+        COMPOSITES,
+        VARIANTS,
+        Recipe,
+        recipe_command,
+        ship_variant,
+        train_variant,
+    )
 
     recipe = Recipe(composites=COMPOSITES if composites else None)
     if epochs is not None:
@@ -356,14 +364,17 @@ def run_training(
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap, verbose=True)
     command = recipe_command(recipe, variants)
     for name in variants:
-        v = VARIANTS[name]
-        train_variant(v, recipe, data, project.resolve(), threads=threads)
+        v = VARIANTS.get(name) or ABLATIONS[name]
+        final = train_variant(v, recipe, data, project.resolve(), threads=threads)
+        if not v.shipped:  # an ablation: measured from its run (`sparseyolo bench neck --retrained`)
+            print(f"{name}: trained {final} (not shipped)")
+            continue
         path = ship_variant(v, recipe, project.resolve() / v.name, command)
         print(f"{name}: shipped {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sparseyolo.yolo.recipe import VARIANTS
+    from sparseyolo.yolo.recipe import ABLATIONS, VARIANTS
 
     ap = argparse.ArgumentParser(prog="sparseyolo demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default runs/demo)")
@@ -379,13 +390,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--composites", action="store_true", help="train on training composites beside the forest tiles (--train)"
     )
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to train (default {','.join(VARIANTS)})")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"variants to train (default {','.join(VARIANTS)}; the retrained ablations, not shipped: "
+        f"{','.join(ABLATIONS)})",
+    )
     ap.add_argument("--project", type=Path, default=Path("runs/reference"), help="training runs folder")
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in VARIANTS and v not in ABLATIONS]
     if bad:
-        ap.error(f"unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
+        ap.error(f"unknown variant(s) {bad}; expected some of {list(VARIANTS) + list(ABLATIONS)}")
+    if any(v in ABLATIONS for v in variants) and not a.train:
+        ap.error("--variants names an ablation: it is only trained (--train), never shipped or demonstrated")
     if a.composites and not a.train:
         ap.error("--composites changes the training recipe: it needs --train")
     if a.repeats < 0 or a.threads < 1 or (a.epochs is not None and a.epochs < 1):
@@ -395,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["sparseyolo", "demo", *(sys.argv[2:] if argv is None else argv)])
         if a.train:
             run_training(a.epochs, variants, a.threads, a.project, a.composites)
+            if all(v in ABLATIONS for v in variants):
+                return 0  # ablations only: nothing shipped changed, no demo to run
         tiles, full, sparse_scenes = run_demo(a.out, a.repeats, a.force, a.threads, command, scenes=not a.no_scenes)
         if a.train or a.record:
             record_metrics(tiles, full, command, sparse_scenes)

@@ -311,6 +311,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# --- varied scenes (the DFF benchmarks) -----------------------------------------------------------------
+
+
+VAL_COMPOSITES_SEED = 1  # the training composites (`yolo.recipe.COMPOSITES`) use seed 0 and training crowns
+
+
+def val_composites(images: int, imgsz: int = 320) -> Path:
+    """The val composites the DFF benchmarks add to the forest val tiles; returns their `data.yaml`: `images`
+    frames of `imgsz` px, held-out crowns on held-out ground, a quarter each at the training composites' foreground
+    shares (empty to crowded; `yolo.recipe.COMPOSITES`), built once and cached."""
+    from sparseyolo.data.composite import build_composite_dataset
+    from sparseyolo.yolo.recipe import COMPOSITES
+
+    fg = list(COMPOSITES["fg"])
+    return build_composite_dataset(size=(imgsz, imgsz), fg=fg, images=images, split="val", seed=VAL_COMPOSITES_SEED)
+
+
 # --- tables and files -------------------------------------------------------------------------------
 
 

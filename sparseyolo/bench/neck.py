@@ -31,11 +31,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from sparseyolo.bench.common import latency, markdown_table, percentile, set_threads, write_csv, write_text
+from sparseyolo.bench.common import (
+    latency,
+    markdown_table,
+    percentile,
+    set_threads,
+    val_composites,
+    write_csv,
+    write_text,
+)
 from sparseyolo.data.aerial import build_aerial_dataset
 from sparseyolo.data.split import load_split
 from sparseyolo.data.synth import synth_scene
@@ -142,25 +151,22 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     from sparseyolo.nn import dff_necks
     from sparseyolo.nn.dff import threshold_for_budget
     from sparseyolo.yolo.api import YOLO
-    from sparseyolo.yolo.budget import calibrate, calibration_images, letterboxed
-    from sparseyolo.yolo.recipe import COMPOSITES, Recipe
+    from sparseyolo.yolo.budget import calibrate, letterboxed
+    from sparseyolo.yolo.recipe import COMPOSITES, Recipe, calibration_set
 
     set_threads(a.threads)
     recipe = Recipe()  # the tiles the reference models were trained and validated on
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
     images, gt, names = load_split(data, "val")
     imgsz = recipe.imgsz
-    calib = calibration_images(data, a.calib)
+    # the shipped DFF references' calibration images (`--calib` training tiles, plus the training composites)
+    calib = calibration_set(replace(recipe, composites=COMPOSITES if a.composites else None), a.calib)[0]
     if a.composites:
-        from sparseyolo.data.composite import build_composite_dataset
         from sparseyolo.data.split import list_images, yolo_ground_truth
 
-        fg = list(COMPOSITES["fg"])
-        val = build_composite_dataset(size=(imgsz, imgsz), fg=fg, images=a.composites, split="val", seed=1)
+        val = val_composites(a.composites, imgsz)
         images = images + list_images(val.parent / "images" / "val")
         gt = yolo_ground_truth(images, names)  # one ground truth, ids in `images` order
-        comp = build_composite_dataset(split="train", **{**COMPOSITES, "size": tuple(COMPOSITES["size"])})
-        calib = calib + list_images(comp.parent / "images" / "train")
 
     # --- configurations: name -> (YOLO, info) ---------------------------------------------------------------
     configs: dict[str, tuple] = {}

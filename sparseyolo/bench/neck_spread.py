@@ -6,7 +6,8 @@
 Images: the 320-px val tiles of the held-out forest region and `--composites` 320-px val composites (held-out
 crowns on real empty ground, a quarter each at 0, 1, 3 and 10% foreground: empty to crowded). Each model runs at
 its default gate threshold, and with `--budget` also at the threshold calibrated for that budget on training
-images of both kinds (every second training tile and 32 training composites; never the evaluated images).
+images of both kinds (the shipped DFF references' calibration set: 48 training tiles and the training composites;
+never the evaluated images).
 
 Per model and operating point: the spread of the per-image neck FLOPs over all-on (p10/p50/p90), the mean on
 images with no object (target <= 0.40) and on the most crowded third by object count (target >= 0.80), the
@@ -23,31 +24,28 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseyolo.bench.common import markdown_table, write_csv, write_text
+from sparseyolo.bench.common import markdown_table, val_composites, write_csv, write_text
 from sparseyolo.data.split import load_split
 
-FG = [0.0, 0.01, 0.03, 0.1]  # composites' foreground shares: a quarter each, empty to crowded
 EMPTY_TARGET, CROWDED_TARGET = 0.40, 0.80
 
 
-def varied_images(composites: int) -> tuple[list[tuple[Path, str, int]], list[Path]]:
-    """`(val images as (path, kind, objects), calibration images)`."""
+def varied_images(composites: int) -> tuple[list[tuple[Path, str, int]], list[str]]:
+    """`(val images as (path, kind, objects), calibration images)`: the forest val tiles and `composites` val
+    composites; the shipped DFF references' calibration set (training tiles and training composites)."""
     from sparseyolo.data.aerial import build_aerial_dataset
-    from sparseyolo.data.composite import build_composite_dataset
+    from sparseyolo.yolo.recipe import COMPOSITES, Recipe, calibration_set
 
     def counted(data_yaml: Path, kind: str) -> list[tuple[Path, str, int]]:
         images, gt, _ = load_split(data_yaml, "val")
         per_image = Counter(a["image_id"] for a in gt["annotations"])
         return [(p, kind, per_image[i]) for i, p in enumerate(images, start=1)]
 
-    tiles = build_aerial_dataset(tile=320, overlap=0.2)
-    val = counted(tiles, "forest")
+    recipe = Recipe(composites=COMPOSITES)
+    val = counted(build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap), "forest")
     if composites:
-        val += counted(
-            build_composite_dataset(size=(320, 320), fg=FG, images=composites, split="val", seed=1), "composite"
-        )
-    train = build_composite_dataset(size=(320, 320), fg=FG, images=32, split="train", seed=2)
-    return val, load_split(tiles, "train")[0][::2] + load_split(train, "train")[0]
+        val += counted(val_composites(composites, recipe.imgsz), "composite")
+    return val, calibration_set(recipe)[0]
 
 
 def decisions(yolo, images, budget: float | None) -> list[dict]:
@@ -121,6 +119,7 @@ def run(names: list[str], a) -> int:
     from sparseyolo.threads import set_threads
     from sparseyolo.yolo import YOLO
     from sparseyolo.yolo.budget import calibrate
+    from sparseyolo.yolo.recipe import COMPOSITES
 
     models = {name: YOLO(name) for name in names}  # every model found before any work
     for name, yolo in models.items():
@@ -136,7 +135,7 @@ def run(names: list[str], a) -> int:
         for label, budget in points:
             if budget is not None:  # after the as-shipped run: calibrating moves the neck's threshold
                 try:
-                    calibrate(yolo.model, [str(p) for p in calib], budget, imgsz=320, progress=False)
+                    calibrate(yolo.model, calib, budget, imgsz=320, progress=False)
                 except ValueError as e:  # out of reach for this model: say so, measure the others
                     print(f"{name}, {label}: {e}")
                     table.append([name, label, "out of reach", None, "-", "-", str(e).split(";")[0]])
@@ -155,7 +154,8 @@ def run(names: list[str], a) -> int:
     n_comp = sum(k == "composite" for _, k, _ in images)
     text = (
         f"# DFF neck: per-image decisions on varied images\n\n{len(images) - n_comp} forest val tiles and {n_comp} "
-        f"val composites (320 px, foreground {FG}), batch 1, conf 0.25.\n\n{markdown_table(headers, table)}\n"
+        f"val composites (320 px, foreground {list(COMPOSITES['fg'])}), batch 1, conf 0.25.\n\n"
+        f"{markdown_table(headers, table)}\n"
     )
     write_text(a.out / "neck-spread.md", text)
     write_csv(a.out / "neck-spread.csv", csv_rows)

@@ -45,10 +45,15 @@ class Variant:
     convert: dict | None = None  # {"from": dense reference name, "p3": bool, "p4": bool}: made by conversion
     finetune: int = 0  # epochs of distillation fine-tune after conversion (teacher: the dense reference)
     composites: dict | None = None  # its own training composites (`Recipe.composites`); None: the recipe's
+    train_extra: dict | None = None  # train keywords added to the recipe's (e.g. an ablation's `dff_without`)
+    shipped: bool = True  # False: trained for a measurement only (`ABLATIONS`), its weights stay in its run
 
     def recipe(self, recipe: Recipe) -> Recipe:
-        """The recipe this variant is made by: `recipe` with the variant's seed, and its composites if it has any."""
+        """The recipe this variant is made by: `recipe` with the variant's seed, its composites if it has any, and
+        its `train_extra` keywords."""
         own = {"composites": self.composites} if self.composites is not None else {}
+        if self.train_extra:
+            own["extra"] = {**recipe.extra, **self.train_extra}
         return dataclasses.replace(recipe, seed=self.seed, **own)
 
     @property
@@ -131,6 +136,24 @@ VARIANTS = {
         ),
     )
 }
+
+# The retrained ablations of `yolov8n-dff-aerial` (`sparseyolo bench neck --retrained`): the same recipe and seed,
+# the neck trained without one part after the warm-up (`dff_without`, see `sparseyolo.yolo.curriculum`) or without
+# the box supervision of its policy (`dff_supervise=0`). Trained by `sparseyolo demo --train --variants NAME`
+# (about 75 min each here), not shipped: the weights stay in the run (`<project>/NAME/weights/final.pt`).
+ABLATIONS = {
+    v.name: v
+    for v in (
+        dataclasses.replace(VARIANTS["yolov8n-dff-aerial"], name=f"yolov8n-dff-aerial-no-{part}",
+                            note=f"yolov8n-dff-aerial retrained without {what}", train_extra=extra, shipped=False)
+        for part, what, extra in (
+            ("supervision", "the box supervision of its policy", {"dff_supervise": 0.0}),
+            ("routing", "attention routing", {"dff_without": "routing"}),
+            ("depth", "adaptive depth", {"dff_without": "depth"}),
+            ("pixel", "pixel gates", {"dff_without": "pixel"}),
+        )
+    )
+}  # fmt: skip
 
 
 @dataclass
@@ -399,23 +422,32 @@ def has_dff_neck(model) -> bool:
     return bool(dff_necks(model))
 
 
-def calibrate_reference(model, recipe: Recipe) -> dict:
-    """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on `CALIBRATION_TILES` training tiles
-    (evenly spaced; never the validation region), plus the recipe's training composites when it has them (the
-    images the policy learnt to tell apart); returns the report stored in the model's JSON."""
+def calibration_set(recipe: Recipe, tiles: int = CALIBRATION_TILES) -> tuple[list[str], str]:
+    """The images a DFF reference is calibrated on, and their description: `tiles` evenly spaced training tiles
+    (never the validation region), plus the recipe's training composites when it has them (the images the policy
+    learnt to tell apart)."""
     from sparseyolo.data.aerial import build_aerial_dataset
     from sparseyolo.data.split import list_images
-    from sparseyolo.yolo.budget import calibrate, calibration_images
+    from sparseyolo.yolo.budget import calibration_images
 
     data = build_aerial_dataset(tile=recipe.tile, overlap=recipe.overlap)
-    tiles = calibration_images(data, CALIBRATION_TILES)
-    source = f"{len(tiles)} evenly spaced training tiles"
+    images = [str(p) for p in calibration_images(data, tiles)]
+    source = f"{len(images)} evenly spaced training tiles"
     if recipe.composites is not None:
         from sparseyolo.data.composite import build_composite_dataset
 
         comp = build_composite_dataset(split="train", **_composite_args(recipe.composites))
         frames = [str(p) for p in list_images(comp.parent / "images" / "train")]
-        tiles, source = tiles + frames, f"{source} and the {len(frames)} training composites"
-    report = calibrate(model, tiles, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)
+        images, source = images + frames, f"{source} and the {len(frames)} training composites"
+    return images, source
+
+
+def calibrate_reference(model, recipe: Recipe) -> dict:
+    """Calibrate a DFF reference model's neck to `CALIBRATION_BUDGET` on its `calibration_set`; returns the report
+    stored in the model's JSON."""
+    from sparseyolo.yolo.budget import calibrate
+
+    images, source = calibration_set(recipe)
+    report = calibrate(model, images, CALIBRATION_BUDGET, imgsz=recipe.imgsz, progress=False)
     report["source"] = source
     return report

@@ -85,3 +85,35 @@ def test_recipe_command_and_demo_flag_for_composites(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--composites"])
     assert "--composites changes the training recipe: it needs --train" in capsys.readouterr().err
+
+
+def test_ablations_are_the_dff_recipe_with_one_part_off_and_are_never_shipped(capsys, monkeypatch):
+    from sparseyolo import demo
+    from sparseyolo.yolo.curriculum import Curriculum
+    from sparseyolo.yolo.recipe import ABLATIONS, VARIANTS
+
+    base = VARIANTS["yolov8n-dff-aerial"]
+    assert set(ABLATIONS) == {f"yolov8n-dff-aerial-no-{p}" for p in ("supervision", "routing", "depth", "pixel")}
+    assert not set(ABLATIONS) & set(VARIANTS)  # `sparseyolo demo --train` never makes (nor ships) them by default
+    for name, v in ABLATIONS.items():
+        r, ref = v.recipe(Recipe()), base.recipe(Recipe())
+        args, ref_args = r.train_args(), ref.train_args()
+        added = {k: args[k] for k in set(args) - set(ref_args)}
+        assert {k: args[k] for k in ref_args} == ref_args and added == v.train_extra  # the same run, one change
+        assert r.composites == ref.composites and r.seed == ref.seed and not v.shipped
+        curriculum = Curriculum.pop_from(dict(added))  # keywords the curriculum takes (bad ones raise)
+        assert curriculum.without == name.removeprefix("yolov8n-dff-aerial-no-") or curriculum.supervise == 0.0
+    assert Recipe().train_args() == DEFAULT_TRAIN_ARGS  # the ablations' keywords did not leak into the recipe
+
+    with pytest.raises(SystemExit):
+        demo.main(["--variants", "yolov8n-dff-aerial-no-pixel"])  # not --train: nothing to show for an ablation
+    assert "never shipped or demonstrated" in capsys.readouterr().err
+    trained, shipped = [], []
+    monkeypatch.setattr(demo, "enable", lambda: None)
+    monkeypatch.setattr("sparseyolo.data.aerial.build_aerial_dataset", lambda **kw: "data.yaml")
+    monkeypatch.setattr("sparseyolo.yolo.recipe.train_variant", lambda v, *a, **kw: trained.append(v.name) or "w.pt")
+    monkeypatch.setattr("sparseyolo.yolo.recipe.ship_variant", lambda v, *a, **kw: shipped.append(v.name))
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: pytest.fail("an ablation-only run ran the demo"))
+    assert demo.main(["--train", "--variants", "yolov8n-dff-aerial-no-depth"]) == 0
+    assert trained == ["yolov8n-dff-aerial-no-depth"] and shipped == []
+    assert "trained w.pt (not shipped)" in capsys.readouterr().out
