@@ -23,8 +23,11 @@ by the one harness):
    + pixel gates (the full neck); and, with `--retrained`, models trained without a part (`dff_without=...`,
    `dff_supervise=0`) against the first DFF model, each at its own budget-0.7 threshold;
 plus synthetic scenes of graded complexity (object count; FLOPs and latency only: the detectors were trained on
-trees), a histogram of per-image neck GFLOPs, the accuracy-vs-neck-GFLOPs curve over budgets, and the issue's
-three targets at budget 0.7.
+trees), 4. one pixel-gated block on the sparse engine against dense, 5. does time follow FLOPs: the first DFF
+model at budgets 0.7 and 0.5 as shipped and with each execution lever (`LEVERS`: gated maps dense, coarser gate
+grids, no pixel gates), mean neck time against mean neck FLOPs; a histogram of per-image neck GFLOPs, the
+accuracy-vs-neck-GFLOPs curve over budgets, and the issue's three targets at budget 0.7 (time: mean neck ms per
+image, as the FLOP ratio is a mean).
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ ABLATION = (
     ("+ pixel gates (full)", set()),
 )
 
+# execution levers for "time follows FLOPs" (section 5): neck settings changed at inference, same weights
+LEVERS = (
+    ("gated maps run dense (masked)", {"sparse_density": 0.0}),
+    ("gate grid 2x2 px", {"gate_cell": 2}),
+    ("gate grid 4x4 px", {"gate_cell": 4}),
+    ("no pixel gates", {"disabled": frozenset({"pixel"})}),
+)
+
 
 def run_layers(layers, y: list, out):
     """Run Ultralytics `layers` in order as `DetectionModel` does (each reads `m.f` of the outputs so far),
@@ -84,7 +95,9 @@ def neck_callable(model, x):
     return lambda: run_layers(neck, list(y), y[-1])
 
 
-def configure(yolo, mode: str, threshold: float | None = None, disabled=frozenset()):
+def configure(yolo, mode: str, threshold: float | None = None, disabled=frozenset(), **settings):
+    """Set every DFF neck of `yolo` to `mode`, `threshold`, `disabled` parts and other attributes (`settings`,
+    e.g. `sparse_density`, `gate_cell`); returns `yolo`."""
     from sparseyolo.nn import dff_necks
 
     for n in dff_necks(yolo.model):
@@ -92,6 +105,10 @@ def configure(yolo, mode: str, threshold: float | None = None, disabled=frozense
         n.disabled = frozenset(disabled)
         if threshold is not None:
             n.set_threshold(threshold)
+        for k, v in settings.items():
+            if not hasattr(n, k):
+                raise AttributeError(f"DFFNeck has no setting {k!r}")
+            setattr(n, k, v)
     return yolo
 
 
@@ -196,6 +213,14 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                     configure(YOLO(name), "dynamic", thresholds[name, 0.7], off),
                     {"model": name, "neck": f"ablation: {label}", "budget": 0.7},
                 )
+        for b in (0.7, 0.5) if k == 0 else ():
+            if thresholds.get((name, b)) is None:
+                continue
+            for label, settings in LEVERS:
+                configs[f"lever {label} b={b:g}"] = (
+                    configure(YOLO(name), "dynamic", thresholds[name, b], **settings),
+                    {"model": name, "neck": f"lever: {label}", "budget": b, "lever": label},
+                )
     for label, name in a.retrained.items():
         probe = YOLO(name)
         if not dff_necks(probe.model):
@@ -255,6 +280,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                 "ap_medium": s["ap_medium"],
                 "ap_large": s["ap_large"],
                 "neck_gflops": float(np.mean(neck_g)),
+                "neck_mean_ms": float(np.mean(img_ms)),
                 "neck_p50_ms": percentile(img_ms, 50),
                 "neck_p90_ms": percentile(img_ms, 90),
                 "predict_p50_ms": s["p50_ms"],
@@ -293,7 +319,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     text.append("## 1. Accuracy, executed neck FLOPs, latency\n")
     head = ["config", "mAP50-95", "mAP50", "AP_s", "AP_m", "AP_l", "neck GFLOPs", "ratio", "neck p50 ms"]
     head += ["neck p90 ms", "predict p50 ms", "predict p90 ms"]
-    main_rows = [r for r in rows if not r["config"].startswith("ablation")]
+    main_rows = [r for r in rows if not r["config"].startswith(("ablation", "lever"))]
     text.append(markdown_table(head, [_cells(r) for r in main_rows]))
 
     # --- terciles of ground-truth object count, and of each model's complexity estimate -----------------------
@@ -306,7 +332,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
                 "neck's complexity estimate (mean).\n")  # fmt: skip
     trows, erows = [], []
     for n in configs:
-        if n.startswith(("ablation", "retrained")):
+        if n.startswith(("ablation", "retrained", "lever")):
             continue
         cx = stats.get(n, {}).get("complexity")
         trows.append([n] + [tercile_cell(res[n], times, n, gt, ids, t, cx) for t in by_count])
@@ -357,6 +383,8 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
         text.append(synthetic_table(configs, dffs, budgets, a, imgsz))
 
     text.append(pixel_gate_table(a))
+    if dffs:
+        text.append(lever_table(rows, dffs[0]))
 
     # --- targets ------------------------------------------------------------------------------------------
     text.append("\n## Targets at budget 0.7\n")
@@ -414,7 +442,7 @@ def targets(rows: list[dict], dffs: list[str]) -> list[str]:
             out.append(f"- {name}: no budget-0.7 row (budget out of reach)")
             continue
         flop_cut = 1 - b7["neck_ratio"]
-        time_cut = 1 - b7["neck_p50_ms"] / on["neck_p50_ms"]
+        time_cut = 1 - b7["neck_mean_ms"] / on["neck_mean_ms"]  # mean time per image, as the ratio is mean FLOPs
         d_map = 100 * (b7["map"] - on["map"])
         out.append(
             f"- {name}: neck FLOPs {b7['neck_ratio']:.2f} of all-on (target <= 0.70: "
@@ -424,6 +452,35 @@ def targets(rows: list[dict], dffs: list[str]) -> list[str]:
             f"all-on (target within 0.5: {'met' if abs(d_map) <= 0.5 or d_map > 0 else 'MISSED'}; {spread})"
         )
     return out
+
+
+def lever_table(rows: list[dict], model: str) -> str:
+    """Section 5: does neck time follow its FLOPs? `model` at budgets 0.7 and 0.5 as shipped and with each of
+    `LEVERS`: mean neck FLOPs and mean neck time per image against all-on, and the time cut over the FLOP cut
+    (target >= 0.8)."""
+    on = next((r for r in rows if r["model"] == model and r["neck"] == "DFF all-on"), None)
+    if on is None:
+        return ""
+    out = []
+    for b in (0.7, 0.5):
+        shipped = next((r for r in rows if r["model"] == model and r["neck"] == f"DFF budget {b:g}"), None)
+        levers = [r for r in rows if r["model"] == model and r.get("budget") == b and r["neck"].startswith("lever")]
+        for label, r in [("as shipped", shipped)] + [(r["neck"].removeprefix("lever: "), r) for r in levers]:
+            if r is None:
+                continue
+            flop_cut = 1 - r["neck_gflops"] / on["neck_gflops"]
+            time_cut = 1 - r["neck_mean_ms"] / on["neck_mean_ms"]
+            follows = f"{time_cut / flop_cut:.2f}" if flop_cut > 0.01 else "n/a"
+            out.append([f"{b:g}", label, f"{r['neck_gflops'] / on['neck_gflops']:.2f}", f"{r['neck_mean_ms']:.2f}",
+                        f"-{100 * flop_cut:.0f}%", f"{-100 * time_cut:+.0f}%", follows, f"{r['map']:.3f}"])  # fmt: skip
+    head = ["budget", "execution", "neck FLOPs / all-on", "neck ms (mean)", "FLOP cut", "time change",
+            "time cut / FLOP cut (>= 0.8)", "mAP50-95"]  # fmt: skip
+    return (
+        f"\n## 5. Does time follow FLOPs? ({model}; all-on: {on['neck_mean_ms']:.2f} ms mean per image)\n\n"
+        "The same weights and thresholds; at inference the gated maps run on the sparse engine below the YAML's "
+        "`sparse_density` (as shipped), always dense and masked, with the gates decided per 2x2 or 4x4 pixel cell, "
+        "or without pixel gates.\n\n" + markdown_table(head, out)
+    )
 
 
 def synthetic_table(configs: dict, dffs: list[str], budgets: list[float], a, imgsz: int) -> str:
@@ -505,7 +562,7 @@ def pixel_gate_table(a, size: int = 160, c: int = 64) -> str:
 def plot_histogram(per_image: list[dict], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    configs = [c for c in dict.fromkeys(r["config"] for r in per_image) if not c.startswith("ablation")]
+    configs = [c for c in dict.fromkeys(r["config"] for r in per_image) if not c.startswith(("ablation", "lever"))]
     for c in configs:
         ax.hist([r["neck_gflops"] for r in per_image if r["config"] == c], bins=20, alpha=0.5, label=c)
     ax.set_xlabel("executed neck GFLOPs per image")

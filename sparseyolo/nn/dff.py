@@ -105,6 +105,7 @@ class DFFNeck(NeckFlops, nn.Module):
     count_scale: float = 8.0  # policy supervision: complexity target 1 - exp(-objects / count_scale)
     gate_margin: int = 2  # policy supervision: pixel gates open on boxes grown by this many cells of their level
     supervision_on: bool = True  # the curriculum turns the box supervision off in warm-up
+    gate_cell: int = 1  # inference: pixel gates decided per `gate_cell`-pixel square (a cell opens if any pixel does)
 
     def __init__(
         self,
@@ -389,6 +390,10 @@ class DFFNeck(NeckFlops, nn.Module):
                     gate_logits.append(pixel_logits)
                 ps = gate_probability(pixel_logits, self.gate, temp, noise=soft)
                 ms = gate_multiplier(ps, self.gate, thr)  # (B, 1, H, W)
+                if not soft and self.gate_cell > 1:  # coarser gate grid: whole cells open
+                    k = int(self.gate_cell)
+                    cells = F.max_pool2d(ms, k, k, ceil_mode=True)
+                    ms = cells.repeat_interleave(k, 2).repeat_interleave(k, 3)[..., : ms.shape[2], : ms.shape[3]]
                 if soft:
                     decisions.append(F.adaptive_avg_pool2d(ps, 4).flatten(1))
                 for b, v in enumerate((ms.detach() != 0).float().mean((1, 2, 3)).tolist()):

@@ -52,3 +52,20 @@ def test_spread_plot_has_a_panel_per_model_and_point(tmp_path):
             for k, n, r in (("forest", 20, 0.9), ("composite", 0, 0.2))]  # fmt: skip
     out = plot_spread(rows, tmp_path / "spread.png")
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+def test_lever_table_compares_mean_time_with_mean_flops():
+    from sparseyolo.bench.neck import lever_table
+
+    def r(neck, g, ms, budget=None):
+        return {"model": "m", "neck": neck, "neck_gflops": g, "neck_mean_ms": ms, "map": 0.1, "budget": budget}
+
+    rows = [r("DFF all-on", 1.0, 10.0), r("DFF budget 0.7", 0.6, 7.0, 0.7),
+            r("lever: no pixel gates", 0.8, 9.0, 0.7), r("DFF budget 0.5", 0.5, 9.0, 0.5)]  # fmt: skip
+    text = lever_table(rows, "m")
+    lines = {tuple(ln.split(" | ")[:2]): ln for ln in text.splitlines() if ln.startswith("| 0.")}
+    # budget 0.7: FLOPs -40%, time -30% -> 0.75; lever: -20% / -10% -> 0.50; budget 0.5: -50% / -10% -> 0.20
+    assert "| -40% | -30% | 0.75 |" in lines["| 0.7", "as shipped"]
+    assert "| -20% | -10% | 0.50 |" in lines["| 0.7", "no pixel gates"]
+    assert "| -50% | -10% | 0.20 |" in lines["| 0.5", "as shipped"] and len(lines) == 3
+    assert lever_table([r("DFF budget 0.7", 0.6, 7.0, 0.7)], "m") == ""  # no all-on row: nothing to compare

@@ -71,6 +71,7 @@ def counted_flops(neck, xs):
 KW = [{}, {"topk": 0.5}, {"complexity": "stats", "gate": "retanh"}, {"spatial": 2}]
 KW += [{"disabled": d} for d in ({"routing"}, {"depth"}, {"pixel"}, {"routing", "depth", "pixel"})]
 KW += [{"max_routes": 1, "max_depth": 1}, {"max_routes": 0}]  # hardware presets' caps
+KW += [{"gate_cell": 4}]  # a coarser gate grid (bench neck's lever)
 
 
 @pytest.mark.parametrize("kw", KW)
@@ -81,7 +82,7 @@ def test_gflops_match_flop_counter(kw, sparse_density):
     parts switched off (the benchmark's ablations)."""
     kw = dict(kw)
     disabled = frozenset(kw.pop("disabled", ()))
-    caps = {k: kw.pop(k) for k in ("max_routes", "max_depth") if k in kw}
+    caps = {k: kw.pop(k) for k in ("max_routes", "max_depth", "gate_cell") if k in kw}
     neck = trained_like(**kw, sparse_density=sparse_density)
     neck.disabled = disabled
     for k, v in caps.items():
@@ -130,6 +131,44 @@ def test_sparse_pixel_gates_equal_dense_execution():
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
     assert 0.0 < float(sparse.last_stats["spatial"].mean()) < 1.0
     assert (sparse.last_stats["gflops"] < dense.last_stats["gflops"]).all()
+
+
+@pytest.mark.parametrize("cell", [2, 3])
+def test_coarser_gate_grid_opens_whole_cells_and_stays_exact(cell, monkeypatch):
+    """`gate_cell=k`: a pixel runs when any pixel of its k x k cell (from the top-left; edge cells cut) would;
+    the sparse engine still gives the dense block's numbers on that mask."""
+    import sparseyolo.nn.dff as dff
+
+    masks = []
+    record = dff.gate_multiplier
+
+    def recording(p, kind, thr):
+        m = record(p, kind, thr)
+        if p.dim() == 4:
+            masks.append(m.clone())
+        return m
+
+    monkeypatch.setattr(dff, "gate_multiplier", recording)
+    xs = inputs(2, seed=3)
+    fine, coarse = trained_like(sparse_density=1.0), trained_like(sparse_density=1.0)
+    coarse.gate_cell = cell
+    dense = trained_like(sparse_density=0.0)
+    dense.gate_cell = cell
+    with torch.no_grad():
+        fine(xs)
+        pixel = masks[-1][:, 0] != 0  # (B, H, W) of the fine gates
+        share_fine = fine.last_stats["spatial"].clone()
+        a, b = coarse(xs), dense(xs)
+    H, W = pixel.shape[1:]
+    want = torch.zeros_like(pixel)
+    for y in range(0, H, cell):
+        for x in range(0, W, cell):
+            want[:, y : y + cell, x : x + cell] = pixel[:, y : y + cell, x : x + cell].any(2).any(1)[:, None, None]
+    share = want.float().mean((1, 2)).double()
+    torch.testing.assert_close(coarse.last_stats["spatial"], share)
+    assert (share >= share_fine).all() and (share > share_fine).any()
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
 
 
 def test_eval_matches_training_formula():
