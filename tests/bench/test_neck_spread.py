@@ -69,3 +69,30 @@ def test_lever_table_compares_mean_time_with_mean_flops():
     assert "| -20% | -10% | 0.50 |" in lines["| 0.7", "no pixel gates"]
     assert "| -50% | -10% | 0.20 |" in lines["| 0.5", "as shipped"] and len(lines) == 3
     assert lever_table([r("DFF budget 0.7", 0.6, 7.0, 0.7)], "m") == ""  # no all-on row: nothing to compare
+
+
+def test_whole_model_table_splits_forest_tiles_from_composites_and_judges_the_target():
+    from sparseyolo.bench.neck import whole_model_table
+    from sparseyolo.eval.compare import Result
+
+    names = ["tile_0.png", "tile_1.png", "composite_0.png", "composite_1.png"]
+    gt = {"images": [{"id": i, "file_name": n, "width": 320, "height": 320} for i, n in enumerate(names, 1)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 0, "bbox": [10, 10, 40, 40], "area": 1600,
+                           "iscrowd": 0} for i in (1, 2, 3)],
+          "categories": [{"id": 0, "name": "tree"}]}  # fmt: skip
+    hits = [{"image_id": i, "category_id": 0, "bbox": [10, 10, 40, 40], "score": 0.9} for i in (1, 2, 3)]
+
+    def result(g):
+        return Result("m", "native", images=names, gflops=g, detections=hits)
+
+    res = {"PAN p": result([10, 10, 10, 10]), "DFF d all-on": result([11, 11, 11, 11]),
+           "DFF d b=0.7": result([9, 11, 8, 8])}  # fmt: skip
+    text = whole_model_table(res, gt, ["p"], ["d"])
+    assert "| PAN p | 10.000 / 1.000 | 10.000 / 1.000 |" in text
+    assert "| DFF d b=0.7 | 10.000 / 1.000 | 8.000 / 1.000 |" in text  # forest (9+11)/2, composites (8+8)/2
+    assert "forest tiles: 1.000 of p's GFLOPs (target <= 1.00)" in text and text.count(": met") == 2
+    res["DFF d b=0.7"] = result([9, 11, 9, 9])  # 0.9 of stock on the composites: over 0.85
+    assert (
+        "composites: 0.900 of p's GFLOPs (target <= 0.85), mAP50-95 1.000 vs the better stock seed's 1.000: MISSED"
+        in whole_model_table(res, gt, ["p"], ["d"])
+    )
