@@ -25,6 +25,7 @@ SPARSE_P3 = "yolov8n-sparse-p3-aerial"  # sparse stem + sparse P3 path (P3 fusio
 SPARSE_P34 = "yolov8n-sparse-p34-aerial"  # sparse stem + sparse P3 and P4 paths
 DFF = "yolov8n-dff-aerial"  # DFF neck at its shipped calibration (budget 0.7 of all-on neck FLOPs)
 DFF_ALL_ON = f"{DFF} all-on"  # the same weights with every neck path on
+SPARSE_DFF = "yolov8n-sparse-dff-aerial"  # the finder's sparse stem before the DFF neck (at its calibration)
 FULL_PLAN = [
     (DENSE, "native"),
     (DENSE, "640"),
@@ -35,11 +36,12 @@ FULL_PLAN = [
     (SPARSE_P34, "native"),
     (DFF, "native"),
     (DFF_ALL_ON, "native"),
+    (SPARSE_DFF, "native"),
     (DENSE_SEED1, "native"),
 ]
-SHIPPED = (DENSE, DENSE_SEED1, SPARSE, SPARSE_P3, SPARSE_P34, DFF)
+SHIPPED = (DENSE, DENSE_SEED1, SPARSE, SPARSE_P3, SPARSE_P34, DFF, SPARSE_DFF)
 # models of the reduced sparse scenes, by role
-ROLES = {"dense": DENSE, "sparse": SPARSE, "sparse_p3": SPARSE_P3, "sparse_p34": SPARSE_P34}
+ROLES = {"dense": DENSE, "sparse": SPARSE, "sparse_p3": SPARSE_P3, "sparse_p34": SPARSE_P34, "sparse_dff": SPARSE_DFF}
 SCENE_REPEATS = 1  # timing rounds per sparse scene (a 4K forward takes seconds here; 8K about 15 s)
 CACHE_VERSION = 4  # bump when what is measured changes (cached results are then remeasured)
 
@@ -122,7 +124,7 @@ def _at_least(v, lo) -> bool | None:
     return None if v is None or lo is None else v >= lo
 
 
-SPARSE_MODELS = (SPARSE, SPARSE_P3, SPARSE_P34)
+SPARSE_MODELS = (SPARSE, SPARSE_P3, SPARSE_P34, SPARSE_DFF)
 MASK_RECALL = 0.97  # the finder's recall target: objects with >= 90% of their box active
 
 
@@ -212,9 +214,11 @@ def write_report(
         "`active` = share of the image's pixels the sparse stem keeps; `mask recall` = share of ground-truth objects",
         "with at least 90% of their box in that mask; peak MiB = resident-memory growth of one call.",
         f"`{DFF}`: the Dynamic Feature Fusion neck at its shipped calibration (the gate threshold that keeps",
-        "the mean executed neck FLOPs within 0.7 of all-on on 48 training tiles); `all-on`: every neck path.",
+        "the mean executed neck FLOPs within 0.7 of all-on on 48 training tiles and the training composites);",
+        "`all-on`: every neck path.",
         f"Sparse models: `{SPARSE}` (sparse stem, layers 0-4), `{SPARSE_P3}` (plus the sparse P3 path: the P3",
-        f"fusion and head run at the stem's active stride-8 sites only) and `{SPARSE_P34}` (plus the P4 path); each",
+        f"fusion and head run at the stem's active stride-8 sites only), `{SPARSE_P34}` (plus the P4 path) and",
+        f"`{SPARSE_DFF}` (the sparse stem before `{DFF}`'s neck, fine-tuned, then calibrated as it is); each",
         "looks where its foreground finder points (a mask calibrated for recall on training images; above the",
         "crossover share the blocks run dense). How each was made: `sparseyolo/weights/<name>.json`.",
         "",

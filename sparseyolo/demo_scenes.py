@@ -40,7 +40,12 @@ class Scene:
 SCENES = (
     Scene("4K, 1% foreground", (3840, 2160), 0.01, memory=True, speed=4.0),
     Scene("4K, 4% foreground", (3840, 2160), 0.04, speed=2.5),
-    Scene("4K, empty ground (no object)", (3840, 2160), 0.0, roles=("dense", "sparse", "sparse_p3", "sparse_p34")),
+    Scene(
+        "4K, empty ground (no object)",
+        (3840, 2160),
+        0.0,
+        roles=("dense", "sparse", "sparse_p3", "sparse_p34", "sparse_dff"),
+    ),
     Scene("8K, 1% foreground", (7680, 4320), 0.01, roles=("dense", "sparse_p34"), memory=True, timed=False),
 )
 

@@ -323,7 +323,7 @@ class DFFNeck(NeckFlops, nn.Module):
                     continue
                 wij = w[:, i, j]
                 if not soft and mode != "static" and B == 1:  # predict: one Python test, no index bookkeeping
-                    if float(wij) == 0.0:
+                    if float(wij.detach()) == 0.0:
                         continue
                     part = wij.view(1, 1, 1, 1) * self._align(lat[j], sizes[i])
                     ctx = part if ctx is None else ctx + part
