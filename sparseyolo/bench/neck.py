@@ -221,7 +221,7 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
             for label, settings in LEVERS:
                 configs[f"lever {label} b={b:g}"] = (
                     configure(YOLO(name), "dynamic", thresholds[name, b], **settings),
-                    {"model": name, "neck": f"lever: {label}", "budget": b, "lever": label},
+                    {"model": name, "neck": f"lever: {label}", "budget": b},
                 )
     for label, name in a.retrained.items():
         probe = YOLO(name)

@@ -316,19 +316,16 @@ class DFFNeck(NeckFlops, nn.Module):
         dctx = (w[..., None] * desc[:, None]).sum(2)  # (B, L, c): descriptor of each context
         g = torch.sigmoid(self.feature_gate(torch.cat([desc, dctx], 2)))  # (B, L, c)
         feats = []
+        one = not soft and mode != "static" and B == 1  # predict: one Python test per route, no index bookkeeping
         for i in range(L):
             ctx = None
             for j in range(L):
                 if i == j:
                     continue
                 wij = w[:, i, j]
-                if not soft and mode != "static" and B == 1:  # predict: one Python test, no index bookkeeping
-                    if float(wij.detach()) == 0.0:
-                        continue
-                    part = wij.view(1, 1, 1, 1) * self._align(lat[j], sizes[i])
-                    ctx = part if ctx is None else ctx + part
+                if one and float(wij.detach()) == 0.0:
                     continue
-                if soft or mode == "static":
+                if soft or mode == "static" or one:
                     part = wij[:, None, None, None] * self._align(lat[j], sizes[i])
                     ctx = part if ctx is None else ctx + part
                     continue
