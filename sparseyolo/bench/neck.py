@@ -2,7 +2,7 @@
 
 `sparseyolo bench neck [--dff yolov8n-dff-aerial,yolov8n-dff-aerial-seed1] [--pan yolov8n-aerial,yolov8n-aerial-seed1]
 [--budgets 0.5,0.7,0.9] [--calib 48] [--composites 64] [--retrained LABEL=MODEL,...] [--repeats 5] [--threads 2]
-[--synth 6] [--out results/bench-neck]`
+[--synth 6] [--sizes 320,640,1280] [--size-images 16] [--out results/bench-neck]`
 
 Models (trained by one recipe, `sparseyolo demo --train`): the stock PAN neck and the DFF neck, two seeds each.
 Each DFF model runs all-on (every path) and at each budget: its gate threshold is calibrated on `--calib`
@@ -27,7 +27,8 @@ trees), whole-model executed GFLOPs and mAP50-95 on the forest tiles and on the 
 models at budget 0.7 against the stock PAN models: the issue's whole-model target), 4. one pixel-gated block on
 the sparse engine against dense, 5. does time follow FLOPs: the first DFF model at budget 0.7 and the tightest of
 `--budgets` as shipped and with each execution lever (`LEVERS`: gated maps dense, coarser gate grids, no pixel
-gates), mean neck time against mean neck FLOPs; a histogram of per-image neck GFLOPs, the
+gates), mean neck time against mean neck FLOPs; 6. the same at larger images (`--sizes`: val composites
+built at each side, the first DFF model all-on and at those budgets); a histogram of per-image neck GFLOPs, the
 accuracy-vs-neck-GFLOPs curve over budgets, and the issue's three targets at budget 0.7 (time: mean neck ms per
 image, as the FLOP ratio is a mean).
 """
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--synth", type=int, default=6, help="synthetic scenes per complexity level (0: none)")
+    ap.add_argument(
+        "--sizes", default="320,640,1280", help="image sides of section 6 (time vs FLOPs by size; '' to skip)"
+    )
+    ap.add_argument("--size-images", type=int, default=16, help="val composites per size in section 6 (default 16)")
     ap.add_argument("--out", type=Path, default=Path("results/bench-neck"))
     a = ap.parse_args(argv)
     if a.repeats < 1 or a.threads < 1 or a.calib < 1 or a.synth < 0 or a.composites < 0:
@@ -142,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--retrained takes LABEL=MODEL items, got {item!r}")
         retrained[label.strip()] = model.strip()
     a.retrained = retrained
+    try:
+        a.sizes = [int(v) for v in a.sizes.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated image sides, got {a.sizes!r}")
+    if any(v < 64 or v % 32 for v in a.sizes) or a.size_images < 1:
+        ap.error(f"--sizes must be multiples of 32, at least 64 (got {a.sizes}); --size-images >= 1")
     try:
         budgets = [float(b) for b in a.budgets.split(",") if b]
     except ValueError:
@@ -389,6 +400,8 @@ def run(dffs: list[str], pans: list[str], budgets: list[float], a) -> int:
     text.append(pixel_gate_table(a))
     if dffs:
         text.append(lever_table(rows, dffs[0], lever_budgets(budgets)))
+    if dffs and a.sizes:
+        text.append(size_table(dffs[0], {b: thresholds.get((dffs[0], b)) for b in lever_budgets(budgets)}, a))
 
     # --- targets ------------------------------------------------------------------------------------------
     text.append("\n## Targets at budget 0.7\n")
@@ -529,6 +542,52 @@ def lever_table(rows: list[dict], model: str, budgets=(0.7, 0.5)) -> str:
         "The same weights and thresholds; at inference the gated maps run on the sparse engine below the YAML's "
         "`sparse_density` (as shipped), always dense and masked, with the gates decided per 2x2 or 4x4 pixel cell, "
         "or without pixel gates.\n\n" + markdown_table(head, out)
+    )
+
+
+def size_table(model: str, thresholds: dict, a) -> str:
+    """Section 6: does time follow FLOPs at larger images? `model` all-on and at each budget's threshold (calibrated
+    at 320 px) on `a.size_images` val composites built at each of `a.sizes`: mean neck FLOPs and mean neck time
+    per image against all-on, timed interleaved."""
+    import torch
+
+    from sparseyolo.data.split import list_images
+    from sparseyolo.nn import dff_necks
+    from sparseyolo.yolo.api import YOLO
+    from sparseyolo.yolo.budget import letterboxed
+
+    configs = {"all-on": configure(YOLO(model), "all_on")}
+    for b, thr in thresholds.items():
+        if thr is not None:
+            configs[f"budget {b:g}"] = configure(YOLO(model), "dynamic", thr)
+    out = []
+    for size in a.sizes:
+        data = val_composites(a.size_images, size)
+        tensors = [letterboxed(p, size) for p in list_images(data.parent / "images" / "val")]
+        fns, gflops = {}, {}
+        for name, y in configs.items():
+            m, neck = y.model.eval(), dff_necks(y.model)[0]
+            per = []
+            for i, x in enumerate(tensors):
+                fns[f"{name}|{i}"] = neck_callable(m, x)
+                with torch.no_grad():
+                    fns[f"{name}|{i}"]()
+                per.append(float(neck.last_stats["gflops"][0]))
+            gflops[name] = float(np.mean(per))
+        times = latency(fns, repeats=a.repeats, threads=a.threads)
+        ms = {n: float(np.mean([times[f"{n}|{i}"]["p50_ms"] for i in range(len(tensors))])) for n in configs}
+        for name in configs:
+            flop_cut, time_cut = 1 - gflops[name] / gflops["all-on"], 1 - ms[name] / ms["all-on"]
+            follows = f"{time_cut / flop_cut:.2f}" if flop_cut > 0.01 else "n/a"
+            out.append([f"{size}", name, f"{gflops[name]:.3f}", f"{gflops[name] / gflops['all-on']:.2f}",
+                        f"{ms[name]:.1f}", f"{-100 * time_cut:+.0f}%", follows])  # fmt: skip
+    head = ["image side", "neck", "neck GFLOPs (mean)", "FLOPs / all-on", "neck ms (mean)", "time change",
+            "time cut / FLOP cut (>= 0.8)"]  # fmt: skip
+    return (
+        f"\n## 6. Time against FLOPs by image size ({model}, {a.size_images} val composites per size)\n\n"
+        "The same composites' recipe (a quarter each at 0, 1, 3 and 10% foreground) built at each side; the "
+        "thresholds are the budgets' at 320 px, so the FLOP share is what the policy decides at that size.\n\n"
+        + markdown_table(head, out)
     )
 
 

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseyolo.nn.common import folded_once, forget_fold
-from sparseyolo.nn.dff_flops import subm_pairs
-from sparseyolo.sparse import SparseConvTensor
 from sparseyolo.sparse import functional as SF
 
 
@@ -66,20 +64,21 @@ class FusionBlock(nn.Module):
         return F.silu(F.conv2d(F.silu(F.conv2d(x, w1, b1, 1, 1)), w2, b2, 1, 1))
 
     def run_at(self, x: Tensor, mask: Tensor, channels: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
-        """Eval: the increment at the pixels of `mask (B, H, W) bool` only, on the sparse engine.
+        """Eval: the increment at the pixels of `mask (B, H, W) bool` only, read from the dense map `x`.
 
-        Both convs run as submanifold convs (gather-GEMM-scatter over one kernel map) on the mask dilated by two
-        pixels: the first conv is then exact on the mask dilated by one, which is all the second conv reads at
-        the mask. Equals `run_dense` at the mask's pixels. Returns `sites (N, 3) int32` (the mask's pixels),
-        `rows (N, c)` and the FLOPs executed (2 per multiply-add of every kernel-map pair)."""
+        The first conv runs at the mask dilated by one pixel (all that the second conv reads at the mask), its
+        rows are put back into a zeroed channels-last hidden map, and the second conv runs at the mask's pixels;
+        both as `conv2d_at_sites` (the taps gathered, one GEMM). Equals `run_dense` at the mask's pixels.
+        Returns `sites (N, 3) int32` (the mask's pixels, row-major), `rows (N, c)` and the FLOPs executed."""
         w1, b1, w2, b2 = self._weights(channels)
-        near = F.max_pool2d(mask[:, None].to(x.dtype), 5, 1, 2)[:, 0] > 0
-        st = SparseConvTensor.from_dense(x, near)
-        h = SF.subm_conv(st, w1, b1)
-        y = SF.subm_conv(h.replace_feature(F.silu(h.features)), w2, b2)
-        keep = mask[near]  # the rows of `near` (row-major, as `from_dense` orders them) that are mask pixels
-        pairs = float(subm_pairs(near))
-        return st.indices[keep], F.silu(y.features[keep]), 2 * pairs * self.c * w1.shape[0] * 2
+        B, _, H, W = x.shape
+        near = F.max_pool2d(mask[:, None].to(x.dtype), 3, 1, 1)[:, 0] > 0
+        s1, s0 = near.nonzero().int(), mask.nonzero().int()
+        h = F.silu(SF.conv2d_at_sites(x, w1, s1, padding=1) + b1)  # (N1, c_)
+        hidden = x.new_zeros(B, H, W, h.shape[1])
+        hidden[s1[:, 0].long(), s1[:, 1].long(), s1[:, 2].long()] = h
+        y = F.silu(SF.conv2d_at_sites(hidden.permute(0, 3, 1, 2), w2, s0, padding=1) + b2)
+        return s0, y, float(self.flops(s1.shape[0], s0.shape[0], w1.shape[0]))
 
     def flops(self, sites1: float | Tensor, sites0: float | Tensor, hidden: int) -> float | Tensor:
         """Dense FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""

@@ -47,23 +47,13 @@ class NeckFlops:
             return dense
         mask = ms.detach()[:, 0] != 0
         n0 = mask.sum((1, 2)).double().cpu()
-        near = F.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0
-        sparse = 2 * subm_pairs(near).double().cpu() * self.c * self.hidden * 2
+        near = (F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0).sum((1, 2)).double().cpu()
+        sparse = blk.flops(near, n0, self.hidden)  # as `FusionBlock.run_at` runs it
         return torch.where(n0 > self.sparse_density * hw, torch.full_like(n0, dense), sparse)
 
     def flops(self) -> float:
         """FLOPs the last forward executed, summed over its batch (`last_stats["gflops"]`; 0 before any)."""
         return float(self.last_stats["gflops"].sum()) * 1e9 if self.last_stats else 0.0
-
-
-def subm_pairs(mask: Tensor) -> Tensor:
-    """Kernel-map pairs of a 3x3 submanifold conv on `mask (B, H, W) bool`: active (input, output) neighbours,
-    `Tensor[B]`."""
-    H, W = mask.shape[-2:]
-    m = mask.to(torch.int64)
-    p = F.pad(m, (1, 1, 1, 1))
-    around = sum(p[:, dy : dy + H, dx : dx + W] for dy in range(3) for dx in range(3))  # elementwise: no GEMM
-    return (around * m).sum((1, 2))
 
 
 def linear_flops(module: nn.Module) -> int:

@@ -20,6 +20,9 @@ from sparseyolo.sparse.cache import ConvEntry, IndiceKeyError
 from sparseyolo.sparse.core import SparseConvFunction
 from sparseyolo.sparse.tensor import SparseConvTensor
 
+# widest input (channels) the compiled `conv2d_at_sites` kernel serves; wider inputs take the gather-GEMM path
+AT_SITES_KERNEL_MAX_CHANNELS = 16
+
 __all__ = [
     "subm_conv",
     "sparse_conv",
@@ -228,8 +231,8 @@ def conv2d_at_sites(
     """A 2D conv of a dense image evaluated only at given output sites (no input sparse tensor or kernel map).
 
     Equals `conv2d(x * mask, weight, stride=stride, padding=padding, dilation=dilation)` read at `sites`.
-    Meant for a network's first layer: a dense image with few channels, output sites chosen by a mask.
-    `weight`, `sites` and `mask` must be on `x`'s device.
+    For a network's first layer (a dense image, output sites chosen by a mask) and for a block run at a few
+    pixels of a dense feature map. `weight`, `sites` and `mask` must be on `x`'s device.
 
     Args:
         x (Tensor[B, C, H, W], float): the dense input.
@@ -237,8 +240,10 @@ def conv2d_at_sites(
         sites (Tensor[N, 3], int32): output sites `(batch, y, x)` on the conv's output grid.
         mask (Tensor[B, H, W], bool, optional): input pixels that count; the others read as zero.
     Returns:
-        Tensor[N, O]: one feature row per site. Differentiable in `x` and `weight`; without gradients the
-        compiled kernel runs (float32/float64 on the CPU), otherwise an index-select -> GEMM path.
+        Tensor[N, O]: one feature row per site. Differentiable in `x` and `weight`. Without gradients and with
+        at most `AT_SITES_KERNEL_MAX_CHANNELS` input channels the compiled per-site kernel runs (float32/float64
+        on the CPU); otherwise the sites' taps are gathered as rows of channels-last `x` (no copy when `x` is
+        channels-last) and multiplied by the weight in one GEMM.
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         got = f"{x.dtype} with shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
@@ -268,25 +273,34 @@ def conv2d_at_sites(
         as_tuple(dilation, 1, "dilation", 1),
     )
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    ext = None if grad else core.compiled(x.dtype, x.device)
+    # the compiled per-site kernel wins on few channels (a first layer); wider maps go through one GEMM
+    ext = None if grad or C > AT_SITES_KERNEL_MAX_CHANNELS else core.compiled(x.dtype, x.device)
     if ext is not None:
         sites = sites.contiguous()
         no_mask = torch.empty(0, dtype=torch.bool, device=x.device)
         w = weight.permute(2, 3, 1, 0).contiguous()  # (k, k, C, O)
         return ext.conv2d_at_sites(x.contiguous(), w, sites, no_mask if mask is None else mask.contiguous(), s, p, d)
-    itype = torch.int32 if B * H * W < 2**31 else torch.int64  # flat pixel index type
+    # gather -> one GEMM: each site's k*k input pixels as channel rows of the channels-last image (a view when
+    # `x` is channels-last), taps outside the image or the mask zeroed, times the weight as (k*k*C, O)
+    itype = torch.int64  # flat pixel indices: `index_select` on the CPU is ~3x slower with int32 ones
+    n = sites.shape[0]
     b, oy, ox = sites.to(itype).unbind(1)
     offs = torch.arange(k, dtype=itype, device=x.device) * d - p
     iy = (oy * s).unsqueeze(1) + offs  # (N, k)
     ix = (ox * s).unsqueeze(1) + offs
     vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
     row = (b * H).unsqueeze(1) + iy.clamp_(0, H - 1)  # (N, k)
-    lin = (row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)  # (N, ky, kx)
-    lin = lin.view(-1, k * k).t().reshape(-1)  # offset-major: (k*k*N,)
-    keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1, k * k).t().reshape(-1)
+    lin = ((row * W).unsqueeze(2) + ix.clamp_(0, W - 1).unsqueeze(1)).view(-1)  # (N * k * k,) site-major
+    keep = (vy.unsqueeze(2) & vx.unsqueeze(1)).view(-1)
     if mask is not None:
         keep &= mask.reshape(-1)[lin]
-    xf = x.transpose(0, 1).reshape(C, B * H * W)  # a view for B == 1
-    g = xf.index_select(1, lin) * keep.to(x.dtype)  # (C, k*k*N)
-    a = g.view(C * k * k, sites.shape[0])  # rows ordered (c, ky, kx): Conv2d's weight layout, no copy
-    return a.t() @ weight.reshape(weight.shape[0], -1).t()
+    rows = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # (pixels, C)
+    g = rows.index_select(0, lin)  # (N * k * k, C)
+    if grad:
+        g = g * keep.unsqueeze(1).to(x.dtype)
+    else:
+        off = (~keep).nonzero()[:, 0]  # taps in the padding (border sites) or off the mask: few
+        if off.numel():
+            g.index_fill_(0, off, 0.0)
+    w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], k * k * C)  # (O, k*k*C), taps (ky, kx, c)
+    return g.view(n, k * k * C) @ w.t()

@@ -23,6 +23,8 @@ CASES = [  # (B, C, H, W, O, k, stride, padding, dilation)
     (2, 1, 10, 10, 32, 3, 3, 0, 2),
     (1, 3, 9, 8, 12, 1, 1, 0, 1),
     (1, 2, 8, 9, 6, 2, 2, 0, 1),
+    (1, 24, 10, 12, 16, 3, 1, 1, 1),  # wider than AT_SITES_KERNEL_MAX_CHANNELS: the gather-GEMM path
+    (2, 20, 9, 11, 8, 3, 2, 1, 2),
 ]
 
 
@@ -56,7 +58,19 @@ def test_forward_vs_dense(B, C, H, W, O, k, s, p, d, use_mask, device):
     assert_close(got32, at_sites(dense, sites).float(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("B,C,H,W,O,k,s,p,d", CASES[:4])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_channels_last_input_vs_dense(use_mask):
+    # a channels-last map (what a block run at a few pixels passes) is read without a copy: same numbers
+    x, w, mask = _inputs(1, 24, 10, 12, 16, 3, seed=3)
+    sites = _sites(1, 10, 12, seed=3)
+    dense = F.conv2d(x * mask[:, None] if use_mask else x, w, padding=1)
+    with torch.no_grad():
+        xl = x.to(memory_format=torch.channels_last)
+        got = SF.conv2d_at_sites(xl, w, sites, 1, 1, mask=mask if use_mask else None)
+    assert_close(got, at_sites(dense, sites), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("B,C,H,W,O,k,s,p,d", CASES[:4] + CASES[-1:])
 def test_gradients_vs_dense(B, C, H, W, O, k, s, p, d, device):
     x, w, mask = _inputs(B, C, H, W, O, k, seed=3, device=device)
     x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()

@@ -244,9 +244,11 @@ def test_bench_neck_smoke(tmp_path, capsys):
     args = ["neck", "--dff", "yolov8n-dff-aerial", "--pan", "yolov8n-aerial", "--budgets", "0.7", "--repeats", "1"]
     require_aerial_data()
     rc = main(args + ["--synth", "1", "--calib", "6", "--composites", "4", "--out", str(tmp_path),
-                      "--retrained", "routing=yolov8n-dff-aerial-seed1"])  # fmt: skip
+                      "--retrained", "routing=yolov8n-dff-aerial-seed1",
+                      "--sizes", "96", "--size-images", "2"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
+    assert "## 6. Time against FLOPs by image size" in out and "| 96 | all-on |" in out and "| 96 | budget 0.7 |" in out
     assert "## 3b. Ablation, each part retrained" in out and "| without routing | yolov8n-dff-aerial-seed1 |" in out
     assert "Terciles of each DFF model's own complexity estimate" in out
     for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png", "neck_budget_curve.png"):
@@ -257,6 +259,8 @@ def test_bench_neck_smoke(tmp_path, capsys):
         main(["neck", "--budgets", "1.5"])
     with pytest.raises(SystemExit):
         main(["neck", "--retrained", "no-label"])
+    with pytest.raises(SystemExit):
+        main(["neck", "--sizes", "100"])  # not a multiple of 32
     assert main(["neck", "--dff", "no-such-model", "--pan", "", "--out", str(tmp_path)]) == 1
 
 
