@@ -245,10 +245,10 @@ def test_bench_neck_smoke(tmp_path, capsys):
     require_aerial_data()
     rc = main(args + ["--synth", "1", "--calib", "6", "--composites", "4", "--out", str(tmp_path),
                       "--retrained", "routing=yolov8n-dff-aerial-seed1",
-                      "--sizes", "96", "--size-images", "2"])  # fmt: skip
+                      "--sizes", "320", "--size-images", "2"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
-    assert "## 6. Time against FLOPs by image size" in out and "| 96 | all-on |" in out and "| 96 | budget 0.7 |" in out
+    assert "## 6. Time against FLOPs by image size" in out and "| 320 | all-on |" in out and "| 320 | budget 0.7 |" in out
     assert "## 3b. Ablation, each part retrained" in out and "| without routing | yolov8n-dff-aerial-seed1 |" in out
     assert "Terciles of each DFF model's own complexity estimate" in out
     for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png", "neck_budget_curve.png"):
