@@ -248,7 +248,8 @@ def test_bench_neck_smoke(tmp_path, capsys):
                       "--sizes", "320", "--size-images", "2"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "## 3. Ablation" in out and "Targets at budget 0.7" in out
-    assert "## 6. Time against FLOPs by image size" in out and "| 320 | all-on |" in out and "| 320 | budget 0.7 |" in out
+    assert "## 6. Time against FLOPs by image size" in out
+    assert "| 320 | all-on |" in out and "| 320 | budget 0.7 |" in out
     assert "## 3b. Ablation, each part retrained" in out and "| without routing | yolov8n-dff-aerial-seed1 |" in out
     assert "Terciles of each DFF model's own complexity estimate" in out
     for f in ("neck.md", "neck.csv", "neck_per_image.csv", "neck_flops_hist.png", "neck_budget_curve.png"):
