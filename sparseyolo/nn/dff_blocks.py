@@ -72,7 +72,7 @@ class FusionBlock(nn.Module):
         Returns `sites (N, 3) int32` (the mask's pixels, row-major), `rows (N, c)` and the FLOPs executed."""
         w1, b1, w2, b2 = self._weights(channels)
         B, _, H, W = x.shape
-        near = F.max_pool2d(mask[:, None].to(x.dtype), 3, 1, 1)[:, 0] > 0
+        near = first_conv_pixels(mask)
         s1, s0 = near.nonzero().int(), mask.nonzero().int()
         h = F.silu(SF.conv2d_at_sites(x, w1, s1, padding=1) + b1)  # (N1, c_)
         hidden = x.new_zeros(B, H, W, h.shape[1])
@@ -83,3 +83,9 @@ class FusionBlock(nn.Module):
     def flops(self, sites1: float | Tensor, sites0: float | Tensor, hidden: int) -> float | Tensor:
         """Dense FLOPs with `hidden` channels, the first conv at `sites1` pixels and the second at `sites0`."""
         return 2 * 9 * self.c * hidden * (sites1 + sites0)
+
+
+def first_conv_pixels(mask: Tensor) -> Tensor:
+    """Where `FusionBlock.run_at` runs its first conv for the gates `mask (B, H, W) bool`: the mask dilated by one
+    pixel (all that the second conv's 3x3 reads at the mask), `(B, H, W) bool`."""
+    return F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0

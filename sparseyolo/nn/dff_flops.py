@@ -7,8 +7,9 @@ last forward's total (`flops`). The forward adds the cost of each decision it ta
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sparseyolo.nn.dff_blocks import first_conv_pixels
 
 
 class NeckFlops:
@@ -47,7 +48,7 @@ class NeckFlops:
             return dense
         mask = ms.detach()[:, 0] != 0
         n0 = mask.sum((1, 2)).double().cpu()
-        near = (F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0).sum((1, 2)).double().cpu()
+        near = first_conv_pixels(mask).sum((1, 2)).double().cpu()
         sparse = blk.flops(near, n0, self.hidden)  # as `FusionBlock.run_at` runs it
         return torch.where(n0 > self.sparse_density * hw, torch.full_like(n0, dense), sparse)
 

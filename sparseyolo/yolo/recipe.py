@@ -140,7 +140,7 @@ VARIANTS = {
 # The retrained ablations of `yolov8n-dff-aerial` (`sparseyolo bench neck --retrained`): the same recipe and seed,
 # the neck trained without one part after the warm-up (`dff_without`, see `sparseyolo.yolo.curriculum`) or without
 # the box supervision of its policy (`dff_supervise=0`). Trained by `sparseyolo demo --train --variants NAME`
-# (~90 min each here, two at once), not shipped: the weights stay in the run (`<project>/NAME/weights/final.pt`).
+# (~110 min each here, two at once), not shipped: the weights stay in the run (`<project>/NAME/weights/final.pt`).
 ABLATIONS = {
     v.name: v
     for v in (
